@@ -1,0 +1,223 @@
+"""Policy (stages), requests, reviews and the append-only audit log."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models.functions import Lower
+
+from registry_sync.models import ModelVersion
+
+LEGACY_STAGE_CHOICES = [
+    ("", "(none: alias only)"),
+    ("Staging", "Staging"),
+    ("Production", "Production"),
+    ("Archived", "Archived"),
+    ("None", "None"),
+]
+
+
+class Stage(models.Model):
+    name = models.CharField(max_length=64)
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order in the pipeline.")
+    description = models.TextField(blank=True, default="")
+    mlflow_stage = models.CharField(
+        "MLflow stage", max_length=16, blank=True, default="", choices=LEGACY_STAGE_CHOICES
+    )
+    mlflow_alias = models.CharField(
+        "MLflow alias", max_length=256, blank=True, default="", help_text="e.g. champion"
+    )
+    archive_existing = models.BooleanField(
+        default=False, help_text="Archive the versions that hold the MLflow stage now."
+    )
+    allow_from_none = models.BooleanField(
+        "may come from no stage",
+        default=False,
+        help_text="A version that holds no stage of the catalog may move here.",
+    )
+    allowed_from = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="+",
+        help_text="Stages a version may come from. Leave empty, with the box above unticked, to allow any.",
+    )
+    required_approvals = models.PositiveSmallIntegerField(
+        default=1, help_text="0 applies automatically once every check passes."
+    )
+    approver_groups = models.ManyToManyField(Group, blank=True, related_name="approvable_stages")
+    checks = models.TextField(
+        blank=True,
+        default="",
+        help_text="One rule a line: 'metric accuracy >= 0.9', 'tag validation == passed', "
+        "'tag reviewed exists', 'evidence tests_passed == true'.",
+    )
+    request_ttl = models.DurationField("request TTL", default=timedelta(days=7))
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["position", "name"]
+        constraints = [models.UniqueConstraint(Lower("name"), name="stage_name_ci_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def binding_label(self) -> str:
+        parts = []
+        if self.mlflow_stage:
+            parts.append(f"stage {self.mlflow_stage}")
+        if self.mlflow_alias:
+            parts.append(f"alias @{self.mlflow_alias}")
+        return " + ".join(parts)
+
+    def check_rules(self) -> list[str]:
+        return [line.strip() for line in self.checks.splitlines() if line.strip()]
+
+
+class PromotionRequest(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        APPLYING = "applying", "Applying"
+        APPLIED = "applied", "Applied"
+        FAILED = "failed", "Failed"
+        REJECTED = "rejected", "Rejected"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+
+    OPEN_STATUSES = (Status.PENDING, Status.APPROVED, Status.APPLYING)
+    FINAL_STATUSES = (Status.APPLIED, Status.REJECTED, Status.CANCELLED, Status.EXPIRED)
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="requests")
+    stage = models.ForeignKey(Stage, on_delete=models.PROTECT, related_name="requests")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_name = models.CharField(max_length=300)
+    justification = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # Where the version stood when the request was filed ("None", "Staging", "@champion").
+    source_stage = models.CharField(max_length=300, blank=True, default="")
+    previous_holder = models.PositiveIntegerField(null=True, blank=True)
+    evidence = models.JSONField(default=dict)
+    evidence_sha256 = models.CharField(max_length=64)
+    ci_evidence = models.JSONField(default=dict, blank=True)
+    check_results = models.JSONField(default=list)
+    via = models.CharField(max_length=16, default="web")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "stage"],
+                condition=models.Q(status__in=["pending", "approved", "applying"]),
+                name="one_open_request_per_version_stage",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "-created_at"], name="request_status_idx")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.version} → {self.stage.name}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in self.OPEN_STATUSES
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATUSES
+
+    @property
+    def checks_passed(self) -> int:
+        return sum(1 for result in self.check_results if result.get("passed"))
+
+
+class Review(models.Model):
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "Approved"
+        REJECT = "reject", "Rejected"
+
+    request = models.ForeignKey(PromotionRequest, on_delete=models.PROTECT, related_name="reviews")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewer_name = models.CharField(max_length=300)
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    comment = models.TextField(blank=True, default="")
+    evidence_sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    stale = models.BooleanField(default=False)
+    stale_reason = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request", "reviewer"],
+                condition=models.Q(stale=False),
+                name="one_live_review_per_reviewer",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer_name} {self.decision} #{self.request_id}"
+
+
+class AuditChainHead(models.Model):
+    """One row: the last sequence number and hash. Locking it serialises appends."""
+
+    last_sequence = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self) -> str:
+        return f"audit head #{self.last_sequence}"
+
+
+class AuditEvent(models.Model):
+    sequence = models.BigIntegerField(unique=True)
+    created_at = models.DateTimeField()
+    # No foreign keys: the log keeps the actor even after the user is deleted, and the
+    # database refuses the UPDATE an ON DELETE SET NULL would need.
+    actor_id = models.IntegerField(null=True, blank=True)
+    actor_username = models.CharField(max_length=150, blank=True, default="")
+    actor_name = models.CharField(max_length=300, blank=True, default="")
+    action = models.CharField(max_length=32, db_index=True)
+    model_name = models.CharField(max_length=256, blank=True, default="", db_index=True)
+    version = models.PositiveIntegerField(null=True, blank=True)
+    from_stage = models.CharField(max_length=300, blank=True, default="")
+    to_stage = models.CharField(max_length=300, blank=True, default="")
+    request_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    meaning = models.TextField()
+    details = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-sequence"]
+        indexes = [models.Index(fields=["created_at"], name="audit_created_idx")]
+
+    def __str__(self) -> str:
+        return f"#{self.sequence} {self.action}"
+
+
+class WorkerHeartbeat(models.Model):
+    """Written by a Celery task: proves the broker→worker→database round trip."""
+
+    marker = models.CharField(max_length=64, unique=True)
+    worker = models.CharField(max_length=256, blank=True, default="")
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.marker} by {self.worker}"

@@ -1,0 +1,185 @@
+"""Who may do what, and the check rules of a stage.
+
+Views, the API and the CLI never decide permissions themselves: they ask here (through the
+services, which refuse and audit).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.db.models import QuerySet
+
+from promotions import roles
+from promotions.models import PromotionRequest, Review, Stage
+
+# --- roles ------------------------------------------------------------------------------------
+
+
+def may_request(user) -> bool:
+    return any(roles.has_role(user, role) for role in (roles.REQUESTERS, roles.REVIEWERS, roles.STAGE_ADMINS))
+
+
+def is_stage_admin(user) -> bool:
+    return roles.has_role(user, roles.STAGE_ADMINS)
+
+
+def is_auditor(user) -> bool:
+    return roles.has_role(user, roles.AUDITORS)
+
+
+def in_approver_groups(user, stage: Stage) -> bool:
+    if not getattr(user, "is_authenticated", False):
+        return False
+    group_ids = {group.pk for group in stage.approver_groups.all()}
+    return bool(group_ids) and user.groups.filter(pk__in=group_ids).exists()
+
+
+def may_cancel(user, request: PromotionRequest) -> bool:
+    return request.requested_by_id == user.pk or is_stage_admin(user)
+
+
+def may_view_request(user, request: PromotionRequest) -> bool:
+    # Requests are shared work: every signed-in member of a role reads them.
+    return bool(roles.role_names(user)) or user.is_superuser
+
+
+def actionable_requests(user) -> QuerySet[PromotionRequest]:
+    """Pending requests `user` may approve or reject right now."""
+    if not getattr(user, "is_authenticated", False):
+        return PromotionRequest.objects.none()
+    already_reviewed = Review.objects.filter(reviewer=user, stale=False).values("request_id")
+    return (
+        PromotionRequest.objects.filter(
+            status=PromotionRequest.Status.PENDING,
+            stage__approver_groups__in=user.groups.values("pk"),
+        )
+        .exclude(requested_by=user)
+        .exclude(pk__in=already_reviewed)
+        .distinct()
+    )
+
+
+# --- check rules ------------------------------------------------------------------------------
+
+_OPERATORS = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+_RULE = re.compile(
+    r"^(?P<source>metric|tag|evidence)\s+(?P<key>\S+)\s+"
+    r"(?:(?P<exists>exists)|(?P<op>>=|<=|==|!=|>|<)\s+(?P<value>.+))$"
+)
+
+
+class RuleError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    text: str
+    source: str
+    key: str
+    op: str  # one of _OPERATORS, or "exists"
+    value: str
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    rule: str
+    passed: bool
+    actual: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_rule(text: str) -> Rule:
+    text = " ".join(text.split())
+    match = _RULE.match(text)
+    if not match:
+        raise RuleError(
+            f"'{text}' is not a check rule. Write 'metric <key> <op> <number>' (op one of "
+            ">= > <= < == !=), 'tag <key> == <value>', 'tag <key> exists' or "
+            "'evidence <key> <op> <value>'."
+        )
+    source, key = match["source"], match["key"]
+    if match["exists"]:
+        if source == "metric":
+            raise RuleError(f"'{text}': 'exists' works on tags and evidence, not metrics.")
+        return Rule(text, source, key, "exists", "")
+    op, value = match["op"], match["value"].strip()
+    if source == "metric":
+        try:
+            number = float(value)
+        except ValueError:
+            raise RuleError(f"'{text}': metric rules compare with a number, not '{value}'.") from None
+        if math.isnan(number):
+            raise RuleError(f"'{text}': NaN cannot be compared.")
+    if source == "tag" and op not in ("==", "!="):
+        raise RuleError(f"'{text}': tag rules use == or != (or 'exists').")
+    return Rule(text, source, key, op, value)
+
+
+def parse_rules(lines: list[str]) -> list[Rule]:
+    return [parse_rule(line) for line in lines]
+
+
+def _coerce(value: Any) -> Any:
+    """Evidence values arrive as JSON: compare numbers as numbers, booleans as words."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def evaluate_rule(
+    rule: Rule, *, metrics: dict[str, float], tags: dict[str, str], evidence: dict[str, Any]
+) -> CheckResult:
+    source = {"metric": metrics, "tag": tags, "evidence": evidence}[rule.source]
+    if rule.key not in source:
+        return CheckResult(rule.text, False, "", f"{rule.source} '{rule.key}' is missing")
+    actual = _coerce(source[rule.key])
+    if rule.op == "exists":
+        return CheckResult(rule.text, True, str(actual), "present")
+    compare = _OPERATORS[rule.op]
+    try:
+        passed = compare(float(actual), float(rule.value))
+    except (TypeError, ValueError):
+        if rule.op not in ("==", "!="):
+            return CheckResult(rule.text, False, str(actual), f"'{actual}' is not a number")
+        passed = compare(str(actual).strip().lower(), rule.value.strip().lower())
+    return CheckResult(rule.text, passed, str(actual), "passed" if passed else "failed")
+
+
+def evaluate_checks(
+    stage: Stage, *, metrics: dict, tags: dict, evidence: dict | None = None
+) -> list[CheckResult]:
+    results = []
+    for line in stage.check_rules():
+        try:
+            rule = parse_rule(line)
+        except RuleError as exc:
+            results.append(CheckResult(line, False, "", str(exc)))
+            continue
+        results.append(evaluate_rule(rule, metrics=metrics, tags=tags, evidence=evidence or {}))
+    return results
+
+
+def failing(results: list[dict] | list[CheckResult]) -> list[str]:
+    out = []
+    for result in results:
+        data = result.as_dict() if isinstance(result, CheckResult) else result
+        if not data["passed"]:
+            actual = f" (is {data['actual']})" if data["actual"] else f" ({data['message']})"
+            out.append(f"{data['rule']}{actual}")
+    return out

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class RegistrySyncConfig(AppConfig):
+    name = "registry_sync"
+    verbose_name = "Registry mirror"

@@ -1,0 +1,378 @@
+"""The one place that talks to MLflow.
+
+Everything else in the product calls these functions and receives our own small dataclasses,
+or one of our own exceptions. MLflow's own environment variables for credentials and TLS
+(MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN, MLFLOW_TRACKING_INSECURE_TLS, ...) are read by
+the MLflow client itself and therefore honoured as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import requests
+from django.conf import settings
+
+# Our callers retry with their own policy (Celery backoff, the next sync run); MLflow's
+# built-in retry loop would otherwise hold a web request or a worker for minutes when the
+# server is down. Both stay overridable from the environment.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.MLFLOW_TIMEOUT_SECONDS))
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException, RestException  # noqa: E402
+
+LEGACY_STAGES = ("None", "Staging", "Production", "Archived")
+_STATUS_IN_MESSAGE = re.compile(r"(?:error code|status code|HTTP) (\d{3})", re.IGNORECASE)
+
+
+class RegistryError(Exception):
+    """Base class: the registry refused or could not serve a call."""
+
+
+class RegistryUnavailable(RegistryError):
+    """Connection refused, timeout or a 5xx: worth retrying later."""
+
+
+class RegistryPermissionDenied(RegistryError):
+    """401 or 403: retrying will not help until credentials change."""
+
+
+class ModelNotFound(RegistryError):
+    pass
+
+
+class VersionNotFound(RegistryError):
+    pass
+
+
+class RegistryRejected(RegistryError):
+    """MLflow refused the call's arguments (an invalid alias, an unknown stage...)."""
+
+
+@dataclass(frozen=True)
+class RegisteredModelInfo:
+    name: str
+    description: str
+    tags: dict[str, str]
+    aliases: dict[str, int]
+    creation_timestamp: int | None
+    last_updated_timestamp: int | None
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: int
+    current_stage: str
+    status: str
+    run_id: str
+    source: str
+    description: str
+    tags: dict[str, str]
+    aliases: list[str]
+    creation_timestamp: int | None
+    last_updated_timestamp: int | None
+
+
+@dataclass(frozen=True)
+class RunData:
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def _client() -> MlflowClient:
+    uri = settings.MLFLOW_TRACKING_URI
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def tracking_uri() -> str:
+    return settings.MLFLOW_TRACKING_URI
+
+
+def _http_status(exc: MlflowException) -> int | None:
+    if isinstance(exc, RestException):
+        code = exc.get_http_status_code()
+        if code and code != 500:
+            return code
+    match = _STATUS_IN_MESSAGE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _translate(exc: Exception, *, name: str | None = None, version: int | None = None):
+    """Map an MLflow or HTTP failure to one of our exceptions (returned, for `raise ... from`)."""
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return RegistryUnavailable(f"MLflow at {tracking_uri()} is not answering: {type(exc).__name__}")
+    if not isinstance(exc, MlflowException):
+        return RegistryUnavailable(f"MLflow call failed: {exc}")
+    status = _http_status(exc)
+    error_code = getattr(exc, "error_code", "")
+    message = exc.message if hasattr(exc, "message") else str(exc)
+    if status in (401, 403) or error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return RegistryPermissionDenied(
+            f"MLflow at {tracking_uri()} refused the credentials (HTTP {status or 403})."
+        )
+    if error_code == "RESOURCE_DOES_NOT_EXIST" or status == 404:
+        if version is not None:
+            return VersionNotFound(f"Version {version} of model '{name}' does not exist in MLflow.")
+        return ModelNotFound(f"Model '{name}' does not exist in MLflow.")
+    if error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE") or (
+        status is not None and 400 <= status < 500
+    ):
+        return RegistryRejected(message)
+    # Connection refused, timeouts and 5xx all arrive as a generic MlflowException.
+    return RegistryUnavailable(f"MLflow at {tracking_uri()} is not answering: {_short(message)}")
+
+
+def _short(message: str, limit: int = 300) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def _model_info(model) -> RegisteredModelInfo:
+    aliases = {alias: int(version) for alias, version in (model.aliases or {}).items()}
+    return RegisteredModelInfo(
+        name=model.name,
+        description=model.description or "",
+        tags=dict(model.tags or {}),
+        aliases=aliases,
+        creation_timestamp=model.creation_timestamp,
+        last_updated_timestamp=model.last_updated_timestamp,
+    )
+
+
+def _version_info(mv) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        name=mv.name,
+        version=int(mv.version),
+        current_stage=mv.current_stage or "None",
+        status=mv.status or "",
+        run_id=mv.run_id or "",
+        source=mv.source or "",
+        description=mv.description or "",
+        tags=dict(mv.tags or {}),
+        aliases=sorted(mv.aliases or []),
+        creation_timestamp=mv.creation_timestamp,
+        last_updated_timestamp=mv.last_updated_timestamp,
+    )
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def ping() -> None:
+    """Raise RegistryUnavailable / RegistryPermissionDenied unless MLflow answers."""
+    try:
+        _client().search_registered_models(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - every failure is translated
+        raise _translate(exc) from exc
+
+
+def iter_registered_model_pages(
+    *, name: str | None = None, page_size: int = 1000
+) -> Iterator[list[RegisteredModelInfo]]:
+    filter_string = f"name = {_quote(name)}" if name else None
+    token = None
+    while True:
+        try:
+            page = _client().search_registered_models(
+                filter_string=filter_string, max_results=page_size, page_token=token
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, name=name) from exc
+        yield [_model_info(m) for m in page]
+        token = page.token
+        if not token:
+            return
+
+
+def iter_model_version_pages(
+    *, name: str | None = None, page_size: int = 10000
+) -> Iterator[list[ModelVersionInfo]]:
+    filter_string = f"name = {_quote(name)}" if name else None
+    token = None
+    while True:
+        try:
+            page = _client().search_model_versions(
+                filter_string=filter_string, max_results=page_size, page_token=token
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc, name=name) from exc
+        yield [_version_info(v) for v in page]
+        token = page.token
+        if not token:
+            return
+
+
+def get_model_version(name: str, version: int) -> ModelVersionInfo:
+    try:
+        return _version_info(_client().get_model_version(name, str(version)))
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name, version=version) from exc
+
+
+def get_version_by_alias(name: str, alias: str) -> ModelVersionInfo | None:
+    try:
+        return _version_info(_client().get_model_version_by_alias(name, alias))
+    except Exception as exc:  # noqa: BLE001
+        error = _translate(exc, name=name)
+        if isinstance(error, (ModelNotFound, VersionNotFound, RegistryRejected)):
+            return None
+        raise error from exc
+
+
+def get_run_data(run_id: str) -> RunData:
+    if not run_id:
+        return RunData()
+    try:
+        run = _client().get_run(run_id)
+    except Exception as exc:  # noqa: BLE001
+        error = _translate(exc)
+        if isinstance(error, (ModelNotFound, VersionNotFound)):
+            return RunData()  # the run was deleted; the version still exists
+        raise error from exc
+    return RunData(metrics=dict(run.data.metrics), params=dict(run.data.params))
+
+
+def transition_stage(name: str, version: int, stage: str, *, archive_existing: bool) -> ModelVersionInfo:
+    try:
+        with warnings.catch_warnings():
+            # Legacy stages are deprecated in MLflow but remain the binding many teams use.
+            warnings.simplefilter("ignore", FutureWarning)
+            mv = _client().transition_model_version_stage(
+                name, str(version), stage, archive_existing_versions=archive_existing
+            )
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name, version=version) from exc
+    return _version_info(mv)
+
+
+def set_alias(name: str, alias: str, version: int) -> None:
+    try:
+        _client().set_registered_model_alias(name, alias, str(version))
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name, version=version) from exc
+
+
+def set_version_tags(name: str, version: int, tags: dict[str, str]) -> None:
+    client = _client()
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, value)
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name, version=version) from exc
+
+
+def mlflow_version() -> str:
+    return mlflow.__version__
+
+
+def get_runs_data(run_ids: list[str], *, batch_size: int = 100) -> dict[str, RunData]:
+    """Metrics and params of many runs in a few calls (search_runs with run_id IN (...))."""
+    wanted = sorted({run_id for run_id in run_ids if run_id})
+    if not wanted:
+        return {}
+    client = _client()
+    found: dict[str, RunData] = {}
+    try:
+        experiment_ids = _all_experiment_ids(client)
+        for start in range(0, len(wanted), batch_size):
+            batch = wanted[start : start + batch_size]
+            id_list = ", ".join(_quote(run_id) for run_id in batch)
+            token = None
+            while True:
+                page = client.search_runs(
+                    experiment_ids,
+                    filter_string=f"attributes.run_id IN ({id_list})",
+                    max_results=len(batch),
+                    page_token=token,
+                )
+                for run in page:
+                    found[run.info.run_id] = RunData(
+                        metrics=dict(run.data.metrics), params=dict(run.data.params)
+                    )
+                token = page.token
+                if not token:
+                    break
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+    return found
+
+
+def _all_experiment_ids(client: MlflowClient) -> list[str]:
+    from mlflow.entities import ViewType
+
+    ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
+        ids.extend(experiment.experiment_id for experiment in page)
+        token = page.token
+        if not token:
+            return ids
+
+
+# --- used to seed a demo registry -----------------------------------------------------------
+
+
+def create_run(
+    experiment_name: str,
+    *,
+    metrics: dict[str, float],
+    params: dict[str, str],
+    tags: dict[str, str] | None = None,
+) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = _client()
+    try:
+        experiment = client.get_experiment_by_name(experiment_name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+        run = client.create_run(experiment_id, tags=tags or {})
+        now = int(__import__("time").time() * 1000)
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+            params=[Param(key, str(value)) for key, value in params.items()],
+            tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
+        )
+        client.set_terminated(run.info.run_id)
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+    return run.info.run_id
+
+
+def create_registered_model(name: str, *, description: str = "", tags: dict[str, str] | None = None) -> None:
+    try:
+        _client().create_registered_model(name, tags=tags or {}, description=description)
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name) from exc
+
+
+def create_model_version(
+    name: str, *, run_id: str, tags: dict[str, str] | None = None, description: str = ""
+) -> int:
+    try:
+        mv = _client().create_model_version(
+            name, f"runs:/{run_id}/model", run_id=run_id, tags=tags or {}, description=description
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name) from exc
+    return int(mv.version)
+
+
+def registered_model_exists(name: str) -> bool:
+    try:
+        _client().get_registered_model(name)
+    except Exception as exc:  # noqa: BLE001
+        error = _translate(exc, name=name)
+        if isinstance(error, ModelNotFound):
+            return False
+        raise error from exc
+    return True

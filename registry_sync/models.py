@@ -1,0 +1,131 @@
+"""A mirror of the MLflow model registry.
+
+MLflow stays the source of truth. The mirror makes pages fast, keeps history when a version
+vanishes from MLflow, and lets the sync notice changes nobody asked this product for (drift).
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class RegisteredModel(models.Model):
+    name = models.CharField(max_length=256, unique=True)
+    description = models.TextField(blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
+    # alias -> version number, as MLflow reports it on the registered model
+    aliases = models.JSONField(default=dict, blank=True)
+    creation_timestamp = models.BigIntegerField(null=True, blank=True)
+    last_updated_timestamp = models.BigIntegerField(null=True, blank=True)
+    is_deleted = models.BooleanField(default=False)
+    has_drift = models.BooleanField(default=False)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="versions")
+    version = models.PositiveIntegerField()
+    current_stage = models.CharField(max_length=32, default="None")
+    aliases = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=32, blank=True, default="")
+    run_id = models.CharField(max_length=64, blank=True, default="")
+    source = models.TextField(blank=True, default="")
+    description = models.TextField(blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    creation_timestamp = models.BigIntegerField(null=True, blank=True)
+    last_updated_timestamp = models.BigIntegerField(null=True, blank=True)
+    is_deleted = models.BooleanField(default=False)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["model__name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "version"], name="unique_model_version"),
+        ]
+        indexes = [models.Index(fields=["model", "current_stage"], name="version_stage_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} v{self.version}"
+
+
+class SyncRun(models.Model):
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Schedule"
+        COMMAND = "command", "Command"
+        WEBHOOK = "webhook", "Webhook"
+        REQUEST = "request", "Request"
+        APPLY = "apply", "Apply"
+
+    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    scope = models.CharField(max_length=256, blank=True, default="", help_text="model name, or empty for all")
+    full = models.BooleanField(default=False)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    models_seen = models.PositiveIntegerField(default=0)
+    versions_seen = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    deleted = models.PositiveIntegerField(default=0)
+    drift = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"sync {self.scope or 'all'} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class DriftEvent(models.Model):
+    class Kind(models.TextChoices):
+        STAGE = "stage", "Stage"
+        ALIAS = "alias", "Alias"
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="drift_events")
+    version = models.PositiveIntegerField(null=True, blank=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    alias = models.CharField(max_length=256, blank=True, default="")
+    before = models.CharField(max_length=256, blank=True, default="")
+    after = models.CharField(max_length=256, blank=True, default="")
+    detected_at = models.DateTimeField()
+    mlflow_timestamp = models.BigIntegerField(null=True, blank=True)
+    resolved = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-detected_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}: {self.describe()}"
+
+    def describe(self) -> str:
+        if self.kind == self.Kind.STAGE:
+            return f"v{self.version} moved from {self.before} to {self.after} in MLflow without a request"
+        before = f"v{self.before}" if self.before else "nobody"
+        after = f"v{self.after}" if self.after else "nobody"
+        return f"@{self.alias} moved from {before} to {after} in MLflow without a request"
+
+
+class WebhookDelivery(models.Model):
+    """Delivery ids already accepted, so a replayed webhook is refused."""
+
+    delivery_id = models.CharField(max_length=128, unique=True)
+    received_at = models.DateTimeField()
+    event = models.CharField(max_length=64, blank=True, default="")
+    model_name = models.CharField(max_length=256, blank=True, default="")
+
+    def __str__(self) -> str:
+        return self.delivery_id

@@ -1,0 +1,396 @@
+"""Incremental sync of the MLflow registry into the mirror, with drift detection.
+
+A sync pages through MLflow, compares each page with the mirror in one query, and writes
+only what changed: a re-sync of an unchanged registry writes no mirror row. The number of
+SQL queries grows with the number of pages, not with the number of versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from registry_sync import gateway
+from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun
+
+logger = logging.getLogger(__name__)
+
+MODEL_FIELDS = (
+    "description",
+    "tags",
+    "aliases",
+    "creation_timestamp",
+    "last_updated_timestamp",
+    "is_deleted",
+)
+VERSION_FIELDS = (
+    "current_stage",
+    "aliases",
+    "status",
+    "run_id",
+    "source",
+    "description",
+    "tags",
+    "creation_timestamp",
+    "last_updated_timestamp",
+    "is_deleted",
+)
+WRITE_BATCH = 1000
+
+
+@dataclass
+class SyncStats:
+    models: int = 0
+    versions: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    drift: int = 0
+    changed_version_ids: set[int] = field(default_factory=set)
+
+
+class SyncFailed(Exception):
+    def __init__(self, run: SyncRun):
+        super().__init__(run.error)
+        self.run = run
+
+
+def sync_registry(
+    *,
+    trigger: str,
+    model_name: str | None = None,
+    full: bool = False,
+    progress: Callable[[SyncStats], None] | None = None,
+) -> SyncRun:
+    """Bring the mirror up to date with MLflow (one model, or all of them).
+
+    On a registry failure the run is recorded with its error and SyncFailed is raised; the
+    mirror keeps its last good state (each page is committed on its own, and nothing is
+    marked deleted unless the whole scope was read).
+    """
+    run = SyncRun.objects.create(
+        trigger=trigger, scope=model_name or "", full=full, started_at=timezone.now()
+    )
+    stats = SyncStats()
+    error = ""
+    try:
+        _sync(stats, model_name=model_name, full=full, progress=progress)
+    except gateway.RegistryError as exc:
+        error = str(exc) or type(exc).__name__
+        logger.warning("Registry sync failed: %s", error)
+    run.finished_at = timezone.now()
+    run.models_seen, run.versions_seen = stats.models, stats.versions
+    run.created, run.updated, run.deleted, run.drift = (
+        stats.created,
+        stats.updated,
+        stats.deleted,
+        stats.drift,
+    )
+    run.error = error
+    run.save()
+    if stats.changed_version_ids:
+        _notify_changed(stats.changed_version_ids)
+    if error:
+        raise SyncFailed(run)
+    return run
+
+
+def _notify_changed(version_ids: set[int]) -> None:
+    # Pending requests on these versions may now rest on stale evidence.
+    from promotions.services import requests_refresh_evidence
+
+    requests_refresh_evidence(version_ids=version_ids)
+
+
+def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress) -> None:
+    seen_models: dict[str, RegisteredModel] = {}
+    alias_maps: dict[str, dict[str, int]] = {}
+    for page in gateway.iter_registered_model_pages(name=model_name):
+        with transaction.atomic():
+            for row in _sync_model_page(page, stats):
+                seen_models[row.name] = row
+        for info in page:
+            alias_maps[info.name] = info.aliases
+        stats.models += len(page)
+
+    seen_versions: dict[int, set[int]] = {row.pk: set() for row in seen_models.values()}
+    for page in gateway.iter_model_version_pages(name=model_name):
+        with transaction.atomic():
+            _sync_version_page(page, seen_models, alias_maps, seen_versions, stats, full=full)
+        stats.versions += len(page)
+        if progress:
+            progress(stats)
+
+    with transaction.atomic():
+        _mark_vanished(seen_models, seen_versions, stats, model_name=model_name)
+
+
+def _sync_model_page(page: list[gateway.RegisteredModelInfo], stats: SyncStats) -> list[RegisteredModel]:
+    existing = {m.name: m for m in RegisteredModel.objects.filter(name__in=[info.name for info in page])}
+    now = timezone.now()
+    to_create, to_update = [], []
+    for info in page:
+        values = {
+            "description": info.description,
+            "tags": info.tags,
+            "aliases": info.aliases,
+            "creation_timestamp": info.creation_timestamp,
+            "last_updated_timestamp": info.last_updated_timestamp,
+            "is_deleted": False,
+        }
+        row = existing.get(info.name)
+        if row is None:
+            to_create.append(RegisteredModel(name=info.name, last_synced_at=now, **values))
+            continue
+        old_aliases = dict(row.aliases)
+        if any(getattr(row, key) != value for key, value in values.items()):
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.last_synced_at = now
+            to_update.append(row)
+        if old_aliases != info.aliases:
+            _detect_alias_drift(row, old_aliases, info, stats)
+    if to_create:
+        RegisteredModel.objects.bulk_create(to_create, batch_size=WRITE_BATCH)
+        existing.update(
+            {m.name: m for m in RegisteredModel.objects.filter(name__in=[m.name for m in to_create])}
+        )
+    if to_update:
+        RegisteredModel.objects.bulk_update(
+            to_update, [*MODEL_FIELDS, "last_synced_at", "has_drift"], batch_size=WRITE_BATCH
+        )
+    return [existing[info.name] for info in page]
+
+
+def _version_aliases(alias_map: dict[str, int], version: int) -> list[str]:
+    return sorted(alias for alias, holder in alias_map.items() if holder == version)
+
+
+def _sync_version_page(page, seen_models, alias_maps, seen_versions, stats: SyncStats, *, full: bool) -> None:
+    # A version can belong to a model registered after the model pages were read.
+    missing = {info.name for info in page} - set(seen_models)
+    if missing:
+        for info in page:
+            if info.name in missing and info.name not in seen_models:
+                row, _ = RegisteredModel.objects.get_or_create(name=info.name)
+                seen_models[info.name] = row
+                seen_versions.setdefault(row.pk, set())
+                alias_maps.setdefault(info.name, {})
+    model_ids = {seen_models[info.name].pk for info in page}
+    existing = {(v.model_id, v.version): v for v in ModelVersion.objects.filter(model_id__in=model_ids)}
+    now = timezone.now()
+    to_create: list[ModelVersion] = []
+    to_update: list[ModelVersion] = []
+    need_run_data: list[ModelVersion] = []
+    for info in page:
+        model = seen_models[info.name]
+        seen_versions[model.pk].add(info.version)
+        values = {
+            "current_stage": info.current_stage,
+            "aliases": _version_aliases(alias_maps.get(info.name, {}), info.version),
+            "status": info.status,
+            "run_id": info.run_id,
+            "source": info.source,
+            "description": info.description,
+            "tags": info.tags,
+            "creation_timestamp": info.creation_timestamp,
+            "last_updated_timestamp": info.last_updated_timestamp,
+            "is_deleted": False,
+        }
+        row = existing.get((model.pk, info.version))
+        if row is None:
+            row = ModelVersion(model=model, version=info.version, last_synced_at=now, **values)
+            to_create.append(row)
+            need_run_data.append(row)
+            continue
+        changed = any(getattr(row, key) != value for key, value in values.items())
+        if not changed and not full:
+            continue
+        if row.current_stage != info.current_stage:
+            _detect_stage_drift(model, row, info, stats)
+        run_changed = row.run_id != info.run_id or row.last_updated_timestamp != info.last_updated_timestamp
+        for key, value in values.items():
+            setattr(row, key, value)
+        if run_changed or full:
+            need_run_data.append(row)
+        if changed:
+            to_update.append(row)
+
+    if need_run_data:
+        queued = {id(row) for row in to_update}
+        runs = gateway.get_runs_data([row.run_id for row in need_run_data])
+        for row in need_run_data:
+            data = runs.get(row.run_id)
+            if data is not None and (row.metrics != data.metrics or row.params != data.params):
+                row.metrics, row.params = data.metrics, data.params
+                if row.pk and id(row) not in queued:
+                    to_update.append(row)
+    for row in to_update:
+        row.last_synced_at = now
+    if to_create:
+        ModelVersion.objects.bulk_create(to_create, batch_size=WRITE_BATCH)
+        stats.created += len(to_create)
+    if to_update:
+        ModelVersion.objects.bulk_update(
+            to_update, [*VERSION_FIELDS, "metrics", "params", "last_synced_at"], batch_size=WRITE_BATCH
+        )
+        stats.updated += len(to_update)
+        stats.changed_version_ids.update(row.pk for row in to_update)
+
+
+def _mark_vanished(seen_models, seen_versions, stats: SyncStats, *, model_name: str | None) -> None:
+    now = timezone.now()
+    models = RegisteredModel.objects.filter(is_deleted=False)
+    if model_name:
+        models = models.filter(name=model_name)
+    vanished_models = models.exclude(name__in=list(seen_models)) if len(seen_models) < 5000 else None
+    if vanished_models is None:
+        vanished_ids = [pk for pk, name in models.values_list("pk", "name") if name not in seen_models]
+    else:
+        vanished_ids = list(vanished_models.values_list("pk", flat=True))
+    if vanished_ids:
+        RegisteredModel.objects.filter(pk__in=vanished_ids).update(is_deleted=True, last_synced_at=now)
+        stats.deleted += ModelVersion.objects.filter(model_id__in=vanished_ids, is_deleted=False).update(
+            is_deleted=True, last_synced_at=now
+        )
+    live = ModelVersion.objects.filter(is_deleted=False)
+    if model_name:
+        live = live.filter(model__name=model_name)
+    gone = [
+        pk
+        for pk, model_id, number in live.values_list("pk", "model_id", "version")
+        if model_id in seen_versions and number not in seen_versions[model_id]
+    ]
+    if gone:
+        stats.deleted += ModelVersion.objects.filter(pk__in=gone).update(is_deleted=True, last_synced_at=now)
+        stats.changed_version_ids.update(gone)
+
+
+# --- drift ------------------------------------------------------------------------------------
+
+
+def _applied_by_us(model: RegisteredModel, version: int, *, stage: str = "", alias: str = "") -> bool:
+    """A change is ours when a request of ours for that version and binding is in flight."""
+    from promotions.models import PromotionRequest
+
+    in_flight = PromotionRequest.objects.filter(
+        version__model=model,
+        version__version=version,
+        status__in=[
+            PromotionRequest.Status.APPROVED,
+            PromotionRequest.Status.APPLYING,
+            PromotionRequest.Status.APPLIED,
+        ],
+    )
+    if stage:
+        in_flight = in_flight.filter(stage__mlflow_stage=stage)
+    if alias:
+        in_flight = in_flight.filter(stage__mlflow_alias=alias)
+    recent = timezone.now() - timezone.timedelta(hours=1)
+    return in_flight.filter(updated_at__gte=recent).exists()
+
+
+def _record_drift(model: RegisteredModel, *, stats: SyncStats, **fields) -> None:
+    from promotions import audit
+
+    event = DriftEvent.objects.create(model=model, detected_at=timezone.now(), **fields)
+    if not model.has_drift:
+        model.has_drift = True
+        RegisteredModel.objects.filter(pk=model.pk).update(has_drift=True)
+    stats.drift += 1
+    audit.record(
+        action="registry.drift",
+        meaning=f"Drift: {model.name} {event.describe()}",
+        model_name=model.name,
+        version=event.version,
+        from_stage=event.before if event.kind == DriftEvent.Kind.STAGE else f"@{event.alias}",
+        to_stage=event.after if event.kind == DriftEvent.Kind.STAGE else f"@{event.alias}",
+        details={
+            "kind": event.kind,
+            "alias": event.alias,
+            "before": event.before,
+            "after": event.after,
+            "mlflow_timestamp": event.mlflow_timestamp,
+        },
+    )
+
+
+def _detect_stage_drift(model: RegisteredModel, row: ModelVersion, info, stats: SyncStats) -> None:
+    if _applied_by_us(model, info.version, stage=info.current_stage):
+        return
+    if info.current_stage == "Archived" and _archived_by_us(model, row):
+        return
+    _record_drift(
+        model,
+        stats=stats,
+        version=info.version,
+        kind=DriftEvent.Kind.STAGE,
+        before=row.current_stage,
+        after=info.current_stage,
+        mlflow_timestamp=info.last_updated_timestamp,
+    )
+
+
+def _archived_by_us(model: RegisteredModel, row: ModelVersion) -> bool:
+    """Archiving the previous holder is a side effect of one of our promotions."""
+    from promotions.models import PromotionRequest
+
+    recent = timezone.now() - timezone.timedelta(hours=1)
+    return PromotionRequest.objects.filter(
+        version__model=model,
+        stage__mlflow_stage=row.current_stage,
+        stage__archive_existing=True,
+        status__in=[PromotionRequest.Status.APPLYING, PromotionRequest.Status.APPLIED],
+        updated_at__gte=recent,
+    ).exists()
+
+
+def _detect_alias_drift(row: RegisteredModel, old: dict[str, int], info, stats: SyncStats) -> None:
+    for alias in sorted(set(old) | set(info.aliases)):
+        before, after = old.get(alias), info.aliases.get(alias)
+        if before == after:
+            continue
+        if after is not None and _applied_by_us(row, after, alias=alias):
+            continue
+        _record_drift(
+            row,
+            stats=stats,
+            version=after if after is not None else before,
+            kind=DriftEvent.Kind.ALIAS,
+            alias=alias,
+            before="" if before is None else str(before),
+            after="" if after is None else str(after),
+            mlflow_timestamp=info.last_updated_timestamp,
+        )
+
+
+def model_drift_resolve(*, model: RegisteredModel) -> None:
+    with transaction.atomic():
+        DriftEvent.objects.filter(model=model, resolved=False).update(resolved=True)
+        RegisteredModel.objects.filter(pk=model.pk).update(has_drift=False)
+
+
+def format_summary(run: SyncRun) -> str:
+    seconds = f"{run.seconds:.2f}" if run.seconds is not None else "?"
+    text = (
+        f"models {run.models_seen}, versions {run.versions_seen}, created {run.created}, "
+        f"updated {run.updated}, deleted {run.deleted}, drift {run.drift}, seconds {seconds}"
+    )
+    return f"{text}; error: {run.error}" if run.error else text
+
+
+def wait_for_registry(timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            gateway.ping()
+            return
+        except gateway.RegistryUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)

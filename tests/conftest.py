@@ -1,0 +1,348 @@
+"""Real parts for the suite: an MLflow server, the configured database and broker, and a
+Celery worker process. Each is started once per session, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.test import TransactionTestCase
+
+from config.celery import app as celery_app
+from promotions import audit_triggers, roles
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+TEST_BROKER_URL = settings.CELERY_BROKER_URL
+
+
+# --- the audit table's triggers vs. Django's flush ------------------------------------------
+# TransactionTestCase empties every table after each test; the append-only triggers rightly
+# refuse that, so they are lifted for the flush alone and put back at once.
+_original_teardown = TransactionTestCase._fixture_teardown
+
+
+def _teardown_with_triggers_lifted(self):
+    from django.db import connections
+
+    for alias in self._databases_names(include_mirrors=False):
+        audit_triggers.remove(connections[alias])
+    try:
+        _original_teardown(self)
+    finally:
+        for alias in self._databases_names(include_mirrors=False):
+            audit_triggers.install(connections[alias])
+            _restore_chain_head(connections[alias])
+
+
+def _restore_chain_head(connection):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM promotions_auditchainhead")
+        if cursor.fetchone()[0] == 0:
+            cursor.execute(
+                "INSERT INTO promotions_auditchainhead (id, last_sequence, last_hash) VALUES (1, 0, %s)",
+                ["0" * 64],
+            )
+
+
+TransactionTestCase._fixture_teardown = _teardown_with_triggers_lifted
+
+
+@pytest.fixture(autouse=True)
+def _chain_head_exists(request):
+    """The flush also empties the chain head and the default catalog; restore both."""
+    if "transactional_db" in request.fixturenames or "live_server" in request.fixturenames:
+        from django.db import connection
+
+        request.getfixturevalue("transactional_db")
+
+        _restore_chain_head(connection)
+        _restore_catalog()
+    yield
+
+
+def _restore_catalog():
+    from promotions.models import Stage
+
+    if Stage.objects.exists():
+        return
+    for name in roles.ALL_ROLES:
+        Group.objects.get_or_create(name=name)
+    from importlib import import_module
+
+    migration = import_module("promotions.migrations.0002_roles_stages_audit_triggers")
+    from django.apps import apps
+    from django.db import connection
+
+    class _Editor:
+        pass
+
+    editor = _Editor()
+    editor.connection = connection
+    migration.forwards(apps, editor)
+
+
+# --- MLflow -----------------------------------------------------------------------------------
+
+
+class MlflowServer:
+    def __init__(self, url: str, process: subprocess.Popen | None, workdir: Path):
+        self.url = url
+        self.process = process
+        self.workdir = workdir
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.url, registry_uri=self.url)
+
+
+def _start_mlflow(workdir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(workdir / "mlflow.log", "wb")  # noqa: SIM115 - lives as long as the server
+    return subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{workdir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(workdir / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for_http(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    process = _start_mlflow(workdir, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health")
+    except RuntimeError:
+        stop_process(process)
+        raise RuntimeError((workdir / "mlflow.log").read_text()[-3000:]) from None
+    server = MlflowServer(url, process, workdir)
+    previous = settings.MLFLOW_TRACKING_URI
+    settings.MLFLOW_TRACKING_URI = url
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    yield server
+    settings.MLFLOW_TRACKING_URI = previous
+    stop_process(process)
+
+
+@pytest.fixture
+def registry(mlflow_server, settings):
+    """Point the product at the test MLflow server for one test."""
+    settings.MLFLOW_TRACKING_URI = mlflow_server.url
+    return mlflow_server
+
+
+@pytest.fixture
+def model_name():
+    """A registered-model name no other test uses: tests share one MLflow server."""
+    return f"model_{uuid.uuid4().hex[:10]}"
+
+
+# --- Celery worker ----------------------------------------------------------------------------
+
+
+def database_url_for_subprocess() -> str:
+    from django.db import connection
+
+    conf = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{conf['NAME']}"
+    auth = quote(conf["USER"] or "")
+    if conf.get("PASSWORD"):
+        auth += ":" + quote(conf["PASSWORD"])
+    host = conf.get("HOST") or "127.0.0.1"
+    port = conf.get("PORT") or 5432
+    return f"postgres://{auth}@{host}:{port}/{conf['NAME']}"
+
+
+def subprocess_env(**extra) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DEBUG": "true",
+        "DATABASE_URL": database_url_for_subprocess(),
+        "CELERY_BROKER_URL": TEST_BROKER_URL,
+        "MLFLOW_TRACKING_URI": settings.MLFLOW_TRACKING_URI,
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+class Worker:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.process: subprocess.Popen | None = None
+        self.log_path = tmp / "worker.log"
+
+    def start(self, *, concurrency: int = 2, **env) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "celery"),
+                "-A",
+                "config",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "--hostname",
+                f"test-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=ROOT,
+            env=subprocess_env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def purge_broker() -> None:
+    with celery_app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(celery_app.conf.task_default_queue or "celery")
+
+
+@pytest.fixture
+def celery_worker(mlflow_server, transactional_db, tmp_path):
+    """A real worker process consuming the configured broker, writing the test database."""
+    try:
+        purge_broker()
+    except Exception:  # noqa: BLE001 - an empty or new queue cannot be purged on every transport
+        pass
+    worker = Worker(tmp_path)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+# --- personas ---------------------------------------------------------------------------------
+
+
+def make_user(username: str, *role_names: str, **fields) -> User:
+    user = User.objects.create_user(
+        username=username,
+        password="pw-" + username,
+        first_name=fields.pop("first_name", username.title()),
+        last_name=fields.pop("last_name", "Tester"),
+        **fields,
+    )
+    for role in role_names:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def requester(db):
+    return make_user("riley", roles.REQUESTERS)
+
+
+@pytest.fixture
+def reviewer(db):
+    return make_user("rex", roles.REVIEWERS)
+
+
+@pytest.fixture
+def reviewer2(db):
+    return make_user("rita", roles.REVIEWERS)
+
+
+@pytest.fixture
+def stage_admin(db):
+    return make_user("sam", roles.STAGE_ADMINS, is_staff=True)
+
+
+@pytest.fixture
+def auditor(db):
+    return make_user("alice", roles.AUDITORS)
+
+
+@pytest.fixture
+def outsider(db):
+    return make_user("olga")
