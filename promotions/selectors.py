@@ -43,3 +43,36 @@ def queue_rows(user):
         .select_related("version__model", "stage")
         .order_by("-created_at")[:50]
     )
+
+
+def stage_history(model) -> dict[str, list[dict]]:
+    """Which version held each stage, newest first, from the applied requests."""
+    from django.urls import reverse
+
+    from promotions.models import PromotionRequest
+
+    history: dict[str, list[dict]] = {}
+    applied = (
+        PromotionRequest.objects.filter(version__model=model, status=PromotionRequest.Status.APPLIED)
+        .select_related("stage", "version")
+        .prefetch_related("reviews")
+        .order_by("-applied_at")[:100]
+    )
+    for request in applied:
+        entries = history.setdefault(request.stage.name, [])
+        approvers = [
+            r.reviewer_name for r in request.reviews.all() if r.decision == "approve" and not r.stale
+        ]
+        entries.append(
+            {
+                "version": request.version.version,
+                "since": request.applied_at,
+                "request_id": request.pk,
+                "approvers": approvers,
+                "rollback_url": (
+                    f"{reverse('request_create')}?model={model.name}&version={request.version.version}"
+                    f"&stage={request.stage.name}&rollback=1"
+                ),
+            }
+        )
+    return history

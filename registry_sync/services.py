@@ -66,6 +66,7 @@ def sync_registry(
     model_name: str | None = None,
     full: bool = False,
     progress: Callable[[SyncStats], None] | None = None,
+    page_size: int | None = None,
 ) -> SyncRun:
     """Bring the mirror up to date with MLflow (one model, or all of them).
 
@@ -79,7 +80,7 @@ def sync_registry(
     stats = SyncStats()
     error = ""
     try:
-        _sync(stats, model_name=model_name, full=full, progress=progress)
+        _sync(stats, model_name=model_name, full=full, progress=progress, page_size=page_size)
     except gateway.RegistryError as exc:
         error = str(exc) or type(exc).__name__
         logger.warning("Registry sync failed: %s", error)
@@ -107,10 +108,10 @@ def _notify_changed(version_ids: set[int]) -> None:
     requests_refresh_evidence(version_ids=version_ids)
 
 
-def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress) -> None:
+def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress, page_size: int | None) -> None:
     seen_models: dict[str, RegisteredModel] = {}
     alias_maps: dict[str, dict[str, int]] = {}
-    for page in gateway.iter_registered_model_pages(name=model_name):
+    for page in gateway.iter_registered_model_pages(name=model_name, page_size=min(page_size or 1000, 1000)):
         with transaction.atomic():
             for row in _sync_model_page(page, stats):
                 seen_models[row.name] = row
@@ -119,7 +120,7 @@ def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress) -> 
         stats.models += len(page)
 
     seen_versions: dict[int, set[int]] = {row.pk: set() for row in seen_models.values()}
-    for page in gateway.iter_model_version_pages(name=model_name):
+    for page in gateway.iter_model_version_pages(name=model_name, page_size=page_size or 10000):
         with transaction.atomic():
             _sync_version_page(page, seen_models, alias_maps, seen_versions, stats, full=full)
         stats.versions += len(page)
@@ -213,11 +214,10 @@ def _sync_version_page(page, seen_models, alias_maps, seen_versions, stats: Sync
             continue
         if row.current_stage != info.current_stage:
             _detect_stage_drift(model, row, info, stats)
-        run_changed = row.run_id != info.run_id or row.last_updated_timestamp != info.last_updated_timestamp
         for key, value in values.items():
             setattr(row, key, value)
-        if run_changed or full:
-            need_run_data.append(row)
+        # A changed version may come with new run metrics (an evaluation logged, then a tag set).
+        need_run_data.append(row)
         if changed:
             to_update.append(row)
 

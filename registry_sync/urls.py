@@ -4,6 +4,6 @@ from registry_sync import views
 
 urlpatterns = [
     path("models/", views.model_list, name="model_list"),
-    path("models/<str:name>/", views.model_detail, name="model_detail"),
+    path("models/<path:name>/", views.model_detail, name="model_detail"),
     path("hooks/mlflow/", views.mlflow_webhook, name="mlflow_webhook"),
 ]
