@@ -248,3 +248,23 @@ CELERY_BEAT_SCHEDULE = {
     "sync-registry": {"task": "registry_sync.sync_registry", "schedule": float(SYNC_INTERVAL_SECONDS)},
     "worker-heartbeat": {"task": "promotions.record_heartbeat", "schedule": 60.0, "args": ["beat"]},
 }
+
+# Promotions ----------------------------------------------------------------------------------
+PROMOTION_MAX_ATTEMPTS = envint("PROMOTION_MAX_ATTEMPTS", 5, minimum=1)
+PROMOTION_SWEEP_INTERVAL_SECONDS = envint("PROMOTION_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
+PROMOTION_STUCK_AFTER_SECONDS = envint("PROMOTION_STUCK_AFTER_SECONDS", 300, minimum=1)
+# Retry backoff: base * 2**attempt with full jitter, capped well below the visibility timeout.
+PROMOTION_RETRY_BASE_SECONDS = envint("PROMOTION_RETRY_BASE_SECONDS", 2, minimum=0)
+PROMOTION_RETRY_CAP_SECONDS = min(
+    envint("PROMOTION_RETRY_CAP_SECONDS", 120, minimum=1), CELERY_VISIBILITY_TIMEOUT // 4
+)
+EXPIRE_INTERVAL_SECONDS = envint("EXPIRE_INTERVAL_SECONDS", 300, minimum=5)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "sweep-approved-requests": {
+            "task": "promotions.sweep_requests",
+            "schedule": float(PROMOTION_SWEEP_INTERVAL_SECONDS),
+        },
+        "expire-requests": {"task": "promotions.expire_requests", "schedule": float(EXPIRE_INTERVAL_SECONDS)},
+    }
+)

@@ -76,3 +76,101 @@ def stage_history(model) -> dict[str, list[dict]]:
             }
         )
     return history
+
+
+# --- request pages ----------------------------------------------------------------------------
+
+LOWER_IS_BETTER = ("loss", "rmse", "mse", "mae", "error", "latency", "mape")
+
+
+def _lower_is_better(metric: str) -> bool:
+    name = metric.lower()
+    return any(word in name for word in LOWER_IS_BETTER)
+
+
+def comparison(evidence: dict) -> dict:
+    """Candidate vs the current holder of the target, from the evidence snapshot."""
+    candidate = evidence.get("metrics", {})
+    holder = evidence.get("current_holder") or {}
+    current = holder.get("metrics", {})
+    rows = []
+    for key in sorted(set(candidate) | set(current)):
+        new, old = candidate.get(key), current.get(key)
+        delta = better = None
+        if isinstance(new, int | float) and isinstance(old, int | float):
+            delta = new - old
+            if delta:
+                better = (delta < 0) if _lower_is_better(key) else (delta > 0)
+        rows.append({"key": key, "candidate": new, "current": old, "delta": delta, "better": better})
+    params_new, params_old = evidence.get("params", {}), holder.get("params", {})
+    params = (
+        [
+            {"key": key, "current": params_old.get(key), "candidate": params_new.get(key)}
+            for key in sorted(set(params_new) | set(params_old))
+            if params_new.get(key) != params_old.get(key)
+        ]
+        if holder
+        else []
+    )
+    return {"holder_version": holder.get("version"), "metrics": rows, "params": params}
+
+
+def request_page(request_id: int):
+    from promotions.models import PromotionRequest
+
+    return (
+        PromotionRequest.objects.select_related("version__model", "stage", "requested_by")
+        .prefetch_related("stage__approver_groups", "reviews")
+        .filter(pk=request_id)
+        .first()
+    )
+
+
+def request_timeline(request_id: int):
+    from promotions.models import AuditEvent
+
+    return list(
+        AuditEvent.objects.filter(request_id=request_id)
+        .only("sequence", "created_at", "actor_name", "action", "meaning", "details")
+        .order_by("sequence")
+    )
+
+
+QUEUE_TABS = ("mine", "open", "recent")
+
+
+def queue(user, *, tab: str = "mine", stage: str = "", model: str = "", status: str = ""):
+    from django.db.models import Count, Q
+
+    from promotions.models import PromotionRequest
+    from promotions.policy import actionable_requests
+
+    if tab == "mine":
+        requests = actionable_requests(user)
+    elif tab == "recent":
+        requests = PromotionRequest.objects.exclude(status__in=PromotionRequest.OPEN_STATUSES).order_by(
+            "-updated_at"
+        )
+    else:
+        requests = PromotionRequest.objects.filter(status__in=PromotionRequest.OPEN_STATUSES)
+    if stage:
+        requests = requests.filter(stage__name__iexact=stage)
+    if model:
+        requests = requests.filter(version__model__name__icontains=model)
+    if status:
+        requests = requests.filter(status=status)
+    requests = requests.select_related("version__model", "stage").annotate(
+        approvals=Count("reviews", filter=Q(reviews__decision="approve", reviews__stale=False), distinct=True)
+    )
+    if tab != "recent":
+        requests = requests.order_by("-created_at", "-id")
+    return requests
+
+
+def status_counts() -> dict[str, int]:
+    from django.db.models import Count
+
+    from promotions.models import PromotionRequest
+
+    counts = dict(PromotionRequest.objects.values_list("status").annotate(n=Count("id")).order_by())
+    return {value: counts.get(value, 0) for value, _ in PromotionRequest.Status.choices}

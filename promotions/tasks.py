@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from celery import shared_task
 from django.utils import timezone
 
-from promotions.models import WorkerHeartbeat
+from promotions import services
+from promotions.errors import TransientApplyError
+from promotions.models import PromotionRequest, WorkerHeartbeat
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="promotions.record_heartbeat")
@@ -16,3 +21,33 @@ def record_heartbeat(marker: str) -> None:
     WorkerHeartbeat.objects.update_or_create(
         marker=marker, defaults={"worker": socket.gethostname(), "seen_at": timezone.now()}
     )
+
+
+@shared_task(
+    bind=True,
+    name="promotions.apply_promotion",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,  # the attempt count that bounds retries lives in the database
+)
+def apply_promotion(self, request_id: int) -> str:
+    try:
+        return services.promotion_apply(request_id=request_id)
+    except TransientApplyError as exc:
+        delay = services.retry_delay(exc.attempts)
+        logger.warning("Request #%s: MLflow unavailable (%s); retry in %.1f s", request_id, exc, delay)
+        # Hold the sweeper off until this retry has had its chance.
+        PromotionRequest.objects.filter(pk=request_id).update(
+            enqueued_at=timezone.now() + timezone.timedelta(seconds=delay)
+        )
+        raise self.retry(countdown=delay, exc=exc) from None
+
+
+@shared_task(name="promotions.sweep_requests")
+def sweep_requests() -> int:
+    return len(services.requests_sweep())
+
+
+@shared_task(name="promotions.expire_requests")
+def expire_requests() -> int:
+    return services.requests_expire()

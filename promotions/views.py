@@ -1,11 +1,257 @@
+"""Pages for requesters and reviewers. Views parse, call one service or selector, render."""
+
 from __future__ import annotations
 
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from promotions import selectors
+from promotions import policy, roles, selectors, services
+from promotions.errors import PromotionError
+from promotions.forms import DecisionForm, PromotionRequestForm
+from promotions.models import PromotionRequest, Stage
+
+PAGE_SIZE = 50
+
+
+def _get_request_for_user(request: HttpRequest, pk: int) -> PromotionRequest:
+    promotion = selectors.request_page(pk)
+    if promotion is None:
+        raise Http404("No such request.")
+    if not policy.may_view_request(request.user, promotion):
+        raise PermissionDenied("You have no role that may see promotion requests.")
+    return promotion
+
+
+def _require_role(request: HttpRequest) -> None:
+    if not (roles.role_names(request.user) or request.user.is_superuser):
+        raise PermissionDenied("You have no role in this application yet; ask an administrator.")
 
 
 @require_GET
-def queue(request):
-    return render(request, "promotions/queue.html", {"rows": selectors.queue_rows(request.user)})
+def queue(request: HttpRequest) -> HttpResponse:
+    _require_role(request)
+    tab = request.GET.get("tab", "mine")
+    tab = tab if tab in selectors.QUEUE_TABS else "mine"
+    status = request.GET.get("status", "")
+    status = status if status in PromotionRequest.Status.values else ""
+    filters = {
+        "stage": request.GET.get("stage", "").strip()[:64],
+        "model": request.GET.get("model", "").strip()[:256],
+        "status": status,
+    }
+    rows = selectors.queue(request.user, tab=tab, **filters)
+    page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "tab": tab,
+        "filters": filters,
+        "stages": Stage.objects.values_list("name", flat=True),
+        "statuses": PromotionRequest.Status.choices,
+        "counts": selectors.status_counts(),
+        "actionable_ids": set(policy.actionable_requests(request.user).values_list("pk", flat=True))
+        if tab != "mine"
+        else {row.pk for row in page.object_list},
+    }
+    template = "promotions/queue.html#queue-rows" if request.htmx else "promotions/queue.html"
+    return render(request, template, context)
+
+
+@require_POST
+def queue_bulk(request: HttpRequest) -> HttpResponse:
+    _require_role(request)
+    decision = request.POST.get("decision")
+    comment = request.POST.get("comment", "")
+    ids = [int(pk) for pk in request.POST.getlist("request_ids") if pk.isdigit()][:200]
+    if decision not in ("approve", "reject") or not ids:
+        messages.error(request, "Select at least one request and a decision.")
+        return redirect("queue")
+    done, refused = [], []
+    for promotion in PromotionRequest.objects.filter(pk__in=ids).select_related("version__model", "stage"):
+        try:
+            if decision == "approve":
+                services.review_approve(request=promotion, reviewer=request.user, comment=comment)
+            else:
+                services.review_reject(request=promotion, reviewer=request.user, comment=comment)
+            done.append(f"#{promotion.pk}")
+        except PromotionError as exc:
+            refused.append(f"#{promotion.pk}: {exc.message}")
+    if done:
+        verb = "Approved" if decision == "approve" else "Rejected"
+        messages.success(request, f"{verb} {', '.join(done)}.")
+    for line in refused:
+        messages.error(request, line)
+    return redirect(f"{reverse('queue')}?tab=mine")
+
+
+@require_http_methods(["GET", "POST"])
+def request_create(request: HttpRequest) -> HttpResponse:
+    if not policy.may_request(request.user):
+        raise PermissionDenied("Only requesters, reviewers and stage admins file promotion requests.")
+    source = request.POST if request.method == "POST" else request.GET
+    model_name = source.get("model", "")
+    version_number = int(source["version"]) if source.get("version", "").isdigit() else None
+    rollback = source.get("rollback") == "1"
+    if request.method == "POST":
+        form = PromotionRequestForm(request.POST, model_name=model_name, version_number=version_number)
+        if form.is_valid():
+            try:
+                promotion = services.promotion_request_create(
+                    version=services.version_get(
+                        model_name=form.cleaned_data["model"],
+                        version=form.cleaned_data["version"],
+                        refresh=False,
+                    ),
+                    stage=services.stage_get_by_name(form.cleaned_data["stage"]),
+                    requested_by=request.user,
+                    justification=form.cleaned_data["justification"],
+                    rollback=rollback,
+                )
+            except PromotionError as exc:
+                form.add_error(None, exc.message)
+            else:
+                url = reverse("request_detail", args=[promotion.pk])
+                messages.success(request, f"Request #{promotion.pk} filed.")
+                return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    else:
+        initial = {"model": model_name, "version": version_number, "stage": source.get("stage", "")}
+        form = PromotionRequestForm(initial=initial, model_name=model_name, version_number=version_number)
+    preview = _check_preview(form, source.get("stage", ""))
+    context = {"form": form, "preview": preview, "rollback": rollback}
+    template = "promotions/request_form.html#request-form" if request.htmx else "promotions/request_form.html"
+    status = 422 if request.method == "POST" else 200
+    return render(request, template, context, status=status)
+
+
+def _check_preview(form: PromotionRequestForm, stage_name: str):
+    version = form.chosen_version
+    stage = next((s for s in form.allowed_stages if s.name == stage_name), None)
+    if version is None or stage is None:
+        return None
+    from promotions.policy import evaluate_checks
+
+    return {"stage": stage, "results": evaluate_checks(stage, metrics=version.metrics, tags=version.tags)}
+
+
+def _detail_context(
+    request: HttpRequest, promotion: PromotionRequest, form: DecisionForm | None = None
+) -> dict:
+    user = request.user
+    reviews = list(promotion.reviews.all())
+    approvals = [r for r in reviews if r.decision == "approve" and not r.stale]
+    already = any(r.reviewer_id == user.pk and not r.stale for r in reviews)
+    is_requester = promotion.requested_by_id == user.pk
+    may_decide = (
+        promotion.status == PromotionRequest.Status.PENDING
+        and not is_requester
+        and not already
+        and policy.in_approver_groups(user, promotion.stage)
+    )
+    return {
+        "promotion": promotion,
+        "reviews": reviews,
+        "approvals": len(approvals),
+        "comparison": selectors.comparison(promotion.evidence),
+        "timeline": selectors.request_timeline(promotion.pk),
+        "may_decide": may_decide,
+        "already_reviewed": already,
+        "is_requester": is_requester,
+        "may_cancel": promotion.status in ("pending", "approved") and policy.may_cancel(user, promotion),
+        "may_retry": promotion.status == "failed" and policy.is_stage_admin(user),
+        "checks_failing": policy.failing(promotion.check_results),
+        "form": form or DecisionForm(initial={"evidence_sha256": promotion.evidence_sha256}),
+        "polling": promotion.status in ("approved", "applying"),
+    }
+
+
+@require_GET
+def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    promotion = _get_request_for_user(request, pk)
+    return render(request, "promotions/request_detail.html", _detail_context(request, promotion))
+
+
+@require_GET
+def request_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The status fragment that polls while the request is being applied."""
+    promotion = _get_request_for_user(request, pk)
+    context = _detail_context(request, promotion)
+    response = render(request, "promotions/request_detail.html#status", context)
+    if request.htmx and not context["polling"]:
+        # Final (or waiting for people): stop polling and refresh the whole panel once.
+        stop = HttpResponseStopPolling()
+        stop.content = render(request, "promotions/request_detail.html#panel", context).content
+        stop["HX-Retarget"] = "#request-panel"
+        stop["HX-Reswap"] = "outerHTML"
+        return stop
+    return response
+
+
+def _after_action(
+    request: HttpRequest, promotion: PromotionRequest, *, error: str = "", form=None
+) -> HttpResponse:
+    if request.htmx:
+        promotion = selectors.request_page(promotion.pk)
+        context = _detail_context(request, promotion, form=form)
+        context["action_error"] = error
+        return render(request, "promotions/request_detail.html#panel", context, status=200)
+    if error:
+        messages.error(request, error)
+    return redirect("request_detail", pk=promotion.pk)
+
+
+@require_POST
+def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    promotion = _get_request_for_user(request, pk)
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        return _after_action(
+            request, promotion, error="Choose Approve or Reject; a comment is at most 10,000 characters."
+        )
+    data = form.cleaned_data
+    try:
+        if data["decision"] == "approve":
+            services.review_approve(
+                request=promotion,
+                reviewer=request.user,
+                comment=data["comment"],
+                evidence_sha256=data["evidence_sha256"] or None,
+            )
+        else:
+            services.review_reject(request=promotion, reviewer=request.user, comment=data["comment"])
+    except PromotionError as exc:
+        if exc.http_status == 403 and not request.htmx:
+            raise PermissionDenied(exc.message) from None
+        response = _after_action(request, promotion, error=exc.message, form=form)
+        if exc.http_status == 403:
+            response.status_code = 403
+        return response
+    return _after_action(request, promotion)
+
+
+@require_POST
+def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    promotion = _get_request_for_user(request, pk)
+    try:
+        services.request_cancel(request=promotion, user=request.user)
+    except PromotionError as exc:
+        if exc.http_status == 403:
+            raise PermissionDenied(exc.message) from None
+        return _after_action(request, promotion, error=exc.message)
+    return _after_action(request, promotion)
+
+
+@require_POST
+def request_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    promotion = _get_request_for_user(request, pk)
+    try:
+        services.request_retry(request=promotion, user=request.user)
+    except PromotionError as exc:
+        if exc.http_status == 403:
+            raise PermissionDenied(exc.message) from None
+        return _after_action(request, promotion, error=exc.message)
+    return _after_action(request, promotion)

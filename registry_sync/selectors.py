@@ -22,8 +22,10 @@ def model_list(*, query: str = "") -> QuerySet[RegisteredModel]:
     models = RegisteredModel.objects.filter(is_deleted=False)
     if query:
         models = models.filter(name__icontains=query)
-    return models.annotate(latest_version=Max("versions__version")).prefetch_related(
-        Prefetch("versions", queryset=holders, to_attr="stage_holders")
+    return (
+        models.annotate(latest_version=Max("versions__version"))
+        .order_by("name")
+        .prefetch_related(Prefetch("versions", queryset=holders, to_attr="stage_holders"))
     )
 
 

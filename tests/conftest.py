@@ -68,15 +68,24 @@ TransactionTestCase._fixture_teardown = _teardown_with_triggers_lifted
 
 
 @pytest.fixture(autouse=True)
-def _chain_head_exists(request):
-    """The flush also empties the chain head and the default catalog; restore both."""
-    if "transactional_db" in request.fixturenames or "live_server" in request.fixturenames:
-        from django.db import connection
-
+def _catalog_exists(request):
+    """A transactional test's flush empties the chain head, the roles and the default
+    catalog that migrations created; put them back for whichever test comes next."""
+    marker = request.node.get_closest_marker("django_db")
+    names = request.fixturenames
+    transactional = "transactional_db" in names or "live_server" in names
+    transactional = transactional or bool(marker and marker.kwargs.get("transaction"))
+    if transactional:
         request.getfixturevalue("transactional_db")
+    elif marker or "db" in names:
+        request.getfixturevalue("db")
+    else:
+        yield
+        return
+    from django.db import connection
 
-        _restore_chain_head(connection)
-        _restore_catalog()
+    _restore_chain_head(connection)
+    _restore_catalog()
     yield
 
 

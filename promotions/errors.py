@@ -1,0 +1,54 @@
+"""What the services refuse with. Every message is meant for the person who asked."""
+
+from __future__ import annotations
+
+
+class PromotionError(Exception):
+    """Base: a refused action. `code` is stable for the API; the message is for people."""
+
+    code = "refused"
+    http_status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(PromotionError):
+    code = "invalid"
+    http_status = 422
+
+
+class UnknownStage(InvalidRequest):
+    code = "unknown_stage"
+
+
+class UnknownVersion(InvalidRequest):
+    code = "unknown_version"
+
+
+class ChecksFailed(InvalidRequest):
+    code = "checks_failed"
+
+
+class DuplicateRequest(PromotionError):
+    code = "duplicate"
+    http_status = 409
+
+
+class AlreadyDecided(PromotionError):
+    code = "already_decided"
+    http_status = 409
+
+
+class NotAllowed(PromotionError):
+    code = "forbidden"
+    http_status = 403
+
+
+class TransientApplyError(Exception):
+    """MLflow could not be reached; the task retries with backoff."""
+
+    def __init__(self, message: str, attempts: int):
+        super().__init__(message)
+        self.attempts = attempts

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from django import forms
+
+from promotions import services
+from promotions.models import Stage
+from promotions.services import MAX_TEXT
+from registry_sync.models import ModelVersion, RegisteredModel
+
+
+class PromotionRequestForm(forms.Form):
+    """Model, version and target stage narrow each other: only moves the catalog allows."""
+
+    model = forms.ChoiceField(label="Model")
+    version = forms.TypedChoiceField(label="Version", coerce=int, empty_value=None)
+    stage = forms.ChoiceField(label="Target stage")
+    justification = forms.CharField(
+        label="Justification",
+        widget=forms.Textarea(
+            attrs={"rows": 4, "placeholder": "Why should this version move? Evidence, tickets…"}
+        ),
+        max_length=MAX_TEXT,
+        required=False,
+    )
+
+    def __init__(self, *args, model_name: str = "", version_number: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        names = (
+            RegisteredModel.objects.filter(is_deleted=False).order_by("name").values_list("name", flat=True)
+        )
+        self.fields["model"].choices = [("", "Choose a model…")] + [(n, n) for n in names]
+        self.chosen_version: ModelVersion | None = None
+        versions = []
+        if model_name:
+            versions = list(
+                ModelVersion.objects.filter(model__name=model_name, is_deleted=False)
+                .select_related("model")
+                .order_by("-version")
+            )
+        self.fields["version"].choices = [("", "Choose a version…")] + [
+            (v.version, f"v{v.version} — {v.current_stage}{' @' + ' @'.join(v.aliases) if v.aliases else ''}")
+            for v in versions
+        ]
+        self.chosen_version = next((v for v in versions if v.version == version_number), None)
+        stages = list(Stage.objects.filter(is_active=True).prefetch_related("allowed_from"))
+        if self.chosen_version is not None:
+            positions = services.version_positions(
+                current_stage=self.chosen_version.current_stage,
+                aliases=self.chosen_version.aliases,
+                stages=stages,
+            )
+            stages = [
+                s for s in stages if s.name not in positions and services.transition_allowed(s, positions)
+            ]
+        self.fields["stage"].choices = [("", "Choose a stage…")] + [(s.name, s.name) for s in stages]
+        self.allowed_stages = stages
+
+    def clean_justification(self) -> str:
+        text = self.cleaned_data["justification"].strip()
+        if not text:
+            raise forms.ValidationError("A justification is required: say why this version should move.")
+        return text
+
+
+class DecisionForm(forms.Form):
+    comment = forms.CharField(
+        label="Comment", widget=forms.Textarea(attrs={"rows": 3}), max_length=MAX_TEXT, required=False
+    )
+    decision = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
+    evidence_sha256 = forms.CharField(required=False, widget=forms.HiddenInput)

@@ -1,0 +1,138 @@
+"""`manage.py request_promotion --model-name NAME --version N --stage STAGE [...]`
+
+Exit codes: 0 filed (with --wait: applied), 1 refused, rejected, failed, cancelled or expired,
+2 bad input (unknown stage, model or version; empty justification), 3 MLflow unreachable.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from promotions import services
+from promotions.errors import InvalidRequest, PromotionError
+from promotions.models import PromotionRequest
+
+EXIT_REFUSED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class Command(BaseCommand):
+    help = "File a promotion request for a model version (and optionally wait for the outcome)."
+
+    def add_base_argument(self, parser, *args, **kwargs):
+        # Django's own --version (print Django's version) would shadow the model version flag.
+        if "--version" in args:
+            return
+        super().add_base_argument(parser, *args, **kwargs)
+
+    def add_arguments(self, parser):
+        parser.add_argument("--model-name", required=True)
+        parser.add_argument("--version", required=True, type=int)
+        parser.add_argument("--stage", required=True, help="Target stage, as named in the stage catalog.")
+        parser.add_argument("--justification", default=None, help="Why this version should move.")
+        parser.add_argument("--user", default=None, help="File as this user (default: $PROMOTE_USER or you).")
+        parser.add_argument(
+            "--evidence-file", type=Path, help="A JSON object of CI evidence (tests, coverage…)."
+        )
+        parser.add_argument(
+            "--wait", action="store_true", help="Wait until the request reaches a final status."
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=3600, help="Seconds --wait waits (default 3600)."
+        )
+
+    def handle(self, *args, **options):
+        user = self._user(options["user"])
+        evidence = self._evidence(options["evidence_file"])
+        justification = options["justification"]
+        if justification is None:
+            justification = f"Filed from the command line by {user.get_username()}."
+        try:
+            stage = services.stage_get_by_name(options["stage"])
+            version = services.version_get(model_name=options["model_name"], version=options["version"])
+            request = services.promotion_request_create(
+                version=version,
+                stage=stage,
+                requested_by=user,
+                justification=justification,
+                ci_evidence=evidence,
+                via="cli",
+            )
+        except InvalidRequest as exc:
+            raise CommandError(exc.message, returncode=EXIT_BAD_INPUT) from None
+        except PromotionError as exc:
+            raise CommandError(exc.message, returncode=EXIT_REFUSED) from None
+        self._print(request)
+        if options["wait"]:
+            self._wait(request, options["timeout"])
+
+    def _user(self, username: str | None):
+        username = username or os.environ.get("PROMOTE_USER") or getpass.getuser()
+        user = get_user_model().objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise CommandError(
+                f"User '{username}' does not exist or is inactive; pass --user USERNAME.", returncode=2
+            )
+        return user
+
+    def _evidence(self, path: Path | None) -> dict | None:
+        if path is None:
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot read the evidence file {path}: {exc.strerror}.", returncode=2
+            ) from None
+        except ValueError as exc:
+            raise CommandError(f"The evidence file {path} is not JSON: {exc}.", returncode=2) from None
+        if not isinstance(data, dict):
+            raise CommandError(f"The evidence file {path} must hold a JSON object.", returncode=2)
+        return data
+
+    def _print(self, request: PromotionRequest) -> None:
+        approvals = request.reviews.filter(decision="approve", stale=False).count()
+        self.stdout.write(
+            f"Request #{request.pk}: {request.get_status_display()} — {request.version.model.name} "
+            f"v{request.version.version} → {request.stage.name} "
+            f"({approvals}/{request.stage.required_approvals} approvals)"
+        )
+        for result in request.check_results:
+            mark = "✓" if result["passed"] else "✗"
+            actual = f" ({result['actual']})" if result["actual"] else f" ({result['message']})"
+            self.stdout.write(f"  {mark} {result['rule']}{actual}")
+
+    def _wait(self, request: PromotionRequest, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = request.status
+        while True:
+            request.refresh_from_db()
+            if request.status != last:
+                self.stdout.write(f"Request #{request.pk}: {request.get_status_display()}")
+                last = request.status
+            if request.status == PromotionRequest.Status.APPLIED:
+                return
+            if request.status in (
+                PromotionRequest.Status.REJECTED,
+                PromotionRequest.Status.CANCELLED,
+                PromotionRequest.Status.EXPIRED,
+                PromotionRequest.Status.FAILED,
+            ):
+                reason = f": {request.last_error}" if request.last_error else ""
+                raise CommandError(
+                    f"Request #{request.pk} ended {request.get_status_display().lower()}{reason}",
+                    returncode=EXIT_REFUSED,
+                )
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"Request #{request.pk} is still {request.get_status_display().lower()} "
+                    f"after {timeout:.0f} s.",
+                    returncode=EXIT_REFUSED,
+                )
+            time.sleep(1)

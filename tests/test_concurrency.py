@@ -1,0 +1,103 @@
+"""Two reviewers at the same moment, and concurrent audit writers, on real connections."""
+
+import threading
+
+import pytest
+from django.db import connection, connections
+
+from promotions import audit, services
+from promotions.errors import PromotionError
+from promotions.models import AuditEvent, PromotionRequest, Review
+from tests.factories import mirror_model, stage, version
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_together(*functions):
+    """Start every function at once, each in its own thread with its own connection."""
+    barrier = threading.Barrier(len(functions))
+    outcomes = [None] * len(functions)
+
+    def runner(index, function):
+        try:
+            barrier.wait()
+            outcomes[index] = function()
+        except PromotionError as exc:
+            outcomes[index] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=runner, args=(i, f)) for i, f in enumerate(functions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes
+
+
+def test_two_reviewers_approving_at_once_change_the_request_once(requester, reviewer, reviewer2):
+    model = mirror_model(versions={1: {"current_stage": "Staging"}})
+    request = services.promotion_request_create(
+        version=version(model, 1), stage=stage("Production"), requested_by=requester, justification="go"
+    )
+
+    run_together(
+        lambda: services.review_approve(request=request, reviewer=reviewer),
+        lambda: services.review_approve(request=request, reviewer=reviewer2),
+    )
+
+    request.refresh_from_db()
+    assert request.status == PromotionRequest.Status.APPROVED
+    assert Review.objects.filter(request=request).count() == 2
+    assert AuditEvent.objects.filter(action="request.approved", request_id=request.pk).count() == 1
+    assert audit.verify_database().ok
+
+
+def test_the_same_reviewer_clicking_twice_records_one_approval(requester, reviewer):
+    model = mirror_model(versions={1: {"current_stage": "Staging"}})
+    request = services.promotion_request_create(
+        version=version(model, 1), stage=stage("Production"), requested_by=requester, justification="go"
+    )
+
+    outcomes = run_together(*[lambda: services.review_approve(request=request, reviewer=reviewer)] * 2)
+
+    assert Review.objects.filter(request=request).count() == 1
+    assert sum(isinstance(o, PromotionRequest) for o in outcomes) == 1
+    assert AuditEvent.objects.filter(action="review.approved").count() == 1
+
+
+def test_approve_and_reject_at_once_leave_one_decision(requester, reviewer, reviewer2):
+    model = mirror_model(versions={1: {"current_stage": "None"}})
+    request = services.promotion_request_create(
+        version=version(model, 1), stage=stage("Staging"), requested_by=requester, justification="go"
+    )
+
+    run_together(
+        lambda: services.review_approve(request=request, reviewer=reviewer),
+        lambda: services.review_reject(request=request, reviewer=reviewer2, comment="no"),
+    )
+
+    request.refresh_from_db()
+    assert request.status in (PromotionRequest.Status.APPROVED, PromotionRequest.Status.REJECTED)
+    assert Review.objects.filter(request=request).count() == 1
+    decided = AuditEvent.objects.filter(action__in=["request.approved", "review.rejected"]).count()
+    assert decided == 1
+
+
+def test_concurrent_audit_writers_never_fork_or_skip_the_chain():
+    before = AuditEvent.objects.count()
+
+    def writer(n):
+        def write():
+            for i in range(15):
+                audit.record(action="test.write", meaning=f"writer {n} entry {i}")
+
+        return write
+
+    run_together(*[writer(n) for n in range(4)])
+
+    sequences = list(AuditEvent.objects.order_by("sequence").values_list("sequence", flat=True))
+    assert sequences == list(range(1, before + 61))
+    report = audit.verify_database()
+    assert report.ok, report
+    assert connection.vendor in ("sqlite", "postgresql")

@@ -1,0 +1,205 @@
+"""The request pages: file, view, approve, reject, cancel — with and without htmx."""
+
+import pytest
+
+from promotions import services
+from promotions.models import AuditEvent, PromotionRequest, Review
+from tests.factories import mirror_model, stage, version
+
+pytestmark = pytest.mark.django_db
+Status = PromotionRequest.Status
+
+
+@pytest.fixture
+def sales():
+    return mirror_model(
+        "sales_forecast",
+        {
+            3: {
+                "current_stage": "Production",
+                "metrics": {"accuracy": 0.91, "rmse": 13.9},
+                "params": {"depth": "8"},
+            },
+            5: {
+                "current_stage": "Staging",
+                "metrics": {"accuracy": 0.931, "rmse": 12.4},
+                "params": {"depth": "10"},
+            },
+            6: {"current_stage": "None"},
+        },
+    )
+
+
+@pytest.fixture
+def pending(sales, requester):
+    return services.promotion_request_create(
+        version=version(sales, 5),
+        stage=stage("Production"),
+        requested_by=requester,
+        justification="Q3 retrain",
+    )
+
+
+def test_the_form_narrows_versions_and_stages(client, requester, sales):
+    client.force_login(requester)
+    body = client.get("/requests/new/?model=sales_forecast&version=5").content.decode()
+    assert 'for="id_model">Model<' in body and "Target stage" in body and "Justification" in body
+    assert "v5 — Staging" in body
+    # from Staging the catalog allows Production and Archived, not Staging again
+    assert '<option value="Production"' in body
+    assert '<option value="Staging"' not in body
+
+
+def test_the_form_previews_the_checks(client, requester, sales):
+    production = stage("Production")
+    production.checks = "metric accuracy >= 0.95"
+    production.save()
+    client.force_login(requester)
+    body = client.get("/requests/new/?model=sales_forecast&version=5&stage=Production").content.decode()
+    assert "✗ metric accuracy &gt;= 0.95" in body
+
+
+def test_a_requester_files_a_request(client, requester, sales):
+    client.force_login(requester)
+    response = client.post(
+        "/requests/new/",
+        {"model": "sales_forecast", "version": "5", "stage": "Production", "justification": "Q3 retrain"},
+    )
+    request = PromotionRequest.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/requests/{request.pk}/"
+    assert (request.status, request.requested_by, request.via) == (Status.PENDING, requester, "web")
+
+
+def test_the_form_shows_errors_next_to_the_field(client, requester, sales):
+    client.force_login(requester)
+    response = client.post(
+        "/requests/new/", {"model": "sales_forecast", "version": "5", "stage": "Production"}
+    )
+    assert response.status_code == 422
+    assert "A justification is required" in response.content.decode()
+    assert not PromotionRequest.objects.exists()
+
+
+def test_a_duplicate_request_is_refused_in_the_form(client, requester, pending):
+    client.force_login(requester)
+    response = client.post(
+        "/requests/new/",
+        {"model": "sales_forecast", "version": "5", "stage": "Production", "justification": "again"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 422
+    assert f"already exists (#{pending.pk})" in response.content.decode()
+    assert PromotionRequest.objects.count() == 1
+
+
+def test_the_request_page_compares_with_the_current_holder(client, reviewer, pending):
+    client.force_login(reviewer)
+    body = client.get(f"/requests/{pending.pk}/").content.decode()
+    assert "Compared with the version in Production now (v3)" in body
+    assert "+0.021 ▲ better" in body
+    assert "−1.5 ▲ better" in body  # lower rmse is better
+    assert "depth 8 → 10" in body
+    assert 'name="decision" value="approve"' in body
+    assert "Pending" in body
+
+
+def test_the_requester_sees_cancel_but_never_approve(client, requester, pending):
+    client.force_login(requester)
+    body = client.get(f"/requests/{pending.pk}/").content.decode()
+    assert "Cancel request" in body
+    assert 'value="approve"' not in body
+
+
+def test_a_forged_self_approval_is_refused_and_audited(client, requester, pending):
+    from django.contrib.auth.models import Group
+
+    requester.groups.add(Group.objects.get(name="Reviewers"))
+    client.force_login(requester)
+    response = client.post(f"/requests/{pending.pk}/decide/", {"decision": "approve", "comment": "me"})
+    assert response.status_code == 403
+    assert not Review.objects.exists()
+    assert AuditEvent.objects.filter(action="auth.denied", request_id=pending.pk).count() == 1
+
+
+def test_a_reviewer_approves_in_place_with_htmx(client, reviewer, pending):
+    client.force_login(reviewer)
+    response = client.post(
+        f"/requests/{pending.pk}/decide/",
+        {"decision": "approve", "comment": "fine", "evidence_sha256": pending.evidence_sha256},
+        HTTP_HX_REQUEST="true",
+    )
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" not in body and 'id="request-panel"' in body
+    assert "Decision (1 of 2 approvals)" in body
+    assert "rex approved" in body.lower() or "Rex Tester approved" in body
+
+
+def test_a_rejection_without_comment_shows_the_error(client, reviewer, pending):
+    client.force_login(reviewer)
+    response = client.post(f"/requests/{pending.pk}/decide/", {"decision": "reject"}, HTTP_HX_REQUEST="true")
+    assert "A rejection needs a comment" in response.content.decode()
+    pending.refresh_from_db()
+    assert pending.status == Status.PENDING
+
+
+def test_a_decided_request_says_already_decided(client, reviewer, reviewer2, pending):
+    services.review_reject(request=pending, reviewer=reviewer2, comment="no")
+    client.force_login(reviewer)
+    response = client.post(f"/requests/{pending.pk}/decide/", {"decision": "approve"}, HTTP_HX_REQUEST="true")
+    assert "already rejected" in response.content.decode()
+
+
+def test_the_requester_cancels(client, requester, pending):
+    client.force_login(requester)
+    response = client.post(f"/requests/{pending.pk}/cancel/")
+    assert response.status_code == 302
+    pending.refresh_from_db()
+    assert pending.status == Status.CANCELLED
+
+
+def test_another_requester_cannot_cancel(client, pending):
+    from tests.conftest import make_user
+
+    other = make_user("ronja", "Requesters")
+    client.force_login(other)
+    assert client.post(f"/requests/{pending.pk}/cancel/").status_code == 403
+
+
+def test_text_is_escaped_everywhere(client, requester, reviewer, sales):
+    request = services.promotion_request_create(
+        version=version(sales, 5),
+        stage=stage("Production"),
+        requested_by=requester,
+        justification="<script>alert('j')</script>" + "x" * 9000,
+    )
+    services.review_approve(request=request, reviewer=reviewer, comment="<img src=x onerror=alert(1)>")
+    client.force_login(reviewer)
+    body = client.get(f"/requests/{request.pk}/").content.decode()
+    assert "<script>alert('j')</script>" not in body and "&lt;script&gt;" in body
+    assert "<img src=x" not in body
+
+
+def test_the_queue_lists_what_waits_for_the_reviewer(client, reviewer, pending):
+    client.force_login(reviewer)
+    body = client.get("/").content.decode()
+    assert "sales_forecast" in body and "0/2" in body and "Staging → Production" in body
+    assert 'id="queue-badge"' in body
+
+
+def test_bulk_approve_records_one_decision_each(client, requester, reviewer, sales):
+    first = services.promotion_request_create(
+        version=version(sales, 5), stage=stage("Production"), requested_by=requester, justification="a"
+    )
+    second = services.promotion_request_create(
+        version=version(sales, 6), stage=stage("Staging"), requested_by=requester, justification="b"
+    )
+    client.force_login(reviewer)
+    client.post(
+        "/queue/bulk/", {"decision": "approve", "comment": "batch", "request_ids": [first.pk, second.pk]}
+    )
+    assert Review.objects.filter(comment="batch").count() == 2
+    assert AuditEvent.objects.filter(action="review.approved").count() == 2
+    second.refresh_from_db()
+    assert second.status == Status.APPROVED

@@ -1,0 +1,101 @@
+"""Stage admins edit the catalog in the Django admin; refusals explain; changes are audited."""
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+
+from promotions.models import AuditEvent, Stage
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client(client, stage_admin):
+    stage_admin.user_permissions.set(Permission.objects.filter(codename__endswith="_stage"))
+    client.force_login(stage_admin)
+    return client
+
+
+def form(**overrides):
+    reviewers = Group.objects.get(name="Reviewers")
+    data = {
+        "name": "Canary",
+        "position": "15",
+        "description": "",
+        "mlflow_stage": "",
+        "mlflow_alias": "canary",
+        "allow_from_none": "",
+        "allowed_from": [str(Stage.objects.get(name="Staging").pk)],
+        "required_approvals": "1",
+        "approver_groups": [str(reviewers.pk)],
+        "checks": "metric accuracy >= 0.9\ntag validation == passed",
+        "request_ttl": "3 00:00:00",
+        "is_active": "on",
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_a_stage_admin_adds_a_stage_and_it_is_audited(admin_client):
+    response = admin_client.post("/admin/promotions/stage/add/", form())
+    assert response.status_code == 302, response.content.decode()[:2000]
+    stage = Stage.objects.get(name="Canary")
+    assert stage.mlflow_alias == "canary"
+    event = AuditEvent.objects.get(action="stage.created", to_stage="Canary")
+    assert event.actor_username == "sam"
+    assert event.details["changes"]["checks"]["after"] == "metric accuracy >= 0.9\ntag validation == passed"
+
+
+def test_a_change_records_before_and_after(admin_client):
+    production = Stage.objects.get(name="Production")
+    data = form(
+        name="Production",
+        mlflow_stage="Production",
+        mlflow_alias="",
+        required_approvals="3",
+        archive_existing="on",
+        allowed_from=[str(Stage.objects.get(name="Staging").pk)],
+        checks="",
+        request_ttl="7 00:00:00",
+        position="20",
+    )
+    response = admin_client.post(f"/admin/promotions/stage/{production.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    event = AuditEvent.objects.get(action="stage.changed")
+    assert event.details["changes"]["required_approvals"] == {"before": 2, "after": 3}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": "staging"}, "A stage named &#x27;Staging&#x27; exists already"),
+        (
+            {"mlflow_alias": "", "mlflow_stage": ""},
+            "Bind the stage to an MLflow stage, an MLflow alias, or both",
+        ),
+        ({"mlflow_alias": "bad alias!"}, "letters, digits"),
+        ({"mlflow_alias": "latest"}, "reserved by MLflow"),
+        ({"approver_groups": None}, "needs approver groups"),
+        ({"checks": "metric accuracy is good"}, "is not a check rule"),
+        ({"checks": "metric accuracy >= high"}, "compare with a number"),
+        ({"archive_existing": "on"}, "Archiving applies only to a legacy MLflow stage"),
+    ],
+)
+def test_invalid_catalog_entries_are_refused_with_a_reason(admin_client, overrides, message):
+    response = admin_client.post("/admin/promotions/stage/add/", form(**overrides))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert (
+        not Stage.objects.filter(name__iexact=overrides.get("name", "Canary"))
+        .exclude(name="Staging")
+        .exists()
+    )
+    assert not AuditEvent.objects.filter(action="stage.created", to_stage="Canary").exists()
+
+
+def test_the_default_catalog(db):
+    stages = {s.name: s for s in Stage.objects.prefetch_related("allowed_from", "approver_groups")}
+    assert list(stages) == ["Staging", "Production", "Archived"]
+    assert stages["Staging"].allow_from_none and stages["Staging"].required_approvals == 1
+    assert [s.name for s in stages["Production"].allowed_from.all()] == ["Staging"]
+    assert stages["Production"].required_approvals == 2 and stages["Production"].archive_existing
+    assert not stages["Archived"].allowed_from.exists() and not stages["Archived"].allow_from_none
