@@ -9,6 +9,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("audit/", include("promotions.audit_urls")),
     path("", include("registry_sync.urls")),
     path("", include("promotions.urls")),
 ]

@@ -1,0 +1,5 @@
+"""URLs of the auditors' pages (`/audit/…`)."""
+
+from django.urls import path
+
+urlpatterns: list = []
