@@ -106,6 +106,8 @@ class PromotionRequest(models.Model):
     evidence = models.JSONField(default=dict)
     evidence_sha256 = models.CharField(max_length=64)
     ci_evidence = models.JSONField(default=dict, blank=True)
+    # Promote-through: once this request is applied, file the next step of the pipeline.
+    then_stages = models.JSONField(default=list, blank=True)
     check_results = models.JSONField(default=list)
     via = models.CharField(max_length=16, default="web")
     created_at = models.DateTimeField()

@@ -26,6 +26,7 @@ from promotions.errors import (
     DuplicateRequest,
     InvalidRequest,
     NotAllowed,
+    PromotionError,
     TransientApplyError,
     UnknownStage,
     UnknownVersion,
@@ -134,6 +135,52 @@ def current_holder(stage: Stage, model: RegisteredModel, *, exclude_version: int
     return ModelVersion.objects.filter(model=model, version=number).first()
 
 
+def pipeline_path(*, version: ModelVersion, target: Stage) -> list[Stage]:
+    """The shortest run of catalog moves from where `version` stands to `target`.
+
+    Stages that may be reached from anywhere (like Archived) are only ever the target, never a
+    step on the way.
+    """
+    stages = [s for s in Stage.objects.filter(is_active=True).prefetch_related("allowed_from")]
+    start = version_positions(current_stage=version.current_stage, aliases=version.aliases, stages=stages)
+    if target.name in start:
+        raise InvalidRequest(f"{version.model.name} v{version.version} already holds {target.name}.")
+    frontier: list[tuple[list[str], list[Stage]]] = [(start, [])]
+    seen = {tuple(start)}
+    while frontier:
+        positions, path = frontier.pop(0)
+        for stage in stages:
+            if stage.name in positions or not transition_allowed(stage, positions):
+                continue
+            unrestricted = not stage.allow_from_none and not stage.allowed_from.all()
+            if stage.pk == target.pk:
+                return [*path, stage]
+            if unrestricted or stage in path:
+                continue
+            key = (stage.name,)
+            if key not in seen:
+                seen.add(key)
+                frontier.append(([stage.name], [*path, stage]))
+    where = ", ".join(start) or "no stage"
+    raise InvalidRequest(f"The catalog has no path from {where} to {target.name}.")
+
+
+def promotion_request_create_through(
+    *, version: ModelVersion, stage: Stage, requested_by, justification: str, **kwargs
+) -> PromotionRequest:
+    """File the first step towards `stage`; each later step is filed when the one before it
+    is applied, and waits for its own approvals."""
+    path = pipeline_path(version=version, target=stage)
+    return promotion_request_create(
+        version=version,
+        stage=path[0],
+        requested_by=requested_by,
+        justification=justification,
+        then_stages=[s.name for s in path[1:]],
+        **kwargs,
+    )
+
+
 # --- evidence ---------------------------------------------------------------------------------
 
 
@@ -210,6 +257,7 @@ def promotion_request_create(
     ci_evidence: dict | None = None,
     via: str = "web",
     rollback: bool = False,
+    then_stages: list[str] | None = None,
 ) -> PromotionRequest:
     """File a request. Raises a PromotionError subclass, leaving nothing behind but an
     `auth.denied` entry when the refusal is about permission."""
@@ -273,6 +321,7 @@ def promotion_request_create(
                 evidence=evidence,
                 evidence_sha256=_sha256(evidence),
                 ci_evidence=dict(ci_evidence or {}),
+                then_stages=list(then_stages or []),
                 check_results=evidence["checks"],
                 via=via,
                 created_at=now,
@@ -295,6 +344,7 @@ def promotion_request_create(
                     "checks_failing": failing,
                     "via": via,
                     "rollback": rollback,
+                    "then_stages": list(then_stages or []),
                 },
             )
             if automatic:
@@ -747,7 +797,32 @@ def promotion_apply(*, request_id: int) -> str:
             },
             **_context(request),
         )
+    if request.then_stages:
+        _continue_pipeline(request)
     return "applied"
+
+
+def _continue_pipeline(request: PromotionRequest) -> None:
+    """File the next step of a promote-through request, as its requester."""
+    next_name, *rest = request.then_stages
+    try:
+        version = ModelVersion.objects.select_related("model").get(pk=request.version_id)
+        promotion_request_create(
+            version=version,
+            stage=stage_get_by_name(next_name),
+            requested_by=request.requested_by,
+            justification=request.justification,
+            ci_evidence=request.ci_evidence,
+            via=request.via,
+            then_stages=rest,
+        )
+    except PromotionError as exc:
+        audit.record(
+            action="pipeline.stopped",
+            meaning=f"Pipeline stopped before {next_name}: {exc.message}",
+            details={"reason": exc.message, "remaining": request.then_stages},
+            **_context(request),
+        )
 
 
 class _PreconditionFailed(Exception):

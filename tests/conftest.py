@@ -288,17 +288,38 @@ def purge_broker() -> None:
         conn.default_channel.queue_purge(celery_app.conf.task_default_queue or "celery")
 
 
+WORKER_ENV = {
+    # Fault tests want the bounds reached in seconds, not minutes.
+    "PROMOTION_MAX_ATTEMPTS": "3",
+    "PROMOTION_RETRY_BASE_SECONDS": "1",
+    "PROMOTION_RETRY_CAP_SECONDS": "2",
+    "PROMOTION_STUCK_AFTER_SECONDS": "3",
+}
+
+
 @pytest.fixture
-def celery_worker(mlflow_server, transactional_db, tmp_path):
-    """A real worker process consuming the configured broker, writing the test database."""
+def worker_factory(mlflow_server, transactional_db, tmp_path):
+    """Start real worker processes on the configured broker, writing the test database."""
     try:
         purge_broker()
     except Exception:  # noqa: BLE001 - an empty or new queue cannot be purged on every transport
         pass
-    worker = Worker(tmp_path)
-    worker.start()
-    yield worker
-    worker.stop()
+    workers = []
+
+    def start(**env):
+        worker = Worker(tmp_path)
+        worker.start(**{**WORKER_ENV, **env})
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def celery_worker(worker_factory):
+    return worker_factory()
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):
@@ -355,3 +376,34 @@ def auditor(db):
 @pytest.fixture
 def outsider(db):
     return make_user("olga")
+
+
+@pytest.fixture
+def mlflow_proxy(registry, settings):
+    """The product talks to MLflow through the proxy; tests' own clients talk to MLflow."""
+    from tests.mlflow_proxy import MlflowProxy
+
+    proxy = MlflowProxy(registry.url)
+    settings.MLFLOW_TRACKING_URI = proxy.url
+    yield proxy
+    proxy.close()
+
+
+class broker_unreachable:  # noqa: N801 - used as a context manager
+    """Point the publishing side at a closed port, then restore the real broker."""
+
+    def __enter__(self):
+        self.saved = celery_app.conf.broker_write_url
+        self._reset(f"redis://127.0.0.1:{free_port()}/0")
+        return self
+
+    def __exit__(self, *exc):
+        self._reset(self.saved)
+
+    @staticmethod
+    def _reset(url):
+        # Publishing reads broker_write_url and caches its pools; drop them so the next
+        # publish connects to `url`.
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+        celery_app.conf.broker_write_url = url

@@ -123,3 +123,14 @@ def test_the_process_exit_code_and_message(registry, model_name, requester):
     assert result.stderr.strip().endswith(
         "Stage 'Prodution' is not in the stage catalog. Known stages: Staging, Production, Archived."
     )
+
+
+@pytest.mark.django_db
+def test_through_files_the_first_step_and_names_the_rest(registry, model_name, requester):
+    make_version(registry.client(), model_name)
+    out = run(
+        "--model-name", model_name, "--version", "1", "--stage", "Production", "--user", "riley", "--through"
+    )
+    request = PromotionRequest.objects.get()
+    assert (request.stage.name, request.then_stages) == ("Staging", ["Production"])
+    assert "then: Production (each filed once the step before is applied)" in out

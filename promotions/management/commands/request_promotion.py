@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from promotions import services
 from promotions.errors import InvalidRequest, PromotionError
-from promotions.models import PromotionRequest
+from promotions.models import AuditEvent, PromotionRequest
 
 EXIT_REFUSED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -41,6 +41,12 @@ class Command(BaseCommand):
             "--evidence-file", type=Path, help="A JSON object of CI evidence (tests, coverage…)."
         )
         parser.add_argument(
+            "--through",
+            action="store_true",
+            help="Promote through the pipeline: file each step to --stage in catalog order; "
+            "each step is filed when the one before it is applied and waits for its own approvals.",
+        )
+        parser.add_argument(
             "--wait", action="store_true", help="Wait until the request reaches a final status."
         )
         parser.add_argument(
@@ -56,7 +62,12 @@ class Command(BaseCommand):
         try:
             stage = services.stage_get_by_name(options["stage"])
             version = services.version_get(model_name=options["model_name"], version=options["version"])
-            request = services.promotion_request_create(
+            create = (
+                services.promotion_request_create_through
+                if options["through"]
+                else services.promotion_request_create
+            )
+            request = create(
                 version=version,
                 stage=stage,
                 requested_by=user,
@@ -69,6 +80,10 @@ class Command(BaseCommand):
         except PromotionError as exc:
             raise CommandError(exc.message, returncode=EXIT_REFUSED) from None
         self._print(request)
+        if request.then_stages:
+            self.stdout.write(
+                f"  then: {' → '.join(request.then_stages)} (each filed once the step before is applied)"
+            )
         if options["wait"]:
             self._wait(request, options["timeout"])
 
@@ -117,7 +132,24 @@ class Command(BaseCommand):
                 self.stdout.write(f"Request #{request.pk}: {request.get_status_display()}")
                 last = request.status
             if request.status == PromotionRequest.Status.APPLIED:
-                return
+                if not request.then_stages:
+                    return
+                following = (
+                    PromotionRequest.objects.filter(
+                        version=request.version,
+                        stage__name=request.then_stages[0],
+                        created_at__gte=request.created_at,
+                    )
+                    .order_by("-created_at")
+                    .first()
+                )
+                if following is not None:
+                    self._print(following)
+                    request, last = following, following.status
+                    continue
+                stopped = AuditEvent.objects.filter(action="pipeline.stopped", request_id=request.pk).first()
+                if stopped is not None:
+                    raise CommandError(stopped.meaning, returncode=EXIT_REFUSED)
             if request.status in (
                 PromotionRequest.Status.REJECTED,
                 PromotionRequest.Status.CANCELLED,

@@ -1,0 +1,77 @@
+"""A loopback HTTP proxy in front of the real test MLflow server.
+
+It forwards everything unchanged, and lets a test make MLflow refuse credentials (403),
+fail (503), or hold a call (to kill a worker while it is inside the MLflow write). It also
+counts the writes that reach MLflow. It stands in for faults we cannot cause in MLflow
+itself; every answer it forwards comes from the real server.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+
+class MlflowProxy:
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.mode = "pass"  # pass | deny | down
+        self.hold_paths: tuple[str, ...] = ()
+        self.held = threading.Event()  # set when a held call arrived
+        self.release = threading.Event()
+        self.calls: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?", 1)[0]
+                with proxy._lock:
+                    proxy.calls.append((self.command, path))
+                if proxy.mode == "deny":
+                    return self._reply(
+                        403, b'{"error_code": "PERMISSION_DENIED", "message": "Permission denied"}'
+                    )
+                if proxy.mode == "down":
+                    return self._reply(503, b"Service Unavailable")
+                if any(path.endswith(p) for p in proxy.hold_paths):
+                    proxy.held.set()
+                    proxy.release.wait(120)
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                upstream = requests.request(
+                    self.command, proxy.upstream + self.path, data=body, headers=headers, timeout=60
+                )
+                self._reply(upstream.status_code, upstream.content, upstream.headers.get("Content-Type"))
+
+            def _reply(self, status, content, content_type="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type or "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def writes(self, suffix: str) -> int:
+        with self._lock:
+            return sum(1 for method, path in self.calls if method != "GET" and path.endswith(suffix))
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,164 @@
+"""Fault tests with real worker processes, the configured broker and the real MLflow server."""
+
+import time
+
+from django.core.management import call_command
+
+from promotions import services
+from promotions.models import AuditEvent, PromotionRequest, Stage
+from registry_sync.models import SyncRun
+from registry_sync.services import sync_registry
+from tests.apply_helpers import approved_request, registry_with_production
+from tests.conftest import broker_unreachable, wait_until
+from tests.registry_helpers import make_version
+
+Status = PromotionRequest.Status
+TRANSITION = "/model-versions/transition-stage"
+
+
+def wait_for_status(request, *statuses, worker, timeout=90):
+    def reached():
+        request.refresh_from_db()
+        return request.status in statuses
+
+    wait_until(reached, timeout=timeout, message=f"{statuses} (is {request.status})\n{worker.log()[-3000:]}")
+    return request
+
+
+def applied_count(request):
+    return AuditEvent.objects.filter(action="promotion.applied", request_id=request.pk).count()
+
+
+def test_the_last_approval_gets_the_version_applied_by_the_worker(
+    registry, model_name, requester, reviewer, reviewer2, celery_worker
+):
+    client = registry.client()
+    registry_with_production(client, model_name)
+
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+
+    wait_for_status(request, Status.APPLIED, worker=celery_worker)
+    assert client.get_model_version(model_name, "2").current_stage == "Production"
+    assert client.get_model_version(model_name, "1").current_stage == "Archived"
+    assert applied_count(request) == 1
+
+
+def test_mlflow_down_retries_with_backoff_then_fails_with_the_reason(
+    mlflow_proxy, model_name, requester, reviewer, reviewer2, worker_factory, registry
+):
+    registry_with_production(registry.client(), model_name)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    mlflow_proxy.mode = "down"
+    worker = worker_factory()
+
+    wait_for_status(request, Status.FAILED, worker=worker, timeout=120)
+
+    assert request.attempts == 3
+    assert "MLflow unreachable after 3 attempts" in request.last_error
+    assert AuditEvent.objects.filter(action="promotion.failed", request_id=request.pk).count() == 1
+    assert request.reviews.filter(stale=False).count() == 2
+    assert "retry in" in worker.log()
+
+
+def test_a_worker_killed_inside_the_mlflow_call_is_recovered_once(
+    mlflow_proxy, model_name, requester, reviewer, reviewer2, worker_factory, registry, settings
+):
+    client = registry.client()
+    registry_with_production(client, model_name)
+    mlflow_proxy.hold_paths = (TRANSITION,)
+    first = worker_factory()
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+
+    assert mlflow_proxy.held.wait(60), first.log()[-3000:]
+    first.kill()  # kill -9 while the transition is in flight
+    mlflow_proxy.hold_paths = ()
+    mlflow_proxy.release.set()  # the in-flight write still lands in MLflow
+    wait_until(lambda: client.get_model_version(model_name, "2").current_stage == "Production", timeout=30)
+    request.refresh_from_db()
+    assert request.status == Status.APPLYING  # MLflow changed, our commit never happened
+
+    second = worker_factory()
+    settings.PROMOTION_STUCK_AFTER_SECONDS = 3
+    time.sleep(3.5)
+    assert services.requests_sweep() == [request.pk]
+
+    wait_for_status(request, Status.APPLIED, worker=second)
+    assert applied_count(request) == 1
+    assert mlflow_proxy.writes(TRANSITION) == 1
+    assert AuditEvent.objects.get(action="promotion.applied", request_id=request.pk).details[
+        "already_in_place"
+    ]
+
+
+def test_an_approval_while_the_broker_is_down_is_kept_and_swept_once(
+    registry, model_name, requester, reviewer, reviewer2, celery_worker
+):
+    client = registry.client()
+    registry_with_production(client, model_name)
+
+    with broker_unreachable():
+        request = approved_request(model_name, requester, [reviewer, reviewer2])
+    request.refresh_from_db()
+    assert request.status == Status.APPROVED and request.enqueued_at is None
+
+    assert services.requests_sweep() == [request.pk]
+    wait_for_status(request, Status.APPLIED, worker=celery_worker)
+    assert services.requests_sweep() == []
+    assert applied_count(request) == 1
+    assert client.get_model_version(model_name, "2").current_stage == "Production"
+
+
+def test_the_cli_waits_for_an_automatic_stage(registry, model_name, requester, celery_worker, capsys):
+    staging = Stage.objects.get(name="Staging")
+    staging.required_approvals = 0
+    staging.save()
+    make_version(registry.client(), model_name, metrics={"accuracy": 0.9})
+
+    call_command(
+        "request_promotion",
+        "--model-name",
+        model_name,
+        "--version",
+        "1",
+        "--stage",
+        "Staging",
+        "--user",
+        "riley",
+        "--wait",
+        "--timeout",
+        "90",
+    )
+
+    out = capsys.readouterr().out
+    assert "Approved" in out.splitlines()[0] or "Pending" in out.splitlines()[0]
+    assert out.strip().endswith("Applied")
+    assert registry.client().get_model_version(model_name, "1").current_stage == "Staging"
+
+
+def test_promote_through_files_each_step_after_the_one_before(
+    registry, model_name, requester, reviewer, reviewer2, celery_worker
+):
+    staging = Stage.objects.get(name="Staging")
+    staging.required_approvals = 0
+    staging.save()
+    make_version(registry.client(), model_name, metrics={"accuracy": 0.9})
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
+
+    first = services.promotion_request_create_through(
+        version=services.version_get(model_name=model_name, version=1, refresh=False),
+        stage=Stage.objects.get(name="Production"),
+        requested_by=requester,
+        justification="nightly",
+    )
+    assert (first.stage.name, first.then_stages) == ("Staging", ["Production"])
+
+    wait_for_status(first, Status.APPLIED, worker=celery_worker)
+    second = wait_until(
+        lambda: PromotionRequest.objects.filter(version=first.version, stage__name="Production").first(),
+        message="the Production step to be filed",
+    )
+    assert second.status == Status.PENDING and second.requested_by == requester
+    for person in (reviewer, reviewer2):
+        services.review_approve(request=second, reviewer=person)
+    wait_for_status(second, Status.APPLIED, worker=celery_worker)
+    assert registry.client().get_model_version(model_name, "1").current_stage == "Production"
