@@ -5,6 +5,7 @@ from promotions import views
 urlpatterns = [
     path("", views.queue, name="queue"),
     path("queue/bulk/", views.queue_bulk, name="queue_bulk"),
+    path("stages/", views.stage_list, name="stage_list"),
     path("requests/new/", views.request_create, name="request_create"),
     path("requests/<int:pk>/", views.request_detail, name="request_detail"),
     path("requests/<int:pk>/status/", views.request_status, name="request_status"),

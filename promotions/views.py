@@ -198,7 +198,11 @@ def _after_action(
         promotion = selectors.request_page(promotion.pk)
         context = _detail_context(request, promotion, form=form)
         context["action_error"] = error
-        return render(request, "promotions/request_detail.html#panel", context, status=200)
+        response = render(request, "promotions/request_detail.html#panel", context, status=200)
+        # The queue badge in the frame changes with the decision: swap it out of band.
+        badge = render(request, "base.html#badge", {"frame": selectors.frame_for_user(request.user), "oob": True})
+        response.content += badge.content
+        return response
     if error:
         messages.error(request, error)
     return redirect("request_detail", pk=promotion.pk)
@@ -255,3 +259,22 @@ def request_retry(request: HttpRequest, pk: int) -> HttpResponse:
             raise PermissionDenied(exc.message) from None
         return _after_action(request, promotion, error=exc.message)
     return _after_action(request, promotion)
+
+
+@require_GET
+def stage_list(request: HttpRequest) -> HttpResponse:
+    _require_role(request)
+    stages = Stage.objects.prefetch_related("allowed_from", "approver_groups").order_by("position", "name")
+    context = {
+        "stages": [
+            {
+                "stage": stage,
+                "allowed_from": services.describe_allowed_from(stage),
+                "rules": stage.check_rules(),
+                "groups": [g.name for g in stage.approver_groups.all()],
+            }
+            for stage in stages
+        ],
+        "may_edit": policy.is_stage_admin(request.user) and request.user.is_staff,
+    }
+    return render(request, "promotions/stage_list.html", context)

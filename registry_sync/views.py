@@ -6,6 +6,7 @@ import logging
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.paginator import Paginator
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -20,8 +21,16 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 50
 
 
+def _require_role(request: HttpRequest) -> None:
+    from promotions.roles import role_names
+
+    if not (role_names(request.user) or request.user.is_superuser):
+        raise PermissionDenied("You have no role in this application yet; ask an administrator.")
+
+
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
+    _require_role(request)
     query = request.GET.get("q", "").strip()[:256]
     page = Paginator(selectors.model_list(query=query), PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"page": page, "query": query, "last_sync": selectors.last_successful_sync()}
@@ -31,6 +40,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    _require_role(request)
     model = selectors.model_by_name(name)
     if model is None:
         raise Http404(f"No model named {name!r} in the mirror.")

@@ -33,6 +33,8 @@ def free_port() -> int:
 
 
 TEST_BROKER_URL = settings.CELERY_BROKER_URL
+# Personas are created in almost every test; a slow password hash is no part of what we test.
+settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 # --- the audit table's triggers vs. Django's flush ------------------------------------------

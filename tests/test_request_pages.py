@@ -203,3 +203,11 @@ def test_bulk_approve_records_one_decision_each(client, requester, reviewer, sal
     assert AuditEvent.objects.filter(action="review.approved").count() == 2
     second.refresh_from_db()
     assert second.status == Status.APPROVED
+
+
+def test_a_decision_updates_the_queue_badge_out_of_band(client, reviewer, pending):
+    client.force_login(reviewer)
+    response = client.post(f"/requests/{pending.pk}/decide/", {"decision": "approve"}, HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert 'id="queue-badge" class="badge" hx-swap-oob="true"' in body
+    assert body.split('hx-swap-oob="true"', 1)[1].split("</span>", 1)[0].strip().endswith("0")
