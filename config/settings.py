@@ -105,7 +105,7 @@ def _database_from_env() -> dict:
         if not name.is_absolute():
             name = BASE_DIR / name
         config["NAME"] = str(name)
-        config["TEST"] = {"NAME": str(name.with_name(f"test_{name.name}"))}
+        config["TEST"] = {"NAME": envstr("TEST_DATABASE_NAME", str(name.with_name(f"test_{name.name}")))}
         # WAL lets the web process, the worker and beat read while one of them writes;
         # IMMEDIATE takes the write lock up front so concurrent writers queue instead of
         # failing with "database is locked" half-way through a transaction.

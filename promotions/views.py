@@ -123,7 +123,11 @@ def request_create(request: HttpRequest) -> HttpResponse:
         form = PromotionRequestForm(initial=initial, model_name=model_name, version_number=version_number)
     preview = _check_preview(form, source.get("stage", ""))
     context = {"form": form, "preview": preview, "rollback": rollback}
-    template = "promotions/request_form.html#request-form" if request.htmx else "promotions/request_form.html"
+    template = "promotions/request_form.html"
+    if request.htmx:
+        # Choosing a model or version swaps only the choices: what was typed stays put.
+        part = "request-choices" if source.get("part") == "choices" else "request-form"
+        template = f"promotions/request_form.html#{part}"
     status = 422 if request.method == "POST" else 200
     return render(request, template, context, status=status)
 

@@ -1,0 +1,113 @@
+"""A promotion from request to MLflow, in a real browser, with a real worker and MLflow."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from promotions.models import PromotionRequest
+from registry_sync.models import SyncRun
+from registry_sync.services import sync_registry
+from tests.apply_helpers import registry_with_production
+from tests.e2e.conftest import screenshot
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def staged_model(registry, model_name):
+    registry_with_production(registry.client(), model_name)
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
+    return model_name
+
+
+def test_request_review_and_apply(
+    sign_in, live_server, registry, staged_model, requester, reviewer, reviewer2, celery_worker
+):
+    name = staged_model
+    # The requester files the request; the version and stage lists narrow as they choose.
+    riley = sign_in("riley")
+    riley.goto(f"{live_server.url}/requests/new/")
+    riley.get_by_label("Model").select_option(name)
+    expect(riley.get_by_label("Version")).to_contain_text("v2 — Staging")
+    riley.get_by_label("Version").select_option("2")
+    # only the moves the catalog allows from Staging remain
+    expect(riley.get_by_label("Target stage")).not_to_contain_text("Staging")
+    expect(riley.get_by_label("Target stage")).to_contain_text("Production")
+    riley.get_by_label("Target stage").select_option("Production")
+    expect(riley.get_by_text("Checks for Production")).to_be_visible()
+    riley.get_by_label("Justification").fill("Retrained on Q3 data; +3 pt accuracy on the holdout.")
+    riley.get_by_role("button", name="Request promotion").click()
+    expect(riley).to_have_url(re.compile(r".*/requests/\d+/$"))
+    expect(riley.locator("#request-status")).to_have_text("Pending")
+    request = PromotionRequest.objects.get(version__model__name=name)
+
+    # The requester sees no Approve button, and a forged POST is refused.
+    expect(riley.get_by_role("button", name="Approve")).to_have_count(0)
+    expect(riley.get_by_role("button", name="Cancel request")).to_be_visible()
+    token = riley.locator("body").get_attribute("hx-headers").split('"')[3]
+    forged = riley.request.post(
+        f"{live_server.url}/requests/{request.pk}/decide/",
+        form={"decision": "approve", "comment": "mine"},
+        headers={"X-CSRFToken": token},
+    )
+    assert forged.status == 403
+
+    # The first reviewer approves in place.
+    rex = sign_in("rex")
+    screenshot(rex, "queue")
+    rex.get_by_role("link", name=name).click()
+    expect(rex.get_by_text("Compared with the version in Production now (v1)")).to_be_visible()
+    rex.get_by_label("Comment").fill("Metrics fine.")
+    rex.get_by_role("button", name="Approve").click()
+    expect(rex.get_by_text("Decision (1 of 2 approvals)")).to_be_visible()
+    expect(rex.locator("#request-status")).to_have_text("Pending")
+
+    # The second reviewer first tries to reject without a comment, then approves.
+    rita = sign_in("rita")
+    rita.goto(f"{live_server.url}/requests/{request.pk}/")
+    rita.get_by_role("button", name="Reject").click()
+    expect(rita.get_by_role("alert")).to_contain_text("A rejection needs a comment")
+    rita.get_by_role("button", name="Approve").dblclick()
+    # Approved → Applying → Applied, without a reload.
+    expect(rita.locator("#request-status")).to_have_text(re.compile("Approved|Applying|Applied"))
+    expect(rita.locator("#request-status")).to_have_text("Applied", timeout=90_000)
+    screenshot(rita, "request")
+    assert request.reviews.count() == 2  # the double click recorded one approval
+
+    client = registry.client()
+    assert client.get_model_version(name, "2").current_stage == "Production"
+    assert client.get_model_version(name, "1").current_stage == "Archived"
+
+    rita.goto(f"{live_server.url}/models/{name}/")
+    expect(rita.get_by_text("Stage history")).to_be_visible()
+    screenshot(rita, "model")
+
+
+def test_the_request_form_works_with_the_keyboard_alone(sign_in, live_server, staged_model, requester):
+    page = sign_in("riley")
+    page.goto(f"{live_server.url}/requests/new/")
+    # Tab from the page's start to the Model field, then only the keyboard.
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "id_model":
+            break
+    assert page.evaluate("document.activeElement.id") == "id_model"
+    page.keyboard.press("ArrowDown")  # the only model in this test's registry
+    expect(page.get_by_label("Version")).to_contain_text("v2 — Staging")
+    assert page.evaluate("document.activeElement.id") == "id_model"  # focus survives the swap
+    page.keyboard.press("Tab")
+    page.keyboard.press("ArrowDown")  # newest version first: v2
+    expect(page.get_by_label("Target stage")).not_to_contain_text("Staging")
+    page.keyboard.press("Tab")
+    page.keyboard.press("ArrowDown")  # first allowed stage in catalog order: Production
+    expect(page.get_by_text("Checks for Production")).to_be_visible()
+    page.keyboard.press("Tab")
+    page.keyboard.type("Keyboard only.")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent").strip() == "Request promotion"
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r".*/requests/\d+/$"))
+    expect(page.locator("#request-status")).to_have_text("Pending")
+    request = PromotionRequest.objects.get()
+    assert (request.version.version, request.stage.name, request.justification) == (2, "Production", "Keyboard only.")
