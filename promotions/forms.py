@@ -23,7 +23,9 @@ class PromotionRequestForm(forms.Form):
         required=False,
     )
 
-    def __init__(self, *args, model_name: str = "", version_number: int | None = None, **kwargs):
+    def __init__(
+        self, *args, model_name: str = "", version_number: int | None = None, rollback: bool = False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         names = (
             RegisteredModel.objects.filter(is_deleted=False).order_by("name").values_list("name", flat=True)
@@ -49,8 +51,11 @@ class PromotionRequestForm(forms.Form):
                 aliases=self.chosen_version.aliases,
                 stages=stages,
             )
+            # A rollback returns a previous holder to its stage, wherever it stands now.
             stages = [
-                s for s in stages if s.name not in positions and services.transition_allowed(s, positions)
+                s
+                for s in stages
+                if s.name not in positions and (rollback or services.transition_allowed(s, positions))
             ]
         self.fields["stage"].choices = [("", "Choose a stage…")] + [(s.name, s.name) for s in stages]
         self.allowed_stages = stages

@@ -98,7 +98,9 @@ def request_create(request: HttpRequest) -> HttpResponse:
     version_number = int(source["version"]) if source.get("version", "").isdigit() else None
     rollback = source.get("rollback") == "1"
     if request.method == "POST":
-        form = PromotionRequestForm(request.POST, model_name=model_name, version_number=version_number)
+        form = PromotionRequestForm(
+            request.POST, model_name=model_name, version_number=version_number, rollback=rollback
+        )
         if form.is_valid():
             try:
                 promotion = services.promotion_request_create(
@@ -120,7 +122,9 @@ def request_create(request: HttpRequest) -> HttpResponse:
                 return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     else:
         initial = {"model": model_name, "version": version_number, "stage": source.get("stage", "")}
-        form = PromotionRequestForm(initial=initial, model_name=model_name, version_number=version_number)
+        form = PromotionRequestForm(
+            initial=initial, model_name=model_name, version_number=version_number, rollback=rollback
+        )
     preview = _check_preview(form, source.get("stage", ""))
     context = {"form": form, "preview": preview, "rollback": rollback}
     template = "promotions/request_form.html"
@@ -204,7 +208,9 @@ def _after_action(
         context["action_error"] = error
         response = render(request, "promotions/request_detail.html#panel", context, status=200)
         # The queue badge in the frame changes with the decision: swap it out of band.
-        badge = render(request, "base.html#badge", {"frame": selectors.frame_for_user(request.user), "oob": True})
+        badge = render(
+            request, "base.html#badge", {"frame": selectors.frame_for_user(request.user), "oob": True}
+        )
         response.content += badge.content
         return response
     if error:

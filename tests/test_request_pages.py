@@ -211,3 +211,50 @@ def test_a_decision_updates_the_queue_badge_out_of_band(client, reviewer, pendin
     body = response.content.decode()
     assert 'id="queue-badge" class="badge" hx-swap-oob="true"' in body
     assert body.split('hx-swap-oob="true"', 1)[1].split("</span>", 1)[0].strip().endswith("0")
+
+
+def test_the_model_page_offers_a_rollback_to_the_previous_holder(
+    client, requester, reviewer, reviewer2, sales
+):
+    from django.utils import timezone
+
+    # v3 held Production before v5 took it; both promotions went through the product.
+    now = timezone.now()
+    for number in (3, 5):
+        request = services.promotion_request_create(
+            version=version(sales, number),
+            stage=stage("Archived"),
+            requested_by=requester,
+            justification="history",
+        )
+        PromotionRequest.objects.filter(pk=request.pk).update(
+            stage=stage("Production"),
+            status=Status.APPLIED,
+            applied_at=now - timezone.timedelta(days=10 - number),
+        )
+    v3, v5 = version(sales, 3), version(sales, 5)
+    v3.current_stage, v5.current_stage = "Archived", "Production"
+    v3.save()
+    v5.save()
+    client.force_login(requester)
+
+    body = client.get("/models/sales_forecast/").content.decode()
+    assert "Roll back to v3" in body
+    form = client.get(
+        "/requests/new/?model=sales_forecast&version=3&stage=Production&rollback=1"
+    ).content.decode()
+    assert '<option value="Production" selected>' in form, form[form.index("id_stage") :][:600]
+    response = client.post(
+        "/requests/new/",
+        {
+            "model": "sales_forecast",
+            "version": "3",
+            "stage": "Production",
+            "justification": "v5 regressed",
+            "rollback": "1",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:1500]
+    rollback = PromotionRequest.objects.get(status=Status.PENDING)
+    assert rollback.evidence["rollback"] is True and rollback.version.version == 3
+    assert rollback.stage.required_approvals == 2  # the same approval policy
