@@ -140,8 +140,6 @@ QUEUE_TABS = ("mine", "open", "recent")
 
 
 def queue(user, *, tab: str = "mine", stage: str = "", model: str = "", status: str = ""):
-    from django.db.models import Count, Q
-
     from promotions.models import PromotionRequest
     from promotions.policy import actionable_requests
 
@@ -159,12 +157,28 @@ def queue(user, *, tab: str = "mine", stage: str = "", model: str = "", status: 
         requests = requests.filter(version__model__name__icontains=model)
     if status:
         requests = requests.filter(status=status)
-    requests = requests.select_related("version__model", "stage").annotate(
-        approvals=Count("reviews", filter=Q(reviews__decision="approve", reviews__stale=False), distinct=True)
-    )
+    requests = requests.select_related("version__model", "stage")
     if tab != "recent":
         requests = requests.order_by("-created_at", "-id")
     return requests
+
+
+def with_approvals(rows) -> list:
+    """Attach the live approval count to one page of requests, in one query."""
+    from django.db.models import Count
+
+    from promotions.models import Review
+
+    rows = list(rows)
+    counts = dict(
+        Review.objects.filter(request_id__in=[r.pk for r in rows], decision="approve", stale=False)
+        .values_list("request_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in rows:
+        row.approvals = counts.get(row.pk, 0)
+    return rows
 
 
 def status_counts() -> dict[str, int]:

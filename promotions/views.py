@@ -47,6 +47,8 @@ def queue(request: HttpRequest) -> HttpResponse:
     }
     rows = selectors.queue(request.user, tab=tab, **filters)
     page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
+    page.object_list = selectors.with_approvals(page.object_list)
+    page_ids = [row.pk for row in page.object_list]
     context = {
         "page": page,
         "tab": tab,
@@ -54,9 +56,11 @@ def queue(request: HttpRequest) -> HttpResponse:
         "stages": Stage.objects.values_list("name", flat=True),
         "statuses": PromotionRequest.Status.choices,
         "counts": selectors.status_counts(),
-        "actionable_ids": set(policy.actionable_requests(request.user).values_list("pk", flat=True))
+        "actionable_ids": set(
+            policy.actionable_requests(request.user).filter(pk__in=page_ids).values_list("pk", flat=True)
+        )
         if tab != "mine"
-        else {row.pk for row in page.object_list},
+        else set(page_ids),
     }
     template = "promotions/queue.html#queue-rows" if request.htmx else "promotions/queue.html"
     return render(request, template, context)

@@ -23,3 +23,23 @@ def metric(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "—" if value is None else str(value)
+
+
+_STATUS_WORDS = {
+    "pending": "Pending",
+    "approved": "Approved",
+    "applying": "Applying",
+    "applied": "Applied",
+    "failed": "Failed",
+    "rejected": "Rejected",
+    "cancelled": "Cancelled",
+    "expired": "Expired",
+}
+
+
+@register.filter
+def status_badge(status: str):
+    """The status as a word and a colour (never colour alone)."""
+    from django.utils.html import format_html
+
+    return format_html('<span class="status status--{}">{}</span>', status, _STATUS_WORDS.get(status, status))

@@ -56,6 +56,9 @@ def test_request_review_and_apply(
     # The first reviewer approves in place.
     rex = sign_in("rex")
     screenshot(rex, "queue")
+    rex.set_viewport_size({"width": 390, "height": 844})
+    screenshot(rex, "queue-phone")
+    rex.set_viewport_size({"width": 1280, "height": 900})
     rex.get_by_role("link", name=name).click()
     expect(rex.get_by_text("Compared with the version in Production now (v1)")).to_be_visible()
     rex.get_by_label("Comment").fill("Metrics fine.")
@@ -110,4 +113,8 @@ def test_the_request_form_works_with_the_keyboard_alone(sign_in, live_server, st
     expect(page).to_have_url(re.compile(r".*/requests/\d+/$"))
     expect(page.locator("#request-status")).to_have_text("Pending")
     request = PromotionRequest.objects.get()
-    assert (request.version.version, request.stage.name, request.justification) == (2, "Production", "Keyboard only.")
+    assert (request.version.version, request.stage.name, request.justification) == (
+        2,
+        "Production",
+        "Keyboard only.",
+    )

@@ -1,0 +1,238 @@
+"""Benchmark: server time of the busiest pages with a large database.
+
+Fills a throwaway SQLite database with 10,000 promotion requests (with reviews) over 2,000
+models and 100,000 audit events, then renders through Django's test client, in process, so
+the figure is server time without the network:
+
+  * the queue (`/`, "All open" and "Waiting for you"),
+  * a request page (`/requests/<id>/`),
+  * the models list (`/models/`) and a model page,
+
+each --repeat times after a warm-up, and prints p50/p95 in milliseconds (target p95 <= 150 ms).
+For scale it also times the bare MLflow client answering what MLflow's own model page asks
+(`search_model_versions` for one model) against a local MLflow server, and prints the ratio.
+
+    .venv/bin/python bench/pages.py                 # 10,000 requests, 100,000 audit events
+    .venv/bin/python bench/pages.py --requests 2000 --events 20000 --repeat 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import mlflow_server, setup_django  # noqa: E402
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def fill(requests: int, events: int) -> dict:
+    from datetime import timedelta
+
+    from django.contrib.auth.models import Group, User
+    from django.utils import timezone
+
+    from promotions import audit
+    from promotions.models import AuditChainHead, AuditEvent, PromotionRequest, Review, Stage
+    from registry_sync.models import ModelVersion, RegisteredModel
+
+    riley = User.objects.create_user("riley", first_name="Riley")
+    rex = User.objects.create_user("rex", first_name="Rex")
+    rita = User.objects.create_user("rita", first_name="Rita")
+    riley.groups.add(Group.objects.get(name="Requesters"))
+    for reviewer in (rex, rita):
+        reviewer.groups.add(Group.objects.get(name="Reviewers"))
+    production, staging = Stage.objects.get(name="Production"), Stage.objects.get(name="Staging")
+
+    model_count = max(1, requests // 5)
+    models = RegisteredModel.objects.bulk_create(
+        [RegisteredModel(name=f"model_{i:05d}", aliases={"champion": 1}) for i in range(model_count)]
+    )
+    versions = ModelVersion.objects.bulk_create(
+        [
+            ModelVersion(
+                model=m,
+                version=n,
+                current_stage={1: "Production", 2: "Staging"}.get(n, "None"),
+                status="READY",
+                metrics={"accuracy": 0.9 + n / 100, "rmse": 12.0 - n / 10},
+                params={"depth": str(5 + n)},
+            )
+            for m in models
+            for n in range(1, 6)
+        ],
+        batch_size=2000,
+    )
+    now = timezone.now()
+    statuses = ["pending", "approved", "applied", "rejected", "cancelled"]
+    rows = []
+    for i in range(requests):
+        version = versions[i % len(versions)]
+        stage = production if version.current_stage == "Staging" else staging
+        status = statuses[i % len(statuses)]
+        # one open request per (version, stage): open ones only on the first pass over versions
+        if i >= len(versions) and status in ("pending", "approved"):
+            status = "applied"
+        rows.append(
+            PromotionRequest(
+                version=version,
+                stage=stage,
+                requested_by=riley,
+                requested_by_name="Riley",
+                justification="Retrained on fresh data. " * 5,
+                status=status,
+                source_stage=version.current_stage,
+                evidence={
+                    "metrics": version.metrics,
+                    "params": version.params,
+                    "tags": {"validation": "passed"},
+                    "current_holder": {"version": 1, "metrics": {"accuracy": 0.91}, "params": {"depth": "6"}},
+                },
+                evidence_sha256="0" * 64,
+                check_results=[
+                    {"rule": "metric accuracy >= 0.9", "passed": True, "actual": "0.93", "message": ""}
+                ],
+                created_at=now - timedelta(minutes=i),
+                updated_at=now - timedelta(minutes=i),
+                expires_at=now + timedelta(days=7),
+            )
+        )
+    created = PromotionRequest.objects.bulk_create(rows, batch_size=2000)
+    Review.objects.bulk_create(
+        [
+            Review(
+                request=r,
+                reviewer=rex,
+                reviewer_name="Rex",
+                decision="approve",
+                comment="ok",
+                evidence_sha256="0" * 64,
+                created_at=now,
+            )
+            for r in created[::2]
+        ],
+        batch_size=2000,
+    )
+    # A valid chain, written in bulk (the per-entry service would take minutes).
+    head = AuditChainHead.objects.get(pk=1)
+    sequence, previous = head.last_sequence, head.last_hash
+    batch = []
+    for i in range(events):
+        request = created[i % len(created)]
+        sequence += 1
+        event = AuditEvent(
+            sequence=sequence,
+            created_at=now - timedelta(seconds=events - i),
+            actor_username="rex",
+            actor_name="Rex",
+            action="review.approved",
+            model_name=request.version.model.name,
+            version=request.version.version,
+            from_stage="Staging",
+            to_stage="Production",
+            request_id=request.pk,
+            meaning=f"Approved: promote {request.version.model.name} v{request.version.version} "
+            "to Production",
+            details={"comment": "ok"},
+            prev_hash=previous,
+        )
+        event.hash = audit.compute_hash(audit.payload_of(event))
+        previous = event.hash
+        batch.append(event)
+        if len(batch) == 5000:
+            AuditEvent.objects.bulk_create(batch)
+            batch = []
+    AuditEvent.objects.bulk_create(batch)
+    AuditChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=previous)
+    pending = next(r for r in created if r.status == "pending")
+    return {"reviewer": rita, "request": pending, "model": models[0].name}
+
+
+def time_page(client, url: str, repeat: int) -> list[float]:
+    client.get(url)  # warm-up: template compilation, connection
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        response = client.get(url)
+        samples.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, (url, response.status_code)
+    return samples
+
+
+def bare_mlflow(url: str, repeat: int) -> list[float]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    client.create_registered_model("bench_model")
+    for _ in range(5):
+        client.create_model_version("bench_model", "s3://bench/model")
+    client.search_model_versions("name = 'bench_model'")
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        client.search_model_versions("name = 'bench_model'")
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=50)
+    args = parser.parse_args()
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp,
+        mlflow_server(Path(tmp) / "mlflow") as url,
+    ):
+        setup_django(Path(tmp) / "django", mlflow_url=url)
+        from django.conf import settings
+        from django.test import Client
+
+        settings.ALLOWED_HOSTS = ["testserver"]
+        # Measure as production runs: no template debugging, no query log.
+        settings.DEBUG = False
+        started = time.perf_counter()
+        world = fill(args.requests, args.events)
+        print(
+            f"filled {args.requests} requests and {args.events} audit events "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+
+        client = Client()
+        client.force_login(world["reviewer"])
+        pages = {
+            "queue (waiting for you)": "/",
+            "queue (all open)": "/?tab=open",
+            "request page": f"/requests/{world['request'].pk}/",
+            "models list": "/models/",
+            "model page": f"/models/{world['model']}/",
+        }
+        results = {name: time_page(client, url_, args.repeat) for name, url_ in pages.items()}
+        bare = bare_mlflow(url, args.repeat)
+
+    bare_p50 = statistics.median(bare)
+    print(f"\nserver time over {args.repeat} requests each (ms); target p95 <= 150 ms")
+    print(f"{'page':<26}{'p50':>8}{'p95':>8}  {'p50 / bare MLflow':>18}  met")
+    for name, samples in results.items():
+        p50, p95 = statistics.median(samples), percentile(samples, 0.95)
+        print(f"{name:<26}{p50:>8.1f}{p95:>8.1f}  {p50 / bare_p50:>18.2f}  {'yes' if p95 <= 150 else 'NO'}")
+    print(f"{'bare MLflow client*':<26}{bare_p50:>8.1f}{percentile(bare, 0.95):>8.1f}")
+    print(
+        "* search_model_versions for one model against a local MLflow server, "
+        "what MLflow's own model page asks"
+    )
+
+
+if __name__ == "__main__":
+    main()
