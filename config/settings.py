@@ -268,3 +268,32 @@ CELERY_BEAT_SCHEDULE.update(
         "expire-requests": {"task": "promotions.expire_requests", "schedule": float(EXPIRE_INTERVAL_SECONDS)},
     }
 )
+
+# JSON API, notifications and webhooks --------------------------------------------------------
+# django-ninja as an app only for its vendored Swagger UI (templates and static files): the docs
+# page at /api/docs then loads no script from a CDN and runs under the site's strict CSP.
+INSTALLED_APPS += ["ninja"]
+# Links in e-mails and webhook bodies point here.
+SITE_URL = envurl("SITE_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10, minimum=1)
+EMAIL_FILE_PATH = envstr("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "promotions@localhost")
+# A webhook target that hangs holds one worker thread for at most this long per attempt.
+WEBHOOK_TIMEOUT_SECONDS = envint("WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
+WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+WEBHOOK_RETRY_BASE_SECONDS = envint("WEBHOOK_RETRY_BASE_SECONDS", 5, minimum=0)
+WEBHOOK_STUCK_AFTER_SECONDS = envint("WEBHOOK_STUCK_AFTER_SECONDS", 900, minimum=10)
+# Retries wait at most a third of the stuck threshold, so the sweeper never races a retry.
+WEBHOOK_RETRY_CAP_SECONDS = min(
+    envint("WEBHOOK_RETRY_CAP_SECONDS", 300, minimum=1), WEBHOOK_STUCK_AFTER_SECONDS // 3
+)
+CELERY_BEAT_SCHEDULE["sweep-webhook-deliveries"] = {
+    "task": "promotions.sweep_deliveries",
+    "schedule": float(envint("WEBHOOK_SWEEP_INTERVAL_SECONDS", 120, minimum=5)),
+}

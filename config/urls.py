@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from config import health
+from promotions import api
 
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
@@ -10,6 +11,11 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("audit/", include("promotions.audit_urls")),
+    path("api/", api.urls()),
+    path("settings/", include("promotions.token_urls")),
     path("", include("registry_sync.urls")),
     path("", include("promotions.urls")),
 ]
+
+# JSON for unknown URLs under /api/, the usual page elsewhere.
+handler404 = api.page_not_found

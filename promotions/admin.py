@@ -154,3 +154,6 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+from promotions import admin_webhooks  # noqa: E402, F401 - registers the webhook pages

@@ -223,3 +223,92 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.marker} by {self.worker}"
+
+
+# --- API tokens and outbound notifications ----------------------------------------------------
+
+
+class ApiToken(models.Model):
+    """A personal bearer token. Only its SHA-256 is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The first characters, to recognise the token.")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+WEBHOOK_EVENTS = (
+    "request.created",
+    "request.approved",
+    "request.rejected",
+    "request.cancelled",
+    "request.expired",
+    "promotion.applied",
+    "promotion.failed",
+)
+
+
+class WebhookEndpoint(models.Model):
+    """Where stage admins want events of the workflow posted (Slack, chat-ops, CI)."""
+
+    name = models.CharField(max_length=100)
+    url = models.URLField("URL", max_length=2000)
+    secret = models.CharField(
+        max_length=200, help_text="Signs every delivery (X-Promotion-Signature); share it with the receiver."
+    )
+    events = models.JSONField(default=list, blank=True, help_text="Events to send; empty sends none.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def wants(self, event: str) -> bool:
+        return self.is_active and event in (self.events or [])
+
+
+class OutboundDelivery(models.Model):
+    """One event sent (or being sent) to one endpoint; retries keep the delivery id."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RETRYING = "retrying", "Retrying"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=32)
+    request_id = models.BigIntegerField(null=True, blank=True)
+    payload = models.JSONField(default=dict)
+    delivery_id = models.CharField(max_length=64, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "outbound deliveries"
+        indexes = [models.Index(fields=["status", "created_at"], name="delivery_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.endpoint} ({self.status})"

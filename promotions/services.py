@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from promotions import audit, policy
+from promotions import audit, notifications, policy
 from promotions.errors import (
     AlreadyDecided,
     ChecksFailed,
@@ -347,6 +347,7 @@ def promotion_request_create(
                     "then_stages": list(then_stages or []),
                 },
             )
+            notifications.notify("request.created", request.pk)
             if automatic:
                 _approve(request, actor=None, reason="every check passed; no approval required")
     except IntegrityError:
@@ -363,6 +364,164 @@ def promotion_request_create(
         ) from None
     request.refresh_from_db()
     return request
+
+
+# --- filing in bulk ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    model_name: str
+    version: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    model_name: str
+    version: int
+    code: str
+    message: str
+
+
+@dataclass
+class BulkOutcome:
+    stage: Stage
+    filed: list[PromotionRequest]
+    skipped: list[Skipped]
+    refused: list[Refused]
+
+
+def _why_not(
+    version: ModelVersion, *, stage: Stage, stages: list[Stage], ci_evidence: dict | None
+) -> tuple[str, bool]:
+    """Why `version` cannot be filed to `stage` ("" if it can), and whether to stop looking
+    at older versions."""
+    if version.status and version.status != "READY":
+        return f"v{version.version} is {version.status} in MLflow", False
+    positions = version_positions(current_stage=version.current_stage, aliases=version.aliases, stages=stages)
+    if stage.name in positions:
+        # Anything older would move the stage backwards: that is a rollback, filed by a person.
+        return f"v{version.version} already holds {stage.name}", True
+    if not transition_allowed(stage, positions):
+        where = ", ".join(positions) or "no stage"
+        allowed = describe_allowed_from(stage)
+        return f"v{version.version} is in {where}; {stage.name} may be reached from {allowed}", False
+    results = policy.evaluate_checks(stage, metrics=version.metrics, tags=version.tags, evidence=ci_evidence)
+    failing = policy.failing(results)
+    if failing:
+        return f"v{version.version} fails {'; '.join(failing)}", False
+    return "", False
+
+
+def promotion_requests_create_passing(
+    *,
+    stage: Stage,
+    requested_by,
+    justification: str,
+    model_names: list[str] | None = None,
+    ci_evidence: dict | None = None,
+    via: str = "web",
+    refresh: bool = True,
+) -> BulkOutcome:
+    """File one request per model (all, or `model_names`): for its latest version whose checks
+    for `stage` pass and that the catalog lets move there.
+
+    The choice is made from the mirror, refreshed by one sync first, so the number of MLflow
+    calls does not grow with the number of models looked at; only the requests filed cost
+    MLflow calls (when they are applied).
+    """
+    if not policy.may_request(requested_by):
+        audit.record_denied(
+            actor=requested_by,
+            what=f"file requests in bulk → {stage.name}",
+            reason="not a requester",
+            to_stage=stage.name,
+        )
+        raise NotAllowed("You are not allowed to file promotion requests (ask for the Requesters role).")
+    if not (justification or "").strip():
+        raise InvalidRequest("A justification is required: say why these versions should move.")
+    if ci_evidence is not None and not isinstance(ci_evidence, dict):
+        raise InvalidRequest("Evidence must be a JSON object of names and values.")
+    if not stage.is_active:
+        raise InvalidRequest(f"Stage {stage.name} is not active; requests to it are closed.")
+    if refresh:
+        from registry_sync.services import SyncFailed, sync_registry
+
+        try:
+            sync_registry(trigger=SyncRun.Trigger.REQUEST)
+        except SyncFailed as exc:
+            logger.warning("Choosing from the mirror as it is; MLflow refresh failed: %s", exc)
+
+    stages = list(Stage.objects.prefetch_related("allowed_from"))
+    target = next(s for s in stages if s.pk == stage.pk)
+    models = RegisteredModel.objects.filter(is_deleted=False)
+    outcome = BulkOutcome(stage=stage, filed=[], skipped=[], refused=[])
+    if model_names is not None:
+        names = list(dict.fromkeys(model_names))
+        models = models.filter(name__in=names)
+        found = set(models.values_list("name", flat=True))
+        outcome.skipped += [
+            Skipped(name, None, f"Model '{name}' is not in the MLflow registry.")
+            for name in names
+            if name not in found
+        ]
+    versions_by_model: dict[int, list[ModelVersion]] = {}
+    for row in (
+        ModelVersion.objects.filter(model__in=models, is_deleted=False)
+        .select_related("model")
+        .only("pk", "version", "status", "current_stage", "aliases", "metrics", "tags", "model__name")
+        .order_by("model__name", "-version")
+    ):
+        versions_by_model.setdefault(row.model_id, []).append(row)
+    open_versions = set(
+        PromotionRequest.objects.filter(
+            stage=stage, status__in=PromotionRequest.OPEN_STATUSES, version__model__in=models
+        ).values_list("version_id", flat=True)
+    )
+
+    for model_id, model_name in models.order_by("name").values_list("pk", "name"):
+        model_versions = versions_by_model.get(model_id)
+        if not model_versions:
+            outcome.skipped.append(Skipped(model_name, None, "it has no versions"))
+            continue
+        candidate, first_reason = None, ""
+        for row in model_versions:
+            reason, stop = _why_not(row, stage=target, stages=stages, ci_evidence=ci_evidence)
+            if not reason:
+                candidate = row
+                break
+            first_reason = first_reason or reason
+            if stop:
+                break
+        if candidate is None:
+            more = (
+                "" if len(model_versions) == 1 or "holds" in first_reason else "; no older version qualifies"
+            )
+            outcome.skipped.append(Skipped(model_name, model_versions[0].version, first_reason + more))
+            continue
+        if candidate.pk in open_versions:
+            outcome.skipped.append(
+                Skipped(
+                    model_name, candidate.version, f"v{candidate.version} has an open request to {stage.name}"
+                )
+            )
+            continue
+        version = ModelVersion.objects.select_related("model").get(pk=candidate.pk)
+        try:
+            outcome.filed.append(
+                promotion_request_create(
+                    version=version,
+                    stage=stage,
+                    requested_by=requested_by,
+                    justification=justification,
+                    ci_evidence=ci_evidence,
+                    via=via,
+                )
+            )
+        except PromotionError as exc:
+            outcome.refused.append(Refused(model_name, candidate.version, exc.code, exc.message))
+    return outcome
 
 
 # --- decisions --------------------------------------------------------------------------------
@@ -418,7 +577,12 @@ def _context(request: PromotionRequest) -> dict:
 
 
 def review_approve(
-    *, request: PromotionRequest, reviewer, comment: str = "", evidence_sha256: str | None = None
+    *,
+    request: PromotionRequest,
+    reviewer,
+    comment: str = "",
+    evidence_sha256: str | None = None,
+    via: str = "web",
 ) -> PromotionRequest:
     comment = (comment or "").strip()
     if len(comment) > MAX_TEXT:
@@ -463,6 +627,7 @@ def review_approve(
                 "evidence_sha256": locked.evidence_sha256,
                 "approvals": approvals,
                 "required": locked.stage.required_approvals,
+                "via": via,
             },
             **_context(locked),
         )
@@ -491,10 +656,11 @@ def _approve(request: PromotionRequest, *, actor, reason: str) -> None:
         details={"reason": reason},
         **_context(request),
     )
+    notifications.notify("request.approved", request.pk)
     transaction.on_commit(lambda: enqueue_apply(request.pk))
 
 
-def review_reject(*, request: PromotionRequest, reviewer, comment: str) -> PromotionRequest:
+def review_reject(*, request: PromotionRequest, reviewer, comment: str, via: str = "web") -> PromotionRequest:
     comment = (comment or "").strip()
     if not comment:
         raise InvalidRequest("A rejection needs a comment: say what must change.")
@@ -526,14 +692,15 @@ def review_reject(*, request: PromotionRequest, reviewer, comment: str) -> Promo
             action="review.rejected",
             actor=reviewer,
             meaning=_meaning("Rejected", locked),
-            details={"comment": comment, "evidence_sha256": locked.evidence_sha256},
+            details={"comment": comment, "evidence_sha256": locked.evidence_sha256, "via": via},
             **_context(locked),
         )
+        notifications.notify("request.rejected", locked.pk)
     locked.refresh_from_db()
     return locked
 
 
-def request_cancel(*, request: PromotionRequest, user) -> PromotionRequest:
+def request_cancel(*, request: PromotionRequest, user, via: str = "web") -> PromotionRequest:
     if not policy.may_cancel(user, request):
         raise _deny(
             user,
@@ -554,8 +721,10 @@ def request_cancel(*, request: PromotionRequest, user) -> PromotionRequest:
             action="request.cancelled",
             actor=user,
             meaning=_meaning("Cancelled", request),
+            details={"via": via},
             **_context(request),
         )
+        notifications.notify("request.cancelled", request.pk)
     request.refresh_from_db()
     return request
 
@@ -611,6 +780,7 @@ def requests_expire(*, now=None) -> int:
                     details={"expires_at": audit.utc_iso(request.expires_at)},
                     **_context(request),
                 )
+                notifications.notify("request.expired", request.pk)
                 expired += 1
     return expired
 
@@ -729,6 +899,7 @@ def _fail(request: PromotionRequest, reason: str, *, permanent: bool = True) -> 
                 details={"reason": reason, "attempts": request.attempts, "permanent": permanent},
                 **_context(request),
             )
+            notifications.notify("promotion.failed", request.pk)
 
 
 def _approvers(request: PromotionRequest) -> list[str]:
@@ -797,6 +968,7 @@ def promotion_apply(*, request_id: int) -> str:
             },
             **_context(request),
         )
+        notifications.notify("promotion.applied", request.pk)
     if request.then_stages:
         _continue_pipeline(request)
     return "applied"

@@ -21,6 +21,9 @@ from django.conf import settings
 # built-in retry loop would otherwise hold a web request or a worker for minutes when the
 # server is down. Both stay overridable from the environment.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+# The client would otherwise report usage to MLflow's servers; this product talks to the
+# registry only.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.MLFLOW_TIMEOUT_SECONDS))
 
 import mlflow  # noqa: E402

@@ -12,10 +12,14 @@ _ROOT = Path(__file__).resolve().parent.parent
 # DEBUG here only relaxes start-up (no SECRET_KEY needed, no HTTPS redirect); Django's test
 # runner still runs every test with settings.DEBUG = False.
 os.environ.setdefault("DEBUG", "true")
+# The test MLflow server and clients send no usage telemetry (there is no network here anyway).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # The embedded broker and database files belong to `make run`; each test run gets its own,
 # so two runs at once (a developer's and a CI check) never share a queue or a database.
 RUN_ID = os.getpid()
-os.environ.setdefault("CELERY_BROKER_URL", f"sqla+sqlite:///{_ROOT / 'var' / f'test-celery-{RUN_ID}.sqlite3'}")
+os.environ.setdefault(
+    "CELERY_BROKER_URL", f"sqla+sqlite:///{_ROOT / 'var' / f'test-celery-{RUN_ID}.sqlite3'}"
+)
 os.environ.setdefault("TEST_DATABASE_NAME", str(_ROOT / "var" / f"test_db_{RUN_ID}.sqlite3"))
 
 
@@ -23,4 +27,6 @@ def pytest_sessionfinish(session, exitstatus):
     for pattern in (f"test-celery-{RUN_ID}.sqlite3*", f"test_db_{RUN_ID}.sqlite3*"):
         for leftover in (_ROOT / "var").glob(pattern):
             leftover.unlink(missing_ok=True)
+
+
 (_ROOT / "var").mkdir(exist_ok=True)

@@ -1,7 +1,9 @@
 """`manage.py request_promotion --model-name NAME --version N --stage STAGE [...]`
+`manage.py request_promotion --all-passing --stage STAGE [--model-name NAME] [...]`
 
 Exit codes: 0 filed (with --wait: applied), 1 refused, rejected, failed, cancelled or expired,
 2 bad input (unknown stage, model or version; empty justification), 3 MLflow unreachable.
+With --all-passing: 0 when nothing was refused (skipped models are not an error), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class Command(BaseCommand):
         super().add_base_argument(parser, *args, **kwargs)
 
     def add_arguments(self, parser):
-        parser.add_argument("--model-name", required=True)
-        parser.add_argument("--version", required=True, type=int)
+        parser.add_argument("--model-name", help="Required, unless --all-passing (then: only this model).")
+        parser.add_argument("--version", type=int, help="Required, unless --all-passing.")
         parser.add_argument("--stage", required=True, help="Target stage, as named in the stage catalog.")
         parser.add_argument("--justification", default=None, help="Why this version should move.")
         parser.add_argument("--user", default=None, help="File as this user (default: $PROMOTE_USER or you).")
@@ -47,6 +49,12 @@ class Command(BaseCommand):
             "each step is filed when the one before it is applied and waits for its own approvals.",
         )
         parser.add_argument(
+            "--all-passing",
+            action="store_true",
+            help="For every model, file its latest version whose checks for --stage pass and that "
+            "may move there; list what was filed, skipped and refused.",
+        )
+        parser.add_argument(
             "--wait", action="store_true", help="Wait until the request reaches a final status."
         )
         parser.add_argument(
@@ -54,11 +62,22 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        if options["all_passing"]:
+            for flag in ("version", "through", "wait"):
+                if options[flag]:
+                    raise CommandError(f"--{flag} does not go with --all-passing.", returncode=EXIT_BAD_INPUT)
+        elif options["model_name"] is None or options["version"] is None:
+            raise CommandError(
+                "--model-name and --version are required (or --all-passing).", returncode=EXIT_BAD_INPUT
+            )
         user = self._user(options["user"])
         evidence = self._evidence(options["evidence_file"])
         justification = options["justification"]
         if justification is None:
             justification = f"Filed from the command line by {user.get_username()}."
+        if options["all_passing"]:
+            self._all_passing(options, user=user, justification=justification, evidence=evidence)
+            return
         try:
             stage = services.stage_get_by_name(options["stage"])
             version = services.version_get(model_name=options["model_name"], version=options["version"])
@@ -86,6 +105,36 @@ class Command(BaseCommand):
             )
         if options["wait"]:
             self._wait(request, options["timeout"])
+
+    def _all_passing(self, options, *, user, justification: str, evidence: dict | None) -> None:
+        try:
+            outcome = services.promotion_requests_create_passing(
+                stage=services.stage_get_by_name(options["stage"]),
+                requested_by=user,
+                justification=justification,
+                model_names=[options["model_name"]] if options["model_name"] else None,
+                ci_evidence=evidence,
+                via="cli",
+            )
+        except InvalidRequest as exc:
+            raise CommandError(exc.message, returncode=EXIT_BAD_INPUT) from None
+        except PromotionError as exc:
+            raise CommandError(exc.message, returncode=EXIT_REFUSED) from None
+        self.stdout.write(
+            f"{outcome.stage.name}: {len(outcome.filed)} filed, {len(outcome.skipped)} skipped, "
+            f"{len(outcome.refused)} refused"
+        )
+        for request in outcome.filed:
+            self.stdout.write(
+                f"  filed    #{request.pk} {request.version.model.name} v{request.version.version} "
+                f"({request.get_status_display()})"
+            )
+        for skipped in outcome.skipped:
+            self.stdout.write(f"  skipped  {skipped.model_name}: {skipped.reason}")
+        for refused in outcome.refused:
+            self.stdout.write(f"  refused  {refused.model_name} v{refused.version}: {refused.message}")
+        if outcome.refused:
+            raise CommandError(f"{len(outcome.refused)} request(s) refused.", returncode=EXIT_REFUSED)
 
     def _user(self, username: str | None):
         username = username or os.environ.get("PROMOTE_USER") or getpass.getuser()

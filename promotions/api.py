@@ -1,0 +1,776 @@
+"""The JSON API at /api/ (django-ninja): CI pipelines file requests and watch them.
+
+Authentication is a personal bearer token only (`Authorization: Bearer prm_…`): no session, so
+no CSRF to forge, and every call acts as the token's user with that user's roles. Every write
+goes through the same services as the pages; the API only parses, calls and renders.
+
+Errors are `{"code", "message"}` (plus `errors` for field errors): 401 no or bad token, 403 a
+valid token without the role, 404 unknown ids (only ever after the role check, so existence
+never leaks), 409 already decided or duplicate, 413 body too large, 422 malformed or invalid.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, JsonResponse
+from django.urls import URLPattern, URLResolver
+from django.views import defaults
+from ninja import Field, NinjaAPI, Path, Query, Schema, Status, Swagger
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
+from ninja.security import HttpBearer
+from pydantic import ConfigDict, field_validator
+
+from promotions import audit, policy, roles, selectors, services, tokens
+from promotions.errors import PromotionError
+from promotions.models import AuditEvent, PromotionRequest, Review, Stage
+from promotions.notifications import request_url
+from registry_sync.models import ModelVersion, RegisteredModel
+
+MAX_ID = 2**53  # the largest integer every JSON client reads exactly
+MAX_EVIDENCE_BYTES = 64 * 1024
+MAX_DEPTH = 20
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL stores no NUL character in text
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, errors: list | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.errors = status, code, message, errors
+
+
+class FieldErrorOut(Schema):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(Schema):
+    code: str = Field(examples=["unknown_stage"])
+    message: str
+    errors: list[FieldErrorOut] = Field(default_factory=list)
+
+
+def _errors(*statuses: int) -> dict[int, type[ErrorOut]]:
+    return dict.fromkeys((401, 403, 422, *statuses), ErrorOut)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+class StrictJsonParser(Parser):
+    """JSON as RFC 8259 has it, and as both databases can store: no NaN or Infinity, no NUL
+    or lone surrogates in strings, integers within 64 bits, bounded nesting."""
+
+    def parse_body(self, request):
+        data = json.loads(request.body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        _check_value(data, depth=0)
+        return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _check_value(value: Any, *, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, bool) or value is None or isinstance(value, float):
+        return
+    elif isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError("an integer is out of the 64-bit range")
+    elif isinstance(value, list):
+        for item in value:
+            _check_value(item, depth=depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_value(item, depth=depth + 1)
+
+
+def _check_text(text: str) -> None:
+    if "\x00" in text:
+        raise ValueError("a string contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string contains a lone surrogate") from None
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request, token: str):
+        found = tokens.token_authenticate(token.strip())
+        if found is None:
+            raise ApiError(401, "invalid_token", "The token is unknown or revoked.")
+        request.api_token = found
+        return found.user
+
+
+api = NinjaAPI(
+    title="Promotions API",
+    version="1",
+    description=(
+        "File promotion requests for MLflow model versions, decide them, and watch them get applied. "
+        "Authenticate with a personal token: `Authorization: Bearer <token>` (create one under "
+        "API tokens in the web app, or `manage.py create_api_token USERNAME`)."
+    ),
+    auth=BearerToken(),
+    parser=StrictJsonParser(),
+    urls_namespace="api",
+    docs=Swagger(settings={"persistAuthorization": False, "tryItOutEnabled": False}),
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+def _error(request, status: int, code: str, message: str, errors: list | None = None):
+    body: dict[str, Any] = {"code": code, "message": message}
+    if errors:
+        body["errors"] = errors
+    response = api.create_response(request, body, status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="promotions"'
+    return response
+
+
+@api.exception_handler(ApiError)
+def _on_api_error(request, exc: ApiError):
+    return _error(request, exc.status, exc.code, exc.message, exc.errors)
+
+
+@api.exception_handler(PromotionError)
+def _on_refusal(request, exc: PromotionError):
+    return _error(request, exc.http_status, exc.code, exc.message)
+
+
+@api.exception_handler(AuthenticationError)
+def _on_no_token(request, exc: AuthenticationError):
+    return _error(request, 401, "unauthenticated", "Send a token: Authorization: Bearer <token>.")
+
+
+@api.exception_handler(ValidationError)
+def _on_invalid(request, exc: ValidationError):
+    errors = [
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in exc.errors
+    ]
+    summary = "; ".join(f"{'.'.join(map(str, e['loc'][1:] or e['loc']))}: {e['msg']}" for e in errors[:5])
+    return _error(request, 422, "invalid", f"The request is not valid: {summary}", errors)
+
+
+@api.exception_handler(HttpError)
+def _on_http_error(request, exc: HttpError):
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        # Raised by ninja around our parser: the body is not JSON we accept.
+        reason = exc.__cause__
+        if isinstance(reason, RequestDataTooBig):
+            return _on_too_big(request, reason)
+        return _error(request, 422, "malformed_json", f"The body is not valid JSON: {reason}")
+    return _error(request, exc.status_code, "error", exc.message)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _on_too_big(request, exc):
+    return _error(request, 413, "too_large", "The body is too large.")
+
+
+@api.exception_handler(Http404)
+def _on_not_found(request, exc):
+    return _error(request, 404, "not_found", "Not found.")
+
+
+def _refuse_unknown_query(operation):
+    """Query parameters, like body fields, are exactly the documented ones: a misspelt filter
+    is an error, not a silently broader answer."""
+    known = set(inspect.signature(operation).parameters) - {"request"}
+
+    @functools.wraps(operation)
+    def checked(request, *args, **kwargs):
+        unknown = sorted(set(request.GET) - known)
+        if unknown:
+            errors = [
+                {"loc": ["query", name], "msg": "Unknown parameter", "type": "extra_forbidden"}
+                for name in unknown
+            ]
+            shown = ", ".join(repr(name[:40]) for name in unknown[:5])
+            raise ApiError(422, "invalid", f"Unknown query parameter(s): {shown}.", errors)
+        return operation(request, *args, **kwargs)
+
+    return checked
+
+
+api.add_decorator(_refuse_unknown_query)
+
+
+# --- who may ----------------------------------------------------------------------------------
+
+
+def _user(request):
+    return request.auth
+
+
+def _require_role(request) -> None:
+    """Any role of the product reads requests, stages and models; others get 403 for every id,
+    existing or not."""
+    user = _user(request)
+    if not (roles.role_names(user) or user.is_superuser):
+        raise ApiError(403, "forbidden", "Your account has no role in this application; ask an admin.")
+
+
+def _require_requester(request, *, what: str, **context) -> None:
+    """Checked before any lookup, so a user without the role learns nothing about stages or
+    models from the answer; the refusal is audited as the services do."""
+    user = _user(request)
+    if not policy.may_request(user):
+        audit.record_denied(actor=user, what=what, reason="not a requester", **context)
+        raise ApiError(
+            403, "forbidden", "You are not allowed to file promotion requests (ask for the Requesters role)."
+        )
+
+
+def _get_request_for_user(request, request_id: int) -> PromotionRequest:
+    _require_role(request)
+    promotion = selectors.request_page(request_id)
+    if promotion is None:
+        raise ApiError(404, "not_found", f"No request #{request_id}.")
+    return promotion
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+class StrictIn(Schema):
+    """Bodies: exactly the documented fields, with exactly their types. Times and users are
+    the server's to decide, so a body that names them is refused, not silently trimmed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+Text = Annotated[str, Field(pattern=_NO_NUL)]
+
+
+def _evidence_size(value: dict[str, Any]) -> dict[str, Any]:
+    if len(audit.canonical_json(value).encode()) > MAX_EVIDENCE_BYTES:
+        raise ValueError(f"evidence is larger than {MAX_EVIDENCE_BYTES // 1024} KiB")
+    return value
+
+
+class RequestIn(StrictIn):
+    model_name: str = Field(min_length=1, max_length=256, pattern=_NO_NUL, examples=["sales_forecast"])
+    version: int = Field(ge=1, le=2**31 - 1, examples=[5])
+    stage: str = Field(min_length=1, max_length=64, pattern=_NO_NUL, examples=["Production"])
+    justification: str = Field(min_length=1, max_length=services.MAX_TEXT, pattern=_NO_NUL)
+    evidence: dict[str, Any] = Field(
+        default_factory=dict,
+        description="CI evidence (run URL, commit, test results…). Stage checks read it as "
+        "`evidence <key> <op> <value>`.",
+        examples=[{"tests_passed": True, "coverage": 0.87, "ci_run": "https://ci.example/run/42"}],
+    )
+
+    _evidence = field_validator("evidence")(_evidence_size)
+
+
+class DecisionIn(StrictIn):
+    comment: str = Field(default="", max_length=services.MAX_TEXT, pattern=_NO_NUL)
+    evidence_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Approve only if the evidence snapshot still has this digest.",
+    )
+
+
+class BulkIn(StrictIn):
+    stage: str = Field(min_length=1, max_length=64, pattern=_NO_NUL, examples=["Staging"])
+    justification: str = Field(min_length=1, max_length=services.MAX_TEXT, pattern=_NO_NUL)
+    models: list[Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)]] | None = Field(
+        default=None, max_length=1000, description="Model names to consider; all models when omitted."
+    )
+    evidence: dict[str, Any] = Field(default_factory=dict, description="Applied to every request filed.")
+
+    _evidence = field_validator("evidence")(_evidence_size)
+
+
+class CheckOut(Schema):
+    rule: str
+    passed: bool
+    actual: str
+    message: str
+
+
+class ReviewOut(Schema):
+    reviewer: str
+    decision: Literal["approve", "reject"]
+    comment: str
+    created_at: datetime
+    stale: bool
+
+
+class RequestOut(Schema):
+    id: int
+    status: Literal[tuple(PromotionRequest.Status.values)]  # type: ignore[valid-type]
+    model_name: str
+    version: int
+    stage: str
+    source_stage: str
+    previous_holder: int | None
+    requested_by: str
+    justification: str
+    via: str
+    approvals: int
+    required_approvals: int
+    checks: list[CheckOut]
+    evidence: dict[str, Any]
+    evidence_sha256: str
+    then_stages: list[str]
+    last_error: str
+    reviews: list[ReviewOut]
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    applied_at: datetime | None
+    url: str
+
+
+class RequestPageOut(Schema):
+    count: int
+    items: list[RequestOut]
+
+
+class SkippedOut(Schema):
+    model_name: str
+    version: int | None
+    reason: str
+
+
+class RefusedOut(Schema):
+    model_name: str
+    version: int
+    code: str
+    message: str
+
+
+class BulkOut(Schema):
+    stage: str
+    filed: list[RequestOut]
+    skipped: list[SkippedOut]
+    refused: list[RefusedOut]
+
+
+class StageOut(Schema):
+    name: str
+    position: int
+    description: str
+    mlflow_stage: str
+    mlflow_alias: str
+    archive_existing: bool
+    allow_from_none: bool
+    allowed_from: list[str]
+    required_approvals: int
+    approver_groups: list[str]
+    checks: list[str]
+    request_ttl_seconds: int
+    is_active: bool
+
+
+class VersionOut(Schema):
+    version: int
+    current_stage: str
+    aliases: list[str]
+    stages: list[str] = Field(description="Catalog stages this version holds.")
+    status: str
+    run_id: str
+    source: str
+    metrics: dict[str, float]
+    params: dict[str, str]
+    tags: dict[str, str]
+    is_deleted: bool
+    creation_timestamp: int | None
+
+
+class ModelOut(Schema):
+    name: str
+    description: str
+    is_deleted: bool
+    has_drift: bool
+    aliases: dict[str, int]
+    stage_holders: dict[str, list[int]] = Field(description="Catalog stage → versions that hold it.")
+    version_count: int
+    versions: list[VersionOut]
+
+
+class AuditEventOut(Schema):
+    sequence: int
+    created_at: datetime
+    actor_username: str
+    actor_name: str
+    action: str
+    model_name: str
+    version: int | None
+    from_stage: str
+    to_stage: str
+    request_id: int | None
+    meaning: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPageOut(Schema):
+    items: list[AuditEventOut]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null at the end.")
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
+    reviews = list(promotion.reviews.all())
+    return {
+        "id": promotion.pk,
+        "status": promotion.status,
+        "model_name": promotion.version.model.name,
+        "version": promotion.version.version,
+        "stage": promotion.stage.name,
+        "source_stage": promotion.source_stage,
+        "previous_holder": promotion.previous_holder,
+        "requested_by": promotion.requested_by_name,
+        "justification": promotion.justification,
+        "via": promotion.via,
+        "approvals": sum(1 for r in reviews if r.decision == Review.Decision.APPROVE and not r.stale),
+        "required_approvals": promotion.stage.required_approvals,
+        "checks": promotion.check_results,
+        "evidence": promotion.ci_evidence,
+        "evidence_sha256": promotion.evidence_sha256,
+        "then_stages": promotion.then_stages,
+        "last_error": promotion.last_error,
+        "reviews": [
+            {
+                "reviewer": r.reviewer_name,
+                "decision": r.decision,
+                "comment": r.comment,
+                "created_at": r.created_at,
+                "stale": r.stale,
+            }
+            for r in reviews
+        ],
+        "created_at": promotion.created_at,
+        "updated_at": promotion.updated_at,
+        "expires_at": promotion.expires_at,
+        "decided_at": promotion.decided_at,
+        "applied_at": promotion.applied_at,
+        "url": request_url(promotion.pk),
+    }
+
+
+def _reloaded(request_id: int) -> dict[str, Any]:
+    return _request_out(selectors.request_page(request_id))
+
+
+def _stage_out(stage: Stage) -> dict[str, Any]:
+    return {
+        "name": stage.name,
+        "position": stage.position,
+        "description": stage.description,
+        "mlflow_stage": stage.mlflow_stage,
+        "mlflow_alias": stage.mlflow_alias,
+        "archive_existing": stage.archive_existing,
+        "allow_from_none": stage.allow_from_none,
+        "allowed_from": sorted(s.name for s in stage.allowed_from.all()),
+        "required_approvals": stage.required_approvals,
+        "approver_groups": sorted(g.name for g in stage.approver_groups.all()),
+        "checks": stage.check_rules(),
+        "request_ttl_seconds": int(stage.request_ttl.total_seconds()),
+        "is_active": stage.is_active,
+    }
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+def _stages():
+    return Stage.objects.prefetch_related("allowed_from", "approver_groups")
+
+
+@api.get("/stages", response={200: list[StageOut], **_errors()}, tags=["stages"])
+def stage_list(request):
+    """The stage catalog, in pipeline order."""
+    _require_role(request)
+    return [_stage_out(stage) for stage in _stages()]
+
+
+@api.get("/stages/{path:name}", response={200: StageOut, **_errors(404)}, tags=["stages"])
+def stage_get(request, name: Annotated[str, Path(min_length=1, max_length=300, pattern=_NO_NUL)]):
+    """One stage of the catalog, by name (case does not matter)."""
+    _require_role(request)
+    stage = _stages().filter(name__iexact=name.strip()).first()
+    if stage is None:
+        known = ", ".join(Stage.objects.filter(is_active=True).values_list("name", flat=True))
+        message = f"Stage '{name}' is not in the stage catalog. Known stages: {known}."
+        raise ApiError(404, "unknown_stage", message)
+    return _stage_out(stage)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+@api.get("/requests", response={200: RequestPageOut, **_errors()}, tags=["requests"])
+def request_list(
+    request,
+    status: Annotated[Literal[tuple(PromotionRequest.Status.values)] | None, Query()] = None,  # type: ignore[valid-type]
+    stage: Annotated[str | None, Query(max_length=64, pattern=_NO_NUL)] = None,
+    model_name: Annotated[str | None, Query(max_length=256, pattern=_NO_NUL)] = None,
+    mine: Annotated[bool, Query(description="Only requests filed by the token's user.")] = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+):
+    """Requests, newest first."""
+    _require_role(request)
+    requests = PromotionRequest.objects.all()
+    if status:
+        requests = requests.filter(status=status)
+    if stage:
+        requests = requests.filter(stage__name__iexact=stage)
+    if model_name:
+        requests = requests.filter(version__model__name=model_name)
+    if mine:
+        requests = requests.filter(requested_by=_user(request))
+    page = (
+        requests.select_related("version__model", "stage")
+        .prefetch_related("reviews")
+        .order_by("-created_at", "-id")[offset : offset + limit]
+    )
+    return {"count": requests.count(), "items": [_request_out(p) for p in page]}
+
+
+@api.post("/requests", response={201: RequestOut, **_errors(409, 413)}, tags=["requests"])
+def request_create(request, payload: RequestIn):
+    """File a request. With a stage that needs no approval and checks that all pass, it comes
+    back `approved` and the worker applies it; if a check fails it is refused (422) with the
+    failing checks listed."""
+    user = _user(request)
+    _require_requester(
+        request,
+        what=f"request {payload.model_name} v{payload.version} → {payload.stage} through the API",
+        model_name=payload.model_name,
+        version=payload.version,
+        to_stage=payload.stage,
+    )
+    stage = services.stage_get_by_name(payload.stage)
+    version = services.version_get(model_name=payload.model_name, version=payload.version)
+    filed = services.promotion_request_create(
+        version=version,
+        stage=stage,
+        requested_by=user,
+        justification=payload.justification,
+        ci_evidence=payload.evidence,
+        via="api",
+    )
+    return Status(201, _reloaded(filed.pk))
+
+
+@api.post("/requests/bulk", response={200: BulkOut, **_errors(413)}, tags=["requests"])
+def request_create_passing(request, payload: BulkIn):
+    """File one request per model for its latest version whose checks for `stage` pass and that
+    the catalog lets move there. The choice is made from the registry mirror after one sync,
+    so it costs the same few MLflow calls however many models there are."""
+    _require_requester(
+        request, what=f"file requests in bulk → {payload.stage} through the API", to_stage=payload.stage
+    )
+    stage = services.stage_get_by_name(payload.stage)
+    outcome = services.promotion_requests_create_passing(
+        stage=stage,
+        requested_by=_user(request),
+        justification=payload.justification,
+        model_names=payload.models,
+        ci_evidence=payload.evidence,
+        via="api",
+    )
+    return {
+        "stage": stage.name,
+        "filed": [_reloaded(p.pk) for p in outcome.filed],
+        "skipped": [vars(s) for s in outcome.skipped],
+        "refused": [vars(r) for r in outcome.refused],
+    }
+
+
+RequestId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+@api.get("/requests/{request_id}", response={200: RequestOut, **_errors(404)}, tags=["requests"])
+def request_get(request, request_id: RequestId):
+    """One request, with its checks, evidence digest and reviews."""
+    return _request_out(_get_request_for_user(request, request_id))
+
+
+@api.post(
+    "/requests/{request_id}/approve", response={200: RequestOut, **_errors(404, 409, 413)}, tags=["requests"]
+)
+def request_approve(request, request_id: RequestId, payload: DecisionIn | None = None):
+    """Approve as the token's user (an approver of the stage, not the requester)."""
+    promotion = _get_request_for_user(request, request_id)
+    payload = payload or DecisionIn()
+    services.review_approve(
+        request=promotion,
+        reviewer=_user(request),
+        comment=payload.comment,
+        evidence_sha256=payload.evidence_sha256,
+        via="api",
+    )
+    return _reloaded(promotion.pk)
+
+
+@api.post(
+    "/requests/{request_id}/reject", response={200: RequestOut, **_errors(404, 409, 413)}, tags=["requests"]
+)
+def request_reject(request, request_id: RequestId, payload: DecisionIn):
+    """Reject as the token's user; a comment saying what must change is required."""
+    promotion = _get_request_for_user(request, request_id)
+    services.review_reject(request=promotion, reviewer=_user(request), comment=payload.comment, via="api")
+    return _reloaded(promotion.pk)
+
+
+@api.post(
+    "/requests/{request_id}/cancel", response={200: RequestOut, **_errors(404, 409, 413)}, tags=["requests"]
+)
+def request_cancel(request, request_id: RequestId, payload: DecisionIn | None = None):
+    """Cancel a pending or approved request (its requester or a stage admin)."""
+    promotion = _get_request_for_user(request, request_id)
+    services.request_cancel(request=promotion, user=_user(request), via="api")
+    return _reloaded(promotion.pk)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+@api.get("/models/{path:name}", response={200: ModelOut, **_errors(404)}, tags=["models"])
+def model_get(
+    request,
+    name: Annotated[str, Path(min_length=1, max_length=256, pattern=_NO_NUL)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+):
+    """A model of the registry mirror: its versions (newest first) and who holds each stage."""
+    _require_role(request)
+    model = RegisteredModel.objects.filter(name=name).first()
+    if model is None:
+        raise ApiError(404, "not_found", f"No model named '{name}' in the registry mirror.")
+    stages = list(Stage.objects.all())
+    holders: dict[str, list[int]] = {stage.name: [] for stage in stages}
+    for number, current_stage, aliases in (
+        ModelVersion.objects.filter(model=model, is_deleted=False)
+        .order_by("-version")
+        .values_list("version", "current_stage", "aliases")
+    ):
+        for held in services.version_positions(current_stage=current_stage, aliases=aliases, stages=stages):
+            holders[held].append(number)
+    versions = ModelVersion.objects.filter(model=model).order_by("-version")
+    return {
+        "name": model.name,
+        "description": model.description,
+        "is_deleted": model.is_deleted,
+        "has_drift": model.has_drift,
+        "aliases": model.aliases or {},
+        "stage_holders": holders,
+        "version_count": versions.count(),
+        "versions": [
+            {
+                "version": v.version,
+                "current_stage": v.current_stage,
+                "aliases": list(v.aliases or []),
+                "stages": services.version_positions(
+                    current_stage=v.current_stage, aliases=v.aliases or [], stages=stages
+                ),
+                "status": v.status,
+                "run_id": v.run_id,
+                "source": v.source,
+                "metrics": v.metrics or {},
+                "params": {k: str(val) for k, val in (v.params or {}).items()},
+                "tags": {k: str(val) for k, val in (v.tags or {}).items()},
+                "is_deleted": v.is_deleted,
+                "creation_timestamp": v.creation_timestamp,
+            }
+            for v in versions[offset : offset + limit]
+        ],
+    }
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+@api.get("/audit", response={200: AuditPageOut, **_errors()}, tags=["audit"])
+def audit_list(
+    request,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="Entries after this sequence number.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    action: Annotated[str | None, Query(max_length=32, pattern=_NO_NUL)] = None,
+    request_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+):
+    """The audit log in sequence order, a page at a time (auditors only)."""
+    user = _user(request)
+    if not policy.is_auditor(user):
+        audit.record_denied(actor=user, what="read the audit log through the API", reason="not an auditor")
+        raise ApiError(403, "forbidden", "Only auditors read the audit log.")
+    events = AuditEvent.objects.filter(sequence__gt=after)
+    if action:
+        events = events.filter(action=action)
+    if request_id:
+        events = events.filter(request_id=request_id)
+    page = list(events.order_by("sequence")[:limit])
+    items = [{**audit.payload_of(event), "hash": event.hash} for event in page]
+    return {"items": items, "next_after": page[-1].sequence if len(page) == limit else None}
+
+
+# --- URLs -------------------------------------------------------------------------------------
+
+
+def page_not_found(request, exception):
+    """The site's 404 handler: JSON under /api/ (a URL no route matches, e.g. a path parameter
+    with a line break), the usual page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"code": "not_found", "message": "No such API endpoint."}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def _mark_public(patterns) -> None:
+    # The site requires a signed-in session everywhere (LoginRequiredMiddleware); the API
+    # authenticates each call by its bearer token instead, and answers 401 in JSON itself.
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            _mark_public(pattern.url_patterns)
+        elif isinstance(pattern, URLPattern):
+            login_not_required(pattern.callback)
+
+
+def urls():
+    patterns, app_name, namespace = api.urls
+    _mark_public(patterns)
+    return patterns, app_name, namespace

@@ -1,0 +1,120 @@
+"""Pages for auditors: the log with filters, its exports and manifests, lead-time charts.
+
+Every view starts with `_require_auditor`: anyone else gets 403, and the attempt is itself an
+audit entry (`auth.denied`).
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from promotions import audit, exports, metrics, policy
+from promotions.models import Stage
+
+PAGE_SIZE = 50
+_CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8"}
+
+
+def _require_auditor(request: HttpRequest, *, what: str) -> None:
+    if policy.is_auditor(request.user):
+        return
+    audit.record_denied(actor=request.user, what=what, reason="not an auditor")
+    raise PermissionDenied("Only auditors read and export the audit log.")
+
+
+def _export_params(request: HttpRequest) -> tuple[exports.AuditFilter, int | None]:
+    """The filters, and `through`: the last entry an export may hold (the page's chain head)."""
+    through = exports.parse_sequence(request.GET.get("through"), name="through")
+    return exports.parse_filter(request.GET), through
+
+
+@require_GET
+def audit_log(request: HttpRequest) -> HttpResponse:
+    _require_auditor(request, what="read the audit log")
+    values = {name: request.GET.get(name, "").strip() for name in exports.FILTER_FIELDS}
+    context = {"values": values, "actions": exports.KNOWN_ACTIONS, "error": "", "page": None}
+    try:
+        audit_filter = exports.parse_filter(request.GET)
+        before = exports.parse_sequence(request.GET.get("before"), name="before")
+        after = exports.parse_sequence(request.GET.get("after"), name="after")
+    except exports.FilterError as exc:
+        context["error"] = str(exc)
+        audit_filter = None
+    if audit_filter is not None:
+        head = exports.chain_head()
+        context.update(
+            page=exports.log_page(audit_filter, before=before, after=after, size=PAGE_SIZE),
+            query=audit_filter.query_string(),
+            # Exports and manifests end where this page's view of the log ends, so the file
+            # downloaded now and the manifest asked for later describe the same entries.
+            export_query=audit_filter.query_string(through=head[0]),
+            chain=exports.chain_status(head),
+            filtered=not audit_filter.is_empty,
+        )
+    context["stages"] = list(Stage.objects.values_list("name", flat=True))
+    if request.htmx:
+        response = render(request, "promotions/audit_log.html#audit-results", context)
+    else:
+        response = render(request, "promotions/audit_log.html", context)
+    if context["error"]:
+        response.status_code = 400
+        if request.htmx:
+            # htmx swaps no 4xx answer; load the whole page instead, which shows the reason.
+            response["HX-Redirect"] = request.get_full_path()
+    return response
+
+
+def _export(request: HttpRequest, fmt: str) -> HttpResponse:
+    _require_auditor(request, what=f"export the audit log as {fmt.upper()}")
+    try:
+        audit_filter, through = _export_params(request)
+    except exports.FilterError as exc:
+        return HttpResponseBadRequest(f"{exc}\n", content_type="text/plain; charset=utf-8")
+    cut = exports.export_cut(audit_filter, through=through)
+    # Recorded before the first byte: an export the reader abandons half-way was still taken.
+    exports.record_export(actor=request.user, cut=cut, fmt=fmt, via="web")
+    response = StreamingHttpResponse(exports.iter_export(cut, fmt=fmt), content_type=_CONTENT_TYPES[fmt])
+    response["Content-Disposition"] = f'attachment; filename="{exports.export_filename(cut, fmt=fmt)}"'
+    response["X-Audit-Through"] = str(cut.through)
+    return response
+
+
+@require_GET
+def audit_export_csv(request: HttpRequest) -> HttpResponse:
+    return _export(request, "csv")
+
+
+@require_GET
+def audit_export_jsonl(request: HttpRequest) -> HttpResponse:
+    return _export(request, "jsonl")
+
+
+@require_GET
+def audit_manifest(request: HttpRequest) -> HttpResponse:
+    """The manifest of the export with the same filters and `through`; it hashes the export."""
+    _require_auditor(request, what="read an audit log manifest")
+    fmt = request.GET.get("format", "")
+    if fmt not in exports.EXPORT_FORMATS:
+        return JsonResponse({"error": f"format must be csv or jsonl, not '{fmt[:20]}'."}, status=400)
+    try:
+        audit_filter, through = _export_params(request)
+    except exports.FilterError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    cut = exports.export_cut(audit_filter, through=through)
+    response = JsonResponse(exports.manifest_for(cut, fmt=fmt), json_dumps_params={"indent": 2})
+    filename = exports.manifest_path(exports.export_filename(cut, fmt=fmt)).name
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@require_GET
+def audit_metrics(request: HttpRequest) -> HttpResponse:
+    _require_auditor(request, what="read the lead-time dashboard")
+    return render(
+        request,
+        "promotions/audit_metrics.html",
+        {"stages": metrics.lead_times(weeks=metrics.WEEKS), "weeks": metrics.WEEKS},
+    )

@@ -1,0 +1,397 @@
+"""E-mail and signed outbound webhooks for the events of the workflow.
+
+`notify(event, request_id)` is called by the services inside the transaction that writes the
+event's audit entry. It records one `OutboundDelivery` per endpoint that wants the event (the
+outbox: the rows commit or roll back with the event) and, once the transaction commits,
+enqueues the e-mail and the deliveries. Nothing here runs in the web request: a slow mail
+server or a webhook target that hangs only ever delays a worker thread, for at most the
+configured timeout, and never the request that caused the event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import smtplib
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mass_mail
+from django.db import transaction
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+from promotions import audit
+from promotions.models import (
+    WEBHOOK_EVENTS,
+    AuditEvent,
+    OutboundDelivery,
+    PromotionRequest,
+    Review,
+    WebhookEndpoint,
+)
+from registry_sync.webhooks import sign
+
+logger = logging.getLogger(__name__)
+Delivery = OutboundDelivery.Status
+
+DELIVERY_HEADER = "X-Promotion-Delivery-Id"
+TIMESTAMP_HEADER = "X-Promotion-Timestamp"
+SIGNATURE_HEADER = "X-Promotion-Signature"
+
+_VERBS = {
+    "request.created": "Requested",
+    "request.approved": "Approved",
+    "request.rejected": "Rejected",
+    "request.cancelled": "Cancelled",
+    "request.expired": "Expired",
+    "promotion.applied": "Applied",
+    "promotion.failed": "Failed",
+}
+
+
+# --- the hook the services call ---------------------------------------------------------------
+
+
+def notify(event: str, request_id: int) -> None:
+    """Record the webhook deliveries of `event` and send everything after commit."""
+    if event not in WEBHOOK_EVENTS:
+        raise ValueError(f"unknown event {event!r}; known: {', '.join(WEBHOOK_EVENTS)}")
+    endpoints = [
+        endpoint for endpoint in WebhookEndpoint.objects.filter(is_active=True) if endpoint.wants(event)
+    ]
+    delivery_pks: list[int] = []
+    if endpoints:
+        request = PromotionRequest.objects.select_related("version__model", "stage").get(pk=request_id)
+        payload = event_payload(event, request)
+        now = timezone.now()
+        for endpoint in endpoints:
+            delivery = OutboundDelivery.objects.create(
+                endpoint=endpoint,
+                event=event,
+                request_id=request_id,
+                payload=payload,
+                delivery_id=str(uuid.uuid4()),
+                created_at=now,
+            )
+            delivery_pks.append(delivery.pk)
+    transaction.on_commit(lambda: _enqueue(event, request_id, delivery_pks))
+
+
+def _enqueue(event: str, request_id: int, delivery_pks: list[int]) -> None:
+    # A broker outage must not turn a committed decision into an error page: the e-mail is
+    # best effort, and the delivery sweeper publishes the recorded deliveries later.
+    try:
+        send_event_email.apply_async(args=[event, request_id], retry=False)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("Could not enqueue the e-mail for %s of request #%s: %s", event, request_id, exc)
+    for pk in delivery_pks:
+        _enqueue_delivery(pk)
+
+
+def _enqueue_delivery(pk: int) -> bool:
+    try:
+        deliver_webhook.apply_async(args=[pk], retry=False)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("Could not enqueue webhook delivery %s (%s); the sweeper will.", pk, exc)
+        return False
+    return True
+
+
+# --- what is said -----------------------------------------------------------------------------
+
+
+def request_url(request_id: int) -> str:
+    return settings.SITE_URL.rstrip("/") + reverse("request_detail", args=[request_id])
+
+
+def _what(request: PromotionRequest) -> str:
+    return f"{request.version.model.name} v{request.version.version} → {request.stage.name}"
+
+
+def _slack_escape(text: str) -> str:
+    # Slack's mrkdwn treats &, < and > as control characters; model names come from MLflow.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _reason(event: str, request: PromotionRequest) -> str:
+    if event == "promotion.failed":
+        return request.last_error
+    if event == "request.rejected":
+        review = (
+            Review.objects.filter(request=request, decision=Review.Decision.REJECT)
+            .order_by("-created_at")
+            .first()
+        )
+        return review.comment if review else ""
+    return ""
+
+
+def event_payload(event: str, request: PromotionRequest) -> dict:
+    """The JSON body of a webhook: the event, the request as it stands, and Slack's `text`."""
+    url = request_url(request.pk)
+    reason = _reason(event, request)
+    text = f"{_VERBS[event]}: {_slack_escape(_what(request))} (<{url}|request #{request.pk}>)"
+    if reason:
+        text += f": {_slack_escape(reason[:500])}"
+    return {
+        "event": event,
+        "occurred_at": audit.utc_iso(timezone.now()),
+        "text": text,
+        "request": {
+            "id": request.pk,
+            "status": request.status,
+            "model_name": request.version.model.name,
+            "version": request.version.version,
+            "stage": request.stage.name,
+            "source_stage": request.source_stage,
+            "requested_by": request.requested_by_name,
+            "justification": request.justification,
+            "via": request.via,
+            "reason": reason,
+            "url": url,
+        },
+    }
+
+
+# --- e-mail -----------------------------------------------------------------------------------
+
+
+def _approver_addresses(request: PromotionRequest) -> list[str]:
+    users = (
+        get_user_model()
+        .objects.filter(is_active=True, groups__in=request.stage.approver_groups.all())
+        .exclude(email="")
+        .distinct()
+    )
+    if request.requested_by_id is not None:
+        users = users.exclude(pk=request.requested_by_id)
+    return sorted({user.email for user in users})
+
+
+def _requester_address(event: str, request: PromotionRequest) -> list[str]:
+    requester = request.requested_by
+    if requester is None or not requester.is_active or not requester.email:
+        return []
+    if event == "request.cancelled":
+        cancelled_by = (
+            AuditEvent.objects.filter(request_id=request.pk, action="request.cancelled")
+            .values_list("actor_id", flat=True)
+            .first()
+        )
+        if cancelled_by == requester.pk:
+            return []  # they know: they did it
+    return [requester.email]
+
+
+def event_recipients(event: str, request: PromotionRequest) -> list[str]:
+    """Approvers hear about new requests that wait for them; the requester hears the rest."""
+    if event == "request.created":
+        return _approver_addresses(request) if request.stage.required_approvals > 0 else []
+    return _requester_address(event, request)
+
+
+def _subject(event: str, request: PromotionRequest) -> str:
+    what = _what(request)
+    if event == "request.created":
+        subject = f"Review requested: {what} (#{request.pk})"
+    else:
+        subject = f"{_VERBS[event]}: {what} (#{request.pk})"
+    return " ".join(f"[Promotions] {subject}".split())  # no line breaks in a header
+
+
+def _body(event: str, request: PromotionRequest) -> str:
+    lines = [
+        f"{_VERBS[event]}: promote {request.version.model.name} v{request.version.version} "
+        f"from {request.source_stage or 'no stage'} to {request.stage.name}.",
+        "",
+        f"Request #{request.pk}, filed by {request.requested_by_name}, "
+        f"is now {request.get_status_display()}.",
+    ]
+    if event == "request.created":
+        lines += ["", "Justification:", request.justification]
+        failing = [r["rule"] for r in request.check_results if not r.get("passed")]
+        total = len(request.check_results)
+        lines += ["", f"Checks: {total - len(failing)} of {total} pass."]
+        lines += [f"  failing: {rule}" for rule in failing]
+    reason = _reason(event, request)
+    if reason:
+        lines += ["", f"Reason: {reason}"]
+    lines += ["", f"Open it: {request_url(request.pk)}"]
+    return "\n".join(lines) + "\n"
+
+
+def event_email_send(*, event: str, request_id: int) -> int:
+    """Send the e-mail of one event; returns how many messages went out."""
+    request = (
+        PromotionRequest.objects.select_related("version__model", "stage", "requested_by")
+        .filter(pk=request_id)
+        .first()
+    )
+    if request is None:
+        return 0
+    recipients = event_recipients(event, request)
+    if not recipients:
+        return 0
+    subject, body = _subject(event, request), _body(event, request)
+    # One message per person: approvers do not see each other's addresses.
+    messages = [(subject, body, settings.DEFAULT_FROM_EMAIL, [address]) for address in recipients]
+    return send_mass_mail(messages, fail_silently=False)
+
+
+@shared_task(
+    name="promotions.send_event_email",
+    autoretry_for=(OSError, smtplib.SMTPException),
+    retry_backoff=5,
+    retry_jitter=True,
+    max_retries=3,
+)
+def send_event_email(event: str, request_id: int) -> int:
+    return event_email_send(event=event, request_id=request_id)
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # A receiver that redirects is misconfigured; following it would re-send the signed
+    # body (or drop it, for POST→GET) somewhere nobody configured.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status: str
+    response_code: int | None
+    error: str
+    retry_in: float | None = None
+
+
+def _retry_delay(attempts: int) -> float:
+    ceiling = min(
+        settings.WEBHOOK_RETRY_CAP_SECONDS, settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempts - 1)
+    )
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+
+
+def _post(delivery: OutboundDelivery) -> tuple[int | None, str]:
+    body = json.dumps(delivery.payload, ensure_ascii=False, separators=(",", ":")).encode()
+    timestamp = str(int(time.time()))
+    http_request = urllib.request.Request(  # noqa: S310 - the URL field admits http(s) only
+        delivery.endpoint.url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "promotions-webhooks/1",
+            DELIVERY_HEADER: delivery.delivery_id,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(delivery.endpoint.secret, delivery.delivery_id, timestamp, body),
+        },
+    )
+    try:
+        with _opener.open(http_request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
+            response.read(1024)
+            return response.status, ""
+    except urllib.error.HTTPError as exc:
+        return exc.code, f"HTTP {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return None, f"{type(exc).__name__}: {reason}"[:500]
+
+
+def _permanent(code: int | None) -> bool:
+    """4xx other than timeout and rate limiting: retrying will not help until someone fixes it."""
+    return code is not None and 300 <= code < 500 and code not in (408, 425, 429)
+
+
+def webhook_deliver(*, delivery_pk: int) -> Attempt | None:
+    """One attempt at one delivery, recorded. None when there is nothing (left) to send."""
+    delivery = OutboundDelivery.objects.select_related("endpoint").filter(pk=delivery_pk).first()
+    if delivery is None or delivery.status in (Delivery.DELIVERED, Delivery.FAILED):
+        return None
+    code, error = _post(delivery)
+    attempts = delivery.attempts + 1
+    now = timezone.now()
+    if code is not None and 200 <= code < 300:
+        attempt = Attempt(Delivery.DELIVERED, code, "")
+    elif attempts >= settings.WEBHOOK_MAX_ATTEMPTS or _permanent(code):
+        attempt = Attempt(Delivery.FAILED, code, error)
+    else:
+        attempt = Attempt(Delivery.RETRYING, code, error, retry_in=_retry_delay(attempts))
+    OutboundDelivery.objects.filter(pk=delivery.pk).update(
+        status=attempt.status,
+        response_code=code,
+        attempts=attempts,
+        last_error=attempt.error,
+        last_attempt_at=now,
+        delivered_at=now if attempt.status == Delivery.DELIVERED else None,
+    )
+    if attempt.status != Delivery.DELIVERED:
+        logger.warning(
+            "Webhook delivery %s to %s: %s (attempt %s)",
+            delivery.delivery_id,
+            delivery.endpoint,
+            error,
+            attempts,
+        )
+    return attempt
+
+
+def delivery_resend(*, delivery: OutboundDelivery) -> OutboundDelivery:
+    """Send the same event body again, as a new delivery with its own id and attempts."""
+    with transaction.atomic():
+        again = OutboundDelivery.objects.create(
+            endpoint=delivery.endpoint,
+            event=delivery.event,
+            request_id=delivery.request_id,
+            payload=delivery.payload,
+            delivery_id=str(uuid.uuid4()),
+            created_at=timezone.now(),
+        )
+        transaction.on_commit(lambda: _enqueue_delivery(again.pk))
+    return again
+
+
+def deliveries_sweep(*, now=None) -> list[int]:
+    """Publish deliveries whose task was never published or got lost (broker down, worker killed)."""
+    now = now or timezone.now()
+    stuck_before = now - timedelta(seconds=settings.WEBHOOK_STUCK_AFTER_SECONDS)
+    pks = list(
+        OutboundDelivery.objects.filter(
+            Q(status=Delivery.PENDING, created_at__lt=stuck_before)
+            | Q(status=Delivery.RETRYING, last_attempt_at__lt=stuck_before)
+        ).values_list("pk", flat=True)[:500]
+    )
+    for pk in pks:
+        _enqueue_delivery(pk)
+    return pks
+
+
+@shared_task(bind=True, name="promotions.deliver_webhook", max_retries=None)
+def deliver_webhook(self, delivery_pk: int) -> str:
+    # The attempt bound lives in the database (WEBHOOK_MAX_ATTEMPTS), not in Celery.
+    attempt = webhook_deliver(delivery_pk=delivery_pk)
+    if attempt is None:
+        return "skipped"
+    if attempt.retry_in is not None:
+        raise self.retry(countdown=attempt.retry_in)
+    return attempt.status
+
+
+@shared_task(name="promotions.sweep_deliveries")
+def sweep_deliveries() -> int:
+    return len(deliveries_sweep())

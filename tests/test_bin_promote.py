@@ -1,0 +1,235 @@
+"""`bin/promote`, the standalone CI client, as a subprocess against a live server."""
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from promotions import services, tokens
+from promotions.models import PromotionRequest, Stage
+from tests.conftest import PYTHON, ROOT, free_port, wait_until
+from tests.registry_helpers import make_version
+
+pytestmark = pytest.mark.django_db(transaction=True)
+PROMOTE = str(ROOT / "bin" / "promote")
+
+
+def promote(*args, url, token, timeout=120, **popen):
+    # -S: no site-packages at all, so the script may only use the standard library.
+    env = {"PATH": "/usr/bin:/bin", "PROMOTE_URL": url, "PROMOTE_TOKEN": token}
+    command = [PYTHON, "-I", "-S", PROMOTE, *args]
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(command, env=env, text=True, capture_output=True, timeout=timeout)
+
+
+def token_for(user):
+    return tokens.api_token_create(user=user, name="ci")[1]
+
+
+@pytest.fixture
+def version_1(registry, model_name):
+    make_version(registry.client(), model_name, metrics={"accuracy": 0.9})
+    return model_name
+
+
+def test_it_files_a_request_and_exits_0(live_server, version_1, requester, tmp_path):
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(json.dumps({"tests_passed": True, "ci_run": "https://ci.example/7"}))
+
+    result = promote(
+        "--model-name",
+        version_1,
+        "--version",
+        "1",
+        "--stage",
+        "staging",
+        "--justification",
+        "CI run 7",
+        "--evidence-file",
+        str(evidence),
+        url=live_server.url,
+        token=token_for(requester),
+    )
+
+    assert result.returncode == 0, result.stderr
+    request = PromotionRequest.objects.get()
+    assert result.stdout.splitlines()[0] == (
+        f"Request #{request.pk}: Pending — {version_1} v1 → Staging (0/1 approvals)"
+    )
+    assert (request.via, request.justification) == ("api", "CI run 7")
+    assert request.ci_evidence == {"tests_passed": True, "ci_run": "https://ci.example/7"}
+
+
+def test_it_waits_and_exits_1_when_the_request_is_rejected(live_server, version_1, requester, reviewer):
+    process = promote(
+        "--model-name",
+        version_1,
+        "--version",
+        "1",
+        "--stage",
+        "Staging",
+        "--wait",
+        "--interval",
+        "0.2",
+        url=live_server.url,
+        token=token_for(requester),
+        popen=True,
+    )
+    try:
+        request = wait_until(lambda: PromotionRequest.objects.first(), timeout=60, message="the request")
+        services.review_reject(request=request, reviewer=reviewer, comment="needs a holdout evaluation")
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert f"Request #{request.pk}: Rejected" in out
+    assert f"promote: Request #{request.pk} ended rejected" in err
+
+
+@pytest.mark.worker
+def test_it_waits_for_an_automatic_stage_and_exits_0_once_applied(
+    live_server, version_1, requester, registry, celery_worker
+):
+    staging = Stage.objects.get(name="Staging")
+    staging.required_approvals = 0
+    staging.checks = "evidence tests_passed == true"
+    staging.save()
+    result = subprocess.run(
+        [
+            PYTHON,
+            "-I",
+            "-S",
+            PROMOTE,
+            "--model-name",
+            version_1,
+            "--version",
+            "1",
+            "--stage",
+            "Staging",
+            "--evidence-file",
+            "/dev/stdin",
+            "--wait",
+            "--interval",
+            "0.5",
+            "--timeout",
+            "90",
+        ],
+        input='{"tests_passed": true}',
+        env={"PROMOTE_URL": live_server.url, "PROMOTE_TOKEN": token_for(requester)},
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr + celery_worker.log()[-2000:]
+    assert result.stdout.strip().endswith("Applied")
+    assert registry.client().get_model_version(version_1, "1").current_stage == "Staging"
+
+
+def test_a_bad_or_revoked_token_exits_2_with_the_message(live_server, requester, version_1):
+    token, raw = tokens.api_token_create(user=requester, name="old")
+    tokens.api_token_revoke(token=token, user=requester)
+    for secret in ("prm_not-a-token", raw):
+        result = promote(
+            "--model-name",
+            version_1,
+            "--version",
+            "1",
+            "--stage",
+            "Staging",
+            url=live_server.url,
+            token=secret,
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip() == "promote: HTTP 401: The token is unknown or revoked."
+    assert not PromotionRequest.objects.exists()
+
+
+def test_a_token_without_the_role_exits_2(live_server, outsider, version_1):
+    result = promote(
+        "--model-name",
+        version_1,
+        "--version",
+        "1",
+        "--stage",
+        "Staging",
+        url=live_server.url,
+        token=token_for(outsider),
+    )
+    assert result.returncode == 2
+    assert "HTTP 403: You are not allowed to file promotion requests" in result.stderr
+
+
+def test_an_unknown_stage_exits_2_listing_the_catalog(live_server, requester, version_1):
+    result = promote(
+        "--model-name",
+        version_1,
+        "--version",
+        "1",
+        "--stage",
+        "Prodution",
+        url=live_server.url,
+        token=token_for(requester),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "promote: Stage 'Prodution' is not in the stage catalog. Known stages: Staging, Production, Archived."
+    )
+
+
+def test_a_duplicate_open_request_exits_1(live_server, requester, version_1):
+    token = token_for(requester)
+    args = ("--model-name", version_1, "--version", "1", "--stage", "Staging")
+    assert promote(*args, url=live_server.url, token=token).returncode == 0
+    again = promote(*args, url=live_server.url, token=token)
+    assert again.returncode == 1
+    assert "An open request for" in again.stderr
+
+
+def test_an_unreachable_server_exits_3():
+    started = time.monotonic()
+    result = promote(
+        "--model-name",
+        "m",
+        "--version",
+        "1",
+        "--stage",
+        "Staging",
+        url=f"http://127.0.0.1:{free_port()}",
+        token="prm_x",
+    )
+    assert result.returncode == 3
+    assert "Cannot reach http://127.0.0.1:" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--version", "x"], {}, "invalid int value"),
+        (["--evidence-file", "/nonexistent.json"], {}, "Cannot read the evidence file"),
+        (["--evidence-file", "{tmp}/bad.json"], {}, "is not JSON"),
+        (["--evidence-file", "{tmp}/list.json"], {}, "must hold a JSON object"),
+        ([], {"PROMOTE_TOKEN": ""}, "Set PROMOTE_TOKEN"),
+        ([], {"PROMOTE_URL": ""}, "Set PROMOTE_URL"),
+        ([], {"PROMOTE_URL": "ftp://example.com"}, "is not an http(s) URL"),
+    ],
+)
+def test_bad_input_exits_2_before_calling_anyone(args, env, message, tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    base = {"--model-name": "m", "--version": "1", "--stage": "Staging"}
+    base.update(dict(zip(args[::2], [a.format(tmp=tmp_path) for a in args[1::2]], strict=True)))
+    flags = [item for pair in base.items() for item in pair]
+    environment = {"PROMOTE_URL": f"http://127.0.0.1:{free_port()}", "PROMOTE_TOKEN": "prm_x", **env}
+    result = subprocess.run(
+        [PYTHON, "-I", "-S", PROMOTE, *flags], env=environment, text=True, capture_output=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_it_is_an_executable_script():
+    assert (ROOT / "bin" / "promote").stat().st_mode & 0o111
+    assert (ROOT / "bin" / "promote").read_text().startswith("#!/usr/bin/env python3\n")
