@@ -924,7 +924,8 @@ def promotion_apply(*, request_id: int) -> str:
         return "failed"
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
     try:
-        outcome = _apply_to_registry(request)
+        approvers = _approvers(request)
+        outcome = _apply_to_registry(request, approvers)
     except gateway.RegistryUnavailable as exc:
         reason = str(exc)
         if request.attempts >= settings.PROMOTION_MAX_ATTEMPTS:
@@ -962,7 +963,7 @@ def promotion_apply(*, request_id: int) -> str:
                 "previous_holders": outcome.previous_holders,
                 "archived": outcome.archived,
                 "already_in_place": outcome.already_in_place,
-                "approved_by": _approvers(request),
+                "approved_by": approvers,
                 "attempts": request.attempts,
                 "binding": stage.binding_label,
             },
@@ -1009,7 +1010,7 @@ class _Outcome:
     live: gateway.ModelVersionInfo | None = None
 
 
-def _apply_to_registry(request: PromotionRequest) -> _Outcome:
+def _apply_to_registry(request: PromotionRequest, approvers: list[str]) -> _Outcome:
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
     live = gateway.get_model_version(model_name, number)
     if live.status and live.status != "READY":
@@ -1025,7 +1026,9 @@ def _apply_to_registry(request: PromotionRequest) -> _Outcome:
             f"{model_name} v{number} is now in {', '.join(positions) or 'no stage'} in MLflow; "
             f"{stage.name} may be reached from {describe_allowed_from(stage)}."
         )
-    run = gateway.get_run_data(live.run_id)
+    # The run is read only when a rule needs its metrics: one MLflow call less otherwise.
+    needs_run = any(rule.split(None, 1)[0] == "metric" for rule in stage.check_rules())
+    run = gateway.get_run_data(live.run_id) if needs_run else gateway.RunData()
     results = policy.evaluate_checks(stage, metrics=run.metrics, tags=live.tags, evidence=request.ci_evidence)
     failing = policy.failing(results)
     if failing:
@@ -1055,7 +1058,7 @@ def _apply_to_registry(request: PromotionRequest) -> _Outcome:
         {
             "promotion.request_id": str(request.pk),
             "promotion.stage": stage.name,
-            "promotion.approved_by": ",".join(_approvers(request)) or "automatic",
+            "promotion.approved_by": ",".join(approvers) or "automatic",
             "promotion.applied_at": audit.utc_iso(timezone.now()),
         },
     )
