@@ -87,6 +87,12 @@ def test_request_review_and_apply(
     screenshot(rita, "model")
 
 
+def focus_on(page, element_id: str, *, after: str) -> None:
+    """Press a key, then wait until focus has settled on the element (htmx swaps may land)."""
+    page.keyboard.press(after)
+    page.wait_for_function(f"document.activeElement && document.activeElement.id === '{element_id}'")
+
+
 def test_the_request_form_works_with_the_keyboard_alone(sign_in, live_server, staged_model, requester):
     page = sign_in("riley")
     page.goto(f"{live_server.url}/requests/new/")
@@ -99,12 +105,14 @@ def test_the_request_form_works_with_the_keyboard_alone(sign_in, live_server, st
     page.keyboard.press("ArrowDown")  # the only model in this test's registry
     expect(page.get_by_label("Version")).to_contain_text("v2 — Staging")
     assert page.evaluate("document.activeElement.id") == "id_model"  # focus survives the swap
-    page.keyboard.press("Tab")
+    focus_on(page, "id_version", after="Tab")
     page.keyboard.press("ArrowDown")  # newest version first: v2
-    expect(page.get_by_label("Target stage")).not_to_contain_text("Staging")
-    page.keyboard.press("Tab")
+    expect(page.get_by_label("Version")).to_have_value("2", timeout=20_000)
+    expect(page.get_by_label("Target stage")).not_to_contain_text("Staging", timeout=20_000)
+    focus_on(page, "id_stage", after="Tab")
     page.keyboard.press("ArrowDown")  # first allowed stage in catalog order: Production
-    expect(page.get_by_text("Checks for Production")).to_be_visible()
+    expect(page.get_by_label("Target stage")).to_have_value("Production", timeout=20_000)
+    expect(page.get_by_text("Checks for Production")).to_be_visible(timeout=20_000)
     page.keyboard.press("Tab")
     page.keyboard.type("Keyboard only.")
     page.keyboard.press("Tab")
