@@ -1010,15 +1010,50 @@ class _Outcome:
     live: gateway.ModelVersionInfo | None = None
 
 
+def _read_candidate(
+    stage: Stage, model_name: str, number: int, stages: list[Stage]
+) -> tuple[gateway.ModelVersionInfo, list[gateway.ModelVersionInfo] | None]:
+    """The version as MLflow has it now, and (for a legacy-stage target) all the model's versions.
+
+    One `search_model_versions` answers both for a legacy-stage target, except that MLflow's
+    search leaves out aliases: when the catalog binds any stage to an alias, the version's
+    position depends on them, so it is read on its own (`get_model_version`) as well.
+    """
+    versions = None
+    if stage.mlflow_stage and stage.mlflow_stage not in ("None", "Archived"):
+        versions = [v for page in gateway.iter_model_version_pages(name=model_name) for v in page]
+    if versions is None or any(s.mlflow_alias for s in stages):
+        return gateway.get_model_version(model_name, number), versions
+    for version in versions:
+        if version.version == number:
+            return version, versions
+    raise gateway.VersionNotFound(f"Version {number} of model '{model_name}' does not exist in MLflow.")
+
+
 def _apply_to_registry(request: PromotionRequest, approvers: list[str]) -> _Outcome:
+    """Check the preconditions against MLflow, then bind the stage and tag the version.
+
+    MLflow calls: the reads of `_read_candidate` (one, or two when the catalog has alias
+    stages), the run when a check needs its metrics, the previous alias holder for an alias
+    target, then the transition and/or alias move and the four provenance tags.
+    """
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
-    live = gateway.get_model_version(model_name, number)
+    stages = list(Stage.objects.prefetch_related("allowed_from"))
+    live, versions = _read_candidate(stage, model_name, number, stages)
     if live.status and live.status != "READY":
         raise _PreconditionFailed(f"{model_name} v{number} is {live.status} in MLflow, not READY.")
+    tags = {
+        "promotion.request_id": str(request.pk),
+        "promotion.stage": stage.name,
+        "promotion.approved_by": ",".join(approvers) or "automatic",
+        "promotion.applied_at": audit.utc_iso(timezone.now()),
+    }
     if holds_target(stage, current_stage=live.current_stage, aliases=live.aliases):
-        # A crash after the MLflow write and before our commit: finish without a second write.
+        # A crash after the MLflow write and before our commit: finish without a second move,
+        # writing the provenance tags if the crash came before them.
+        if live.tags.get("promotion.request_id") != tags["promotion.request_id"]:
+            gateway.set_version_tags(model_name, number, tags)
         return _Outcome(previous_holders=[], archived=[], already_in_place=True, live=live)
-    stages = list(Stage.objects.prefetch_related("allowed_from"))
     positions = version_positions(current_stage=live.current_stage, aliases=live.aliases, stages=stages)
     rollback = bool(request.evidence.get("rollback"))
     if not rollback and not transition_allowed(stage, positions):
@@ -1036,11 +1071,9 @@ def _apply_to_registry(request: PromotionRequest, approvers: list[str]) -> _Outc
 
     previous, archived = [], []
     if stage.mlflow_stage:
-        if stage.mlflow_stage not in ("None", "Archived"):
-            for page in gateway.iter_model_version_pages(name=model_name):
-                previous += [
-                    v.version for v in page if v.current_stage == stage.mlflow_stage and v.version != number
-                ]
+        previous = [
+            v.version for v in versions or () if v.current_stage == stage.mlflow_stage and v.version != number
+        ]
         if live.current_stage != stage.mlflow_stage:
             gateway.transition_stage(
                 model_name, number, stage.mlflow_stage, archive_existing=stage.archive_existing
@@ -1052,16 +1085,7 @@ def _apply_to_registry(request: PromotionRequest, approvers: list[str]) -> _Outc
         if holder is not None and holder.version not in previous:
             previous.append(holder.version)
         gateway.set_alias(model_name, stage.mlflow_alias, number)
-    gateway.set_version_tags(
-        model_name,
-        number,
-        {
-            "promotion.request_id": str(request.pk),
-            "promotion.stage": stage.name,
-            "promotion.approved_by": ",".join(approvers) or "automatic",
-            "promotion.applied_at": audit.utc_iso(timezone.now()),
-        },
-    )
+    gateway.set_version_tags(model_name, number, tags)
     return _Outcome(
         previous_holders=sorted(previous), archived=sorted(archived), already_in_place=False, live=live
     )

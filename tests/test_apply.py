@@ -301,3 +301,100 @@ def test_promoting_many_models_through_the_pipeline_costs_the_same_per_promotion
     two, four = promote_through(2), promote_through(4)
     assert four == 2 * two
     assert two / (2 * 2) <= 16  # a handful of calls per promotion, whatever the batch
+
+
+def _calls_since(mlflow_proxy, before):
+    """(method, endpoint) of each MLflow call after `before`, without the API prefix."""
+    return [(method, path.split("/mlflow/", 1)[-1]) for method, path in mlflow_proxy.calls[before:]]
+
+
+TAGS = [("POST", "model-versions/set-tag")] * 4
+
+
+def test_a_legacy_stage_promotion_makes_the_fewest_mlflow_calls(
+    mlflow_proxy, registry, model_name, requester, reviewer, reviewer2
+):
+    """One search answers the version and the holders; writes skip MlflowClient's prompt lookup.
+
+    This pins MLflow's private `_get_registry_client()` (gateway._registry): if an upgrade moves
+    it, the writes fail here; if MlflowClient is used again, `registered-models/get` shows up.
+    """
+    production = Stage.objects.get(name="Production")
+    production.checks = "metric accuracy >= 0.5"
+    production.save()
+    registry_with_production(registry.client(), model_name)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+
+    before = len(mlflow_proxy.calls)
+    assert services.promotion_apply(request_id=request.pk) == "applied"
+
+    assert _calls_since(mlflow_proxy, before) == [
+        ("GET", "model-versions/search"),
+        ("GET", "runs/get"),
+        ("POST", "model-versions/transition-stage"),
+        *TAGS,
+    ]
+    assert applied_events(request).get().details["previous_holders"] == [1]
+
+
+def test_an_alias_promotion_makes_the_fewest_mlflow_calls(
+    mlflow_proxy, registry, model_name, requester, reviewer
+):
+    from django.contrib.auth.models import Group
+
+    champion = Stage.objects.create(
+        name="Champion", position=25, mlflow_alias="champion", required_approvals=1
+    )
+    champion.approver_groups.add(Group.objects.get(name="Reviewers"))
+    client = registry.client()
+    registry_with_production(client, model_name)
+    client.set_registered_model_alias(model_name, "champion", "1")
+    request = approved_request(model_name, requester, [reviewer], target="Champion")
+
+    before = len(mlflow_proxy.calls)
+    assert services.promotion_apply(request_id=request.pk) == "applied"
+
+    assert _calls_since(mlflow_proxy, before) == [
+        ("GET", "model-versions/get"),
+        ("GET", "registered-models/alias"),
+        ("POST", "registered-models/alias"),
+        *TAGS,
+    ]
+
+
+def test_a_crash_between_the_move_and_the_tags_writes_the_tags_on_retry(
+    mlflow_proxy, registry, model_name, requester, reviewer, reviewer2
+):
+    client = registry.client()
+    registry_with_production(client, model_name)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    stage(client, model_name, 2, "Production", archive=True)  # moved, then the worker died
+
+    assert services.promotion_apply(request_id=request.pk) == "applied"
+
+    assert mlflow_proxy.writes(TRANSITION) == 0
+    assert client.get_model_version(model_name, "2").tags["promotion.request_id"] == str(request.pk)
+    assert mlflow_proxy.writes("model-versions/set-tag") == 4
+    # and a second completion (tags already there) writes nothing at all
+    PromotionRequest.objects.filter(pk=request.pk).update(status=Status.APPROVED)
+    before = len(mlflow_proxy.calls)
+    assert services.promotion_apply(request_id=request.pk) == "applied"
+    assert all(method == "GET" for method, _ in _calls_since(mlflow_proxy, before))
+
+
+def test_a_version_that_became_a_prompt_is_not_promoted(
+    mlflow_proxy, registry, model_name, requester, reviewer, reviewer2
+):
+    client = registry.client()
+    registry_with_production(client, model_name)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    client.set_model_version_tag(model_name, "2", "mlflow.prompt.is_prompt", "true")
+
+    assert services.promotion_apply(request_id=request.pk) == "failed"
+
+    request.refresh_from_db()
+    # MLflow's reads leave prompts out, so the writes (which skip MlflowClient's own prompt
+    # lookup) are never reached
+    assert request.last_error == f"Version 2 of model '{model_name}' no longer exists in MLflow."
+    assert mlflow_proxy.writes(TRANSITION) == 0
+    assert client.get_model_version(model_name, "1").current_stage == "Production"
