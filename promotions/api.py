@@ -29,7 +29,7 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, field_validator
 
-from promotions import audit, policy, roles, selectors, services, tokens
+from promotions import audit, policy, selectors, services, tokens
 from promotions.errors import PromotionError
 from promotions.models import AuditEvent, PromotionRequest, Review, Stage
 from promotions.notifications import request_url
@@ -240,8 +240,7 @@ def _user(request):
 def _require_role(request) -> None:
     """Any role of the product reads requests, stages and models; others get 403 for every id,
     existing or not."""
-    user = _user(request)
-    if not (roles.role_names(user) or user.is_superuser):
+    if not policy.has_any_role(_user(request)):
         raise ApiError(403, "forbidden", "Your account has no role in this application; ask an admin.")
 
 

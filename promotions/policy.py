@@ -43,9 +43,14 @@ def may_cancel(user, request: PromotionRequest) -> bool:
     return request.requested_by_id == user.pk or is_stage_admin(user)
 
 
+def has_any_role(user) -> bool:
+    """Any role of the product (or a superuser) reads requests, stages and models."""
+    return bool(roles.role_names(user)) or bool(getattr(user, "is_superuser", False))
+
+
 def may_view_request(user, request: PromotionRequest) -> bool:
     # Requests are shared work: every signed-in member of a role reads them.
-    return bool(roles.role_names(user)) or user.is_superuser
+    return has_any_role(user)
 
 
 def actionable_requests(user) -> QuerySet[PromotionRequest]:

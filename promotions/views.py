@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from promotions import policy, roles, selectors, services
+from promotions import policy, selectors, services
 from promotions.errors import PromotionError
 from promotions.forms import DecisionForm, PromotionRequestForm
 from promotions.models import PromotionRequest, Stage
@@ -28,9 +28,12 @@ def _get_request_for_user(request: HttpRequest, pk: int) -> PromotionRequest:
     return promotion
 
 
+NO_ROLE = "You have no role in this application yet; ask an administrator."
+
+
 def _require_role(request: HttpRequest) -> None:
-    if not (roles.role_names(request.user) or request.user.is_superuser):
-        raise PermissionDenied("You have no role in this application yet; ask an administrator.")
+    if not policy.has_any_role(request.user):
+        raise PermissionDenied(NO_ROLE)
 
 
 @require_GET
@@ -251,28 +254,27 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
     return _after_action(request, promotion)
 
 
-@require_POST
-def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+def _request_action(request: HttpRequest, pk: int, action) -> HttpResponse:
+    """Cancel or retry: the service decides and audits; a refusal is a 403, anything else a
+    message in the page."""
     promotion = _get_request_for_user(request, pk)
     try:
-        services.request_cancel(request=promotion, user=request.user)
+        action(request=promotion, user=request.user)
     except PromotionError as exc:
         if exc.http_status == 403:
             raise PermissionDenied(exc.message) from None
         return _after_action(request, promotion, error=exc.message)
     return _after_action(request, promotion)
+
+
+@require_POST
+def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    return _request_action(request, pk, services.request_cancel)
 
 
 @require_POST
 def request_retry(request: HttpRequest, pk: int) -> HttpResponse:
-    promotion = _get_request_for_user(request, pk)
-    try:
-        services.request_retry(request=promotion, user=request.user)
-    except PromotionError as exc:
-        if exc.http_status == 403:
-            raise PermissionDenied(exc.message) from None
-        return _after_action(request, promotion, error=exc.message)
-    return _after_action(request, promotion)
+    return _request_action(request, pk, services.request_retry)
 
 
 @require_GET

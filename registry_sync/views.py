@@ -22,10 +22,11 @@ PAGE_SIZE = 50
 
 
 def _require_role(request: HttpRequest) -> None:
-    from promotions.roles import role_names
+    from promotions.policy import has_any_role
+    from promotions.views import NO_ROLE
 
-    if not (role_names(request.user) or request.user.is_superuser):
-        raise PermissionDenied("You have no role in this application yet; ask an administrator.")
+    if not has_any_role(request.user):
+        raise PermissionDenied(NO_ROLE)
 
 
 @require_GET
