@@ -4,7 +4,6 @@ Celery worker process. Each is started once per session, on a free loopback port
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,23 +12,18 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import requests
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import TransactionTestCase
 
+from bench.common import free_port, stop_process_group
+from bench.common import mlflow_server as running_mlflow_server
 from config.celery import app as celery_app
 from promotions import audit_triggers, roles
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 TEST_BROKER_URL = settings.CELERY_BROKER_URL
@@ -116,9 +110,8 @@ def _restore_catalog():
 
 
 class MlflowServer:
-    def __init__(self, url: str, process: subprocess.Popen | None, workdir: Path):
+    def __init__(self, url: str, workdir: Path):
         self.url = url
-        self.process = process
         self.workdir = workdir
 
     def client(self):
@@ -127,75 +120,17 @@ class MlflowServer:
         return MlflowClient(tracking_uri=self.url, registry_uri=self.url)
 
 
-def _start_mlflow(workdir: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(workdir / "mlflow.log", "wb")  # noqa: SIM115 - lives as long as the server
-    return subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(workdir / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def wait_for_http(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
-def stop_process(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, 9)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
+    """A real MLflow server (SQLite store) on a free loopback port, shared by the whole run."""
     workdir = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    process = _start_mlflow(workdir, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health")
-    except RuntimeError:
-        stop_process(process)
-        raise RuntimeError((workdir / "mlflow.log").read_text()[-3000:]) from None
-    server = MlflowServer(url, process, workdir)
-    previous = settings.MLFLOW_TRACKING_URI
-    settings.MLFLOW_TRACKING_URI = url
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    yield server
-    settings.MLFLOW_TRACKING_URI = previous
-    stop_process(process)
+    with running_mlflow_server(workdir) as url:
+        server = MlflowServer(url, workdir)
+        previous = settings.MLFLOW_TRACKING_URI
+        settings.MLFLOW_TRACKING_URI = url
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        yield server
+        settings.MLFLOW_TRACKING_URI = previous
 
 
 @pytest.fixture
@@ -274,7 +209,8 @@ class Worker:
         )
 
     def stop(self) -> None:
-        stop_process(self.process)
+        if self.process is not None:
+            stop_process_group(self.process)
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
