@@ -1,6 +1,6 @@
 """Every write of the promotion workflow: one function, one transaction, one audit event.
 
-Status changes are compare-and-set (`filter(pk=…, status=…).update(…)`): a count of 0 means
+Status changes are compare-and-set (`_set_status`: `filter(pk=…, status=…).update(…)`): 0 rows means
 somebody else acted first, and nothing changes twice. Refused permissions are audited as
 `auth.denied` in their own transaction, so the refusal leaves exactly that one row behind.
 """
@@ -641,13 +641,21 @@ def review_approve(
     return locked
 
 
+def _set_status(request_id: int, old: str | tuple[str, ...], new: str, *, now=None, **fields) -> bool:
+    """Compare-and-set: move the request from `old` (one status or several) to `new`, with
+    `fields`; False when another actor moved it first."""
+    old = (old,) if isinstance(old, str) else old
+    return bool(
+        PromotionRequest.objects.filter(pk=request_id, status__in=old).update(
+            status=new, updated_at=now or timezone.now(), **fields
+        )
+    )
+
+
 def _approve(request: PromotionRequest, *, actor, reason: str) -> None:
     """pending → approved, then enqueue the apply once the transaction commits."""
     now = timezone.now()
-    changed = PromotionRequest.objects.filter(pk=request.pk, status=Status.PENDING).update(
-        status=Status.APPROVED, decided_at=now, updated_at=now
-    )
-    if changed != 1:
+    if not _set_status(request.pk, Status.PENDING, Status.APPROVED, now=now, decided_at=now):
         raise AlreadyDecided(f"Request #{request.pk} was decided by someone else first.")
     audit.record(
         action="request.approved",
@@ -683,10 +691,7 @@ def review_reject(*, request: PromotionRequest, reviewer, comment: str, via: str
             evidence_sha256=locked.evidence_sha256,
             created_at=now,
         )
-        changed = PromotionRequest.objects.filter(pk=locked.pk, status=Status.PENDING).update(
-            status=Status.REJECTED, decided_at=now, updated_at=now
-        )
-        if changed != 1:
+        if not _set_status(locked.pk, Status.PENDING, Status.REJECTED, now=now, decided_at=now):
             raise AlreadyDecided(f"Request #{locked.pk} was decided by someone else first.")
         audit.record(
             action="review.rejected",
@@ -711,10 +716,9 @@ def request_cancel(*, request: PromotionRequest, user, via: str = "web") -> Prom
         )
     with transaction.atomic():
         now = timezone.now()
-        changed = PromotionRequest.objects.filter(
-            pk=request.pk, status__in=[Status.PENDING, Status.APPROVED]
-        ).update(status=Status.CANCELLED, decided_at=now, updated_at=now)
-        if changed != 1:
+        if not _set_status(
+            request.pk, (Status.PENDING, Status.APPROVED), Status.CANCELLED, now=now, decided_at=now
+        ):
             current = PromotionRequest.objects.get(pk=request.pk)
             raise AlreadyDecided(f"Request #{request.pk} is already {current.get_status_display().lower()}.")
         audit.record(
@@ -738,14 +742,14 @@ def request_retry(*, request: PromotionRequest, user) -> PromotionRequest:
         now = timezone.now()
         try:
             with transaction.atomic():
-                changed = PromotionRequest.objects.filter(pk=request.pk, status=Status.FAILED).update(
-                    status=Status.APPROVED, attempts=0, updated_at=now, enqueued_at=None
+                changed = _set_status(
+                    request.pk, Status.FAILED, Status.APPROVED, now=now, attempts=0, enqueued_at=None
                 )
         except IntegrityError:
             raise DuplicateRequest(
                 "Another open request for this version and stage exists; retry is not possible."
             ) from None
-        if changed != 1:
+        if not changed:
             current = PromotionRequest.objects.get(pk=request.pk)
             raise AlreadyDecided(
                 f"Request #{request.pk} is {current.get_status_display().lower()}, not failed."
@@ -770,9 +774,7 @@ def requests_expire(*, now=None) -> int:
     )
     for request in candidates:
         with transaction.atomic():
-            changed = PromotionRequest.objects.filter(pk=request.pk, status=Status.PENDING).update(
-                status=Status.EXPIRED, decided_at=now, updated_at=now
-            )
+            changed = _set_status(request.pk, Status.PENDING, Status.EXPIRED, now=now, decided_at=now)
             if changed:
                 audit.record(
                     action="request.expired",
@@ -889,9 +891,7 @@ def _claim(request_id: int) -> PromotionRequest | None:
 def _fail(request: PromotionRequest, reason: str, *, permanent: bool = True) -> None:
     now = timezone.now()
     with transaction.atomic():
-        changed = PromotionRequest.objects.filter(pk=request.pk, status=Status.APPLYING).update(
-            status=Status.FAILED, last_error=reason[:2000], updated_at=now
-        )
+        changed = _set_status(request.pk, Status.APPLYING, Status.FAILED, now=now, last_error=reason[:2000])
         if changed:
             audit.record(
                 action="promotion.failed",
@@ -931,9 +931,7 @@ def promotion_apply(*, request_id: int) -> str:
         if request.attempts >= settings.PROMOTION_MAX_ATTEMPTS:
             _fail(request, f"MLflow unreachable after {request.attempts} attempts: {reason}")
             return "failed"
-        PromotionRequest.objects.filter(pk=request.pk, status=Status.APPLYING).update(
-            status=Status.APPROVED, last_error=reason[:2000], updated_at=timezone.now()
-        )
+        _set_status(request.pk, Status.APPLYING, Status.APPROVED, last_error=reason[:2000])
         raise TransientApplyError(reason, request.attempts) from None
     except gateway.RegistryPermissionDenied as exc:
         _fail(request, str(exc))
@@ -950,8 +948,8 @@ def promotion_apply(*, request_id: int) -> str:
 
     now = timezone.now()
     with transaction.atomic():
-        changed = PromotionRequest.objects.filter(pk=request.pk, status=Status.APPLYING).update(
-            status=Status.APPLIED, applied_at=now, updated_at=now, last_error=""
+        changed = _set_status(
+            request.pk, Status.APPLYING, Status.APPLIED, now=now, applied_at=now, last_error=""
         )
         if not changed:
             return "lost the claim"
