@@ -9,7 +9,9 @@ measures, each in a fresh child process so that one measurement's memory does no
       as tracemalloc's peak (Python allocations, in a second, untimed pass: tracing slows the
       code) and as the growth of the kernel's RSS high-water mark (VmHWM, reset just before;
       the whole process, C buffers included);
-  (b) `verify_audit_log` over the database chain (audit.verify_database): events/s;
+  (b) `verify_audit_log` over the database chain (audit.verify_database: worker processes
+      walk parts of a log of exports.DATABASE_PARALLEL_MIN_ENTRIES or more): events/s, and for
+      comparison the same walk in one process (verify-db-one-process);
   (c) `verify_audit_log --export FILE` over each exported file: events/s;
 
 each the best of --repeat runs (3), in wall-clock time and per CPU-second (this process and its
@@ -23,6 +25,7 @@ Run from the repository root:
     .venv/bin/python bench/export.py                  # 1,000,000 entries
     .venv/bin/python bench/export.py --events 100000
     .venv/bin/python bench/export.py --keep DIR       # keep (and next time reuse) the database in DIR
+    .venv/bin/python bench/export.py --keep DIR --only verify-db,verify-db-one-process
 """
 
 from __future__ import annotations
@@ -238,31 +241,20 @@ def measure_verify_database(workdir: Path) -> dict:
         return _rates(count, _best(lambda: call_command("verify_audit_log", stdout=sink)))
 
 
-def measure_verify_database_rows(workdir: Path) -> dict:
-    """For comparison: the same walk over the rows the export fetches (values_list, created_at and
-    details as SQLite's text) and the export's hash fast path: what audit.verify_database would
-    do without building a model instance and a payload dict per entry."""
-    from promotions import audit, exports
+def measure_verify_database_one_process(workdir: Path) -> dict:
+    """For comparison: the same database walk as (b), without worker processes: what one CPU
+    makes of it (and what the audit page's full walk costs, which never starts workers)."""
+    from promotions import audit
     from promotions.models import AuditChainHead
 
-    head = AuditChainHead.objects.get(pk=1)
+    count = AuditChainHead.objects.get(pk=1).last_sequence
 
     def walk() -> None:
-        rows, iso, canonical = exports._export_rows(exports.export_cut(exports.AuditFilter()))
-        previous_sequence, previous_hash = 0, audit.GENESIS_HASH
-        for row in rows:
-            texts = exports._row_texts(row, iso, canonical)
-            if (
-                exports._hash_texts(texts) != row[13]
-                or row[0] != previous_sequence + 1
-                or row[12] != previous_hash
-            ):
-                raise SystemExit(f"chain broken at #{row[0]}")
-            previous_sequence, previous_hash = row[0], row[13]
-        if (head.last_sequence, head.last_hash) != (previous_sequence, previous_hash):
-            raise SystemExit("chain head does not match")
+        report = audit.verify_database(parallel=False)
+        if not report.ok:
+            raise SystemExit(f"chain broken at #{report.first_bad_sequence}: {report.reason}")
 
-    return _rates(head.last_sequence, _best(walk))
+    return _rates(count, _best(walk))
 
 
 def measure_verify_file(workdir: Path, fmt: str) -> dict:
@@ -280,7 +272,7 @@ MEASUREMENTS = {
     "export-csv": lambda d: measure_export(d, "csv"),
     "export-jsonl": lambda d: measure_export(d, "jsonl"),
     "verify-db": measure_verify_database,
-    "verify-db-rows": measure_verify_database_rows,
+    "verify-db-one-process": measure_verify_database_one_process,
     "verify-csv": lambda d: measure_verify_file(d, "csv"),
     "verify-jsonl": lambda d: measure_verify_file(d, "jsonl"),
 }
@@ -315,9 +307,21 @@ def main() -> None:
         "--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)"
     )
     parser.add_argument("--repeat", type=int, default=REPEAT, help="report the best of this many runs (3)")
+    parser.add_argument(
+        "--only",
+        metavar="NAME,...",
+        help=f"run only these measurements (of {', '.join(MEASUREMENTS)}); verify-csv and "
+        "verify-jsonl need the files export-csv and export-jsonl wrote (in --keep DIR)",
+    )
     parser.add_argument("--child", choices=sorted(MEASUREMENTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     REPEAT = max(1, args.repeat)
+    names = list(MEASUREMENTS)
+    if args.only:
+        names = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(MEASUREMENTS))
+        if unknown:
+            parser.error(f"unknown measurement {', '.join(unknown)}: choose from {', '.join(MEASUREMENTS)}")
 
     if args.child:
         workdir = Path(args.keep)
@@ -341,7 +345,7 @@ def main() -> None:
                 f"  filled in {fill_seconds:.1f} s ({args.events / fill_seconds:,.0f} entries/s)", flush=True
             )
         results = {}
-        for name in MEASUREMENTS:
+        for name in names:
             print(f"measuring {name} …", flush=True)
             results[name] = run_child(workdir, name)
             print(f"  {json.dumps(results[name])}", flush=True)
@@ -359,6 +363,8 @@ def report(events: int, results: dict) -> None:
     )
     print(f"{'measurement':<36}{'wall clock':>18}{'CPU time':>18}  target")
     for fmt in ("csv", "jsonl"):
+        if f"export-{fmt}" not in results:
+            continue
         r = results[f"export-{fmt}"]
         print(
             f"{fmt.upper() + ' export (rows/s)':<36}{r['rows_per_s']:>18,.0f}{r['rows_per_cpu_s']:>18,.0f}"
@@ -374,17 +380,23 @@ def report(events: int, results: dict) -> None:
             f"{'RSS ' + format(r['rss_growth_mb'], '.1f'):>18}  <= {TARGET_MEMORY_MB} "
             f"{verdict(growth <= TARGET_MEMORY_MB)}"
         )
-    for name, label in (
-        ("verify-db", "verify_audit_log (events/s)"),
-        ("verify-csv", "verify_audit_log --export CSV"),
-        ("verify-jsonl", "verify_audit_log --export JSONL"),
-        ("verify-db-rows", "  database walk, export's fast path"),
+    for name, label, target in (
+        ("verify-db", "verify_audit_log (events/s)", True),
+        ("verify-csv", "verify_audit_log --export CSV", True),
+        ("verify-jsonl", "verify_audit_log --export JSONL", True),
+        ("verify-db-one-process", "  database walk, one process", False),
     ):
+        if name not in results:
+            continue
         r = results[name]
+        verdict_text = (
+            f"  >= {TARGET_VERIFY_PER_S:,} {verdict(r['events_per_s'] >= TARGET_VERIFY_PER_S)}"
+            if target
+            else "  (for comparison)"
+        )
         print(
             f"{label:<36}{r['events_per_s']:>18,.0f}{r['events_per_cpu_s']:>18,.0f}"
-            f"  >= {TARGET_VERIFY_PER_S:,} {verdict(r['events_per_s'] >= TARGET_VERIFY_PER_S)}"
-            f"  ({r['seconds']:.1f} s)"
+            f"{verdict_text}  ({r['seconds']:.1f} s)"
         )
 
 

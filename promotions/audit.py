@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -137,65 +136,14 @@ class ChainReport:
     reason: str = ""
 
 
-def verify_payloads(
-    payloads: Iterable[dict[str, Any]],
-    *,
-    expect_start: int | None = 1,
-    expect_prev: str | None = GENESIS_HASH,
-) -> ChainReport:
-    """Walk entries in order; name the first whose hash, link or sequence is wrong.
+def verify_database(*, parallel: bool = True) -> ChainReport:
+    """Walk the whole chain; name the first entry whose hash, sequence or link is wrong, or
+    notice entries removed from the end (the chain head records more).
 
-    `expect_start`/`expect_prev` are None for a filtered export, where only each row's own
-    hash can be checked, not the links between rows.
+    See promotions.exports.verify_database, which does the work: values_list rows hashed without a
+    model instance, and for a large log (outside a transaction, with `parallel`) worker processes
+    that each walk a part.
     """
-    count = 0
-    previous_hash = expect_prev
-    previous_sequence = None if expect_start is None else expect_start - 1
-    head = GENESIS_HASH
-    for payload in payloads:
-        count += 1
-        sequence = payload.get("sequence")
-        if compute_hash(payload) != payload.get("hash"):
-            return ChainReport(False, count, head, sequence, "its hash does not match its content")
-        if previous_sequence is not None and sequence != previous_sequence + 1:
-            return ChainReport(
-                False,
-                count,
-                head,
-                sequence,
-                f"sequence {sequence} follows {previous_sequence}: an entry is missing or out of order",
-            )
-        if previous_hash is not None and payload["prev_hash"] != previous_hash:
-            return ChainReport(
-                False, count, head, sequence, "its prev_hash does not match the entry before it"
-            )
-        if expect_start is not None:
-            previous_sequence = sequence
-            previous_hash = payload["hash"]
-        head = payload["hash"]
-    return ChainReport(True, count, head)
+    from promotions import exports  # exports imports this module
 
-
-def iter_payloads(queryset=None, chunk_size: int = 5000) -> Iterator[dict[str, Any]]:
-    queryset = AuditEvent.objects.all() if queryset is None else queryset
-    for event in queryset.order_by("sequence").iterator(chunk_size=chunk_size):
-        payload = payload_of(event)
-        payload["hash"] = event.hash
-        yield payload
-
-
-def verify_database() -> ChainReport:
-    report = verify_payloads(iter_payloads())
-    if not report.ok:
-        return report
-    head = AuditChainHead.objects.get(pk=1)
-    if head.last_sequence != report.count or head.last_hash != report.head_hash:
-        return ChainReport(
-            False,
-            report.count,
-            report.head_hash,
-            head.last_sequence,
-            f"the chain head records entry {head.last_sequence}, but the log ends at "
-            f"{report.count}: entries at the end were removed",
-        )
-    return report
+    return exports.verify_database(parallel=parallel)

@@ -43,7 +43,7 @@ from urllib.parse import urlencode
 
 from django.core.cache import cache
 from django.db import DatabaseError, connections
-from django.db.models import Q, QuerySet, TextField
+from django.db.models import F, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -272,11 +272,12 @@ def chain_head() -> tuple[int, str]:
 def chain_status(head: tuple[int, str]) -> audit.ChainReport:
     """Whether the chain verifies up to `head` (from `chain_head()`), as audit.verify_database.
 
-    A full walk is O(n) (about a minute at a million entries), and the head moves with every
-    entry. So the result is cached per head, and once the chain has verified up to an entry, later
-    views walk only the entries after it; the full walk is redone at most every
-    CHAIN_FULL_WALK_EVERY seconds, which is how soon the page notices an entry edited behind the
-    database's back in the part already verified. `verify_audit_log` always walks everything.
+    A full walk is O(n): seconds at a million entries, in the web request's one process (it
+    starts no worker processes). The head moves with every entry, so the result is cached per
+    head, and once the chain has verified up to an entry, later views walk only the entries after
+    it; the full walk is redone at most every CHAIN_FULL_WALK_EVERY seconds, which is how soon the
+    page notices an entry edited behind the database's back in the part already verified.
+    `verify_audit_log` always walks everything.
     """
     key = f"audit-chain-status:{head[0]}:{head[1]}"
     report = cache.get(key)
@@ -292,7 +293,7 @@ def chain_status(head: tuple[int, str]) -> audit.ChainReport:
     if prefix is not None:
         report = _verify_after(prefix)
     else:
-        report = audit.verify_database()
+        report = verify_database(parallel=False)
     cache.set(key, report, CHAIN_STATUS_TTL)
     if report.ok:
         # Keep the time of the last full walk: the prefix must not be trusted for ever.
@@ -306,26 +307,7 @@ def chain_status(head: tuple[int, str]) -> audit.ChainReport:
 def _verify_after(prefix: tuple[int, str, float]) -> audit.ChainReport:
     """audit.verify_database for the entries after a verified (sequence, hash)."""
     sequence, last_hash, _walked_at = prefix
-    tail = audit.verify_payloads(
-        audit.iter_payloads(AuditEvent.objects.filter(sequence__gt=sequence)),
-        expect_start=sequence + 1,
-        expect_prev=last_hash,
-    )
-    count = sequence + tail.count
-    head_hash = tail.head_hash if tail.count else last_hash
-    if not tail.ok:
-        return audit.ChainReport(False, count, head_hash, tail.first_bad_sequence, tail.reason)
-    head = AuditChainHead.objects.get(pk=1)
-    if head.last_sequence != count or head.last_hash != head_hash:
-        return audit.ChainReport(
-            False,
-            count,
-            head_hash,
-            head.last_sequence,
-            f"the chain head records entry {head.last_sequence}, but the log ends at {count}: "
-            "entries at the end were removed",
-        )
-    return audit.ChainReport(True, count, head_hash)
+    return _verify_database_after(sequence, last_hash, parallel=False)
 
 
 # --- exports --------------------------------------------------------------------------------
@@ -376,7 +358,18 @@ def record_export(*, actor, cut: ExportCut, fmt: str, via: str) -> AuditEvent:
 def _export_rows(cut: ExportCut) -> tuple[Iterator[tuple], Callable[[Any], str], Callable[[Any], str]]:
     """The rows in column order, with the functions that turn their created_at and details into
     export text (audit.utc_iso and audit.canonical_json of the stored values)."""
-    events = cut.filter.queryset().filter(sequence__lte=cut.through).order_by("sequence")
+    return _rows_of(cut.filter.queryset().filter(sequence__lte=cut.through))
+
+
+def _rows_of(
+    events: QuerySet[AuditEvent],
+) -> tuple[Iterator[tuple], Callable[[Any], str], Callable[[Any], str]]:
+    """_export_rows for any set of events: (rows in EXPORT_COLUMNS order by sequence, iso, canonical)."""
+    # sequence is selected under another name: Django orders a values_list by select position
+    # ("ORDER BY 1") when the ordering names a selected column, and the audit page's tests find
+    # the chain walk by its 'ORDER BY "promotions_auditevent"."sequence"'.
+    events = events.order_by("sequence").annotate(sequence_value=F("sequence"))
+    columns = ["sequence_value", *EXPORT_COLUMNS[1:]]
     # values_list, not model instances: a model per row costs more than all the rest of the
     # row's work. On SQLite, also fetch created_at and details as the text the database keeps:
     # Django's per-row converters (parse_datetime, json.loads) halve the export's speed there.
@@ -384,11 +377,10 @@ def _export_rows(cut: ExportCut) -> tuple[Iterator[tuple], Callable[[Any], str],
         events = events.annotate(
             created_text=Cast("created_at", TextField()), details_text=Cast("details", TextField())
         )
-        columns = list(EXPORT_COLUMNS)
         columns[1], columns[11] = "created_text", "details_text"
         iso, canonical = _iso_from_sqlite_text, _canonical_from_text
     else:
-        columns, iso, canonical = list(EXPORT_COLUMNS), audit.utc_iso, _canonical_json
+        iso, canonical = audit.utc_iso, _canonical_json
     return events.values_list(*columns).iterator(chunk_size=CHUNK_SIZE), iso, canonical
 
 
@@ -940,34 +932,50 @@ def _summarise_part(task: tuple[str, int, int, str, bool]) -> _PartSummary:
         return _PartSummary(False)
 
 
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _map_in_workers(function: Callable[[Any], Any], tasks: list, workers: int) -> list | None:
+    """[function(task) for task in tasks], run by `workers` forked processes; None without fork.
+
+    Waits for every task, even when an early answer already settles the matter: a pool
+    terminated while a worker is still sending its answer can be left with the answer queue's
+    lock held by the dead worker, and then never finishes shutting down.
+    """
+    try:
+        context = multiprocessing.get_context("fork")
+    except ValueError:  # no fork on this platform
+        return None
+    with context.Pool(min(workers, len(tasks))) as pool:
+        return pool.map(function, tasks, chunksize=1)
+
+
 def _parallel_walk(path: Path, parts: list[tuple[int, int]], *, fmt: str, complete: bool) -> _Walk | None:
     """_walk's totals for a file whose parts all check and join up, from several processes.
 
     None at the first doubt: the caller then walks the file in one process, which names the bad
     row. So this path can only ever accept a file that the one-process walk accepts too.
     """
-    try:
-        context = multiprocessing.get_context("fork")
-    except ValueError:  # no fork on this platform
-        return None
     tasks = [(str(path), start, end, fmt, complete) for start, end in parts]
-    workers = min(len(tasks), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+    summaries = _map_in_workers(_summarise_part, tasks, _cpus())
+    if summaries is None:
+        return None
     walk = _Walk()
     previous, previous_hash = (0, audit.GENESIS_HASH) if complete else (None, None)
-    with context.Pool(workers) as pool:
-        for summary in pool.imap(_summarise_part, tasks):
-            if not summary.ok:
-                return None
-            if not summary.count:
-                continue
-            if complete and (summary.first_sequence != previous + 1 or summary.first_prev != previous_hash):
-                return None
-            if not complete and previous is not None and summary.first_sequence <= previous:
-                return None
-            if walk.first_sequence is None:
-                walk.first_sequence = summary.first_sequence
-            walk.count += summary.count
-            previous, previous_hash = summary.last_sequence, summary.last_hash
+    for summary in summaries:
+        if not summary.ok:
+            return None
+        if not summary.count:
+            continue
+        if complete and (summary.first_sequence != previous + 1 or summary.first_prev != previous_hash):
+            return None
+        if not complete and previous is not None and summary.first_sequence <= previous:
+            return None
+        if walk.first_sequence is None:
+            walk.first_sequence = summary.first_sequence
+        walk.count += summary.count
+        previous, previous_hash = summary.last_sequence, summary.last_hash
     if walk.count:
         walk.last_sequence, walk.last_hash = previous, previous_hash
     return walk
@@ -1114,3 +1122,194 @@ def _after(walk: _Walk) -> str:
 
 def _broken(sequence: int | None, reason: str) -> audit.ChainReport:
     return audit.ChainReport(False, 0, audit.GENESIS_HASH, sequence, reason)
+
+
+# --- verifying the database -----------------------------------------------------------------
+
+# Logs of this many entries or more are walked in parts by several processes (one a CPU);
+# below it, starting them costs more than they save. A module constant, so tests can lower it.
+DATABASE_PARALLEL_MIN_ENTRIES = 200_000
+DATABASE_PARTS_PER_WORKER = 2  # a few parts a worker, so a worker slowed down holds up less
+
+
+@dataclass
+class _DatabaseWalk:
+    """What a walk over the entries after `after` found; picklable (a worker's answer)."""
+
+    after: int
+    count: int = 0  # entries read, the bad one included
+    first_prev: str | None = None  # the first entry's prev_hash (joins a part to the one before)
+    last_sequence: int | None = None  # the last good entry
+    last_hash: str | None = None
+    bad_sequence: int | None = None
+    reason: str = ""  # why the walk stopped early; "" when every entry checked
+
+    @property
+    def first_sequence(self) -> int | None:
+        # every good entry follows the one before it, the first one `after`
+        return self.after + 1 if self.last_sequence is not None else None
+
+
+def verify_database(*, parallel: bool = True) -> audit.ChainReport:
+    """audit.verify_database: walk the whole chain by sequence; name the first bad entry.
+
+    Each entry's hash is recomputed from a values_list row (no model instance, no payload dict:
+    the canonical JSON is spliced from the columns, as for an export), then its sequence and
+    prev_hash are checked against the entry before it, and at the end the log's last entry
+    against the chain head.
+
+    With `parallel`, a log of DATABASE_PARALLEL_MIN_ENTRIES or more is first walked in parts by
+    worker processes, each on its own database connection; at the first doubt there, the
+    one-process walk runs instead and names the bad entry. Never inside a transaction (the
+    workers could not see its uncommitted entries). The web pages pass parallel=False: a web
+    server's worker process is no place to fork from.
+    """
+    return _verify_database_after(0, audit.GENESIS_HASH, parallel=parallel)
+
+
+def _verify_database_after(after: int, after_hash: str, *, parallel: bool) -> audit.ChainReport:
+    """The chain from entry `after` + 1 on, given that entry `after` has hash `after_hash`."""
+    walk = _parallel_database_walk(after, after_hash) if parallel else None
+    if walk is None:
+        walk = _walk_database(after, after_hash)
+    count = after + walk.count
+    head_hash = walk.last_hash if walk.last_hash is not None else after_hash
+    if walk.reason:
+        return audit.ChainReport(False, count, head_hash, walk.bad_sequence, walk.reason)
+    head = AuditChainHead.objects.get(pk=1)
+    if head.last_sequence != count or head.last_hash != head_hash:
+        return audit.ChainReport(
+            False,
+            count,
+            head_hash,
+            head.last_sequence,
+            f"the chain head records entry {head.last_sequence}, but the log ends at {count}: "
+            "entries at the end were removed",
+        )
+    return audit.ChainReport(True, count, head_hash)
+
+
+def _walk_database(
+    after: int, after_hash: str | None, through: int | None = None, *, using: str | None = None
+) -> _DatabaseWalk:
+    """Walk the entries after `after` (up to `through`, or the end) by sequence; stop at the first
+    bad one. `after_hash` None: a part of the log, its first entry's link left to the caller.
+
+    Each entry is checked as audit.verify_database always checked it, in the same order: its
+    hash (audit.compute_hash of its content), then its sequence (one more than the entry
+    before's), then its prev_hash (the entry before's hash).
+    """
+    events = AuditEvent.objects.using(using) if using else AuditEvent.objects.all()
+    if after:  # from the start: every row, whatever its sequence, as audit.verify_database did
+        events = events.filter(sequence__gt=after)
+    if through is not None:
+        events = events.filter(sequence__lte=through)
+    rows, iso, canonical = _rows_of(events)
+    walk = _DatabaseWalk(after, first_prev=after_hash)
+    count, previous, previous_hash = 0, after, after_hash
+    s, sha256 = _json_string, hashlib.sha256
+    for row in rows:
+        count += 1
+        (sequence, created_at, username, name, action, meaning, model, version, source, target,
+         request_id, details, prev_hash, hash_) = row  # fmt: skip
+        try:
+            # _hash_texts, spliced from the row's values without the texts tuple between.
+            body = (
+                f'{{"action":{s(action)},"actor_name":{s(name)},"actor_username":{s(username)},'
+                f'"created_at":{s(iso(created_at))},"details":{canonical(details)},'
+                f'"from_stage":{s(source)},"meaning":{s(meaning)},"model_name":{s(model)},'
+                f'"prev_hash":{s(prev_hash)},"request_id":{_json_int(request_id)},'
+                f'"sequence":{_json_int(sequence)},"to_stage":{s(target)},'
+                f'"version":{_json_int(version)}}}'
+            )
+            recomputed = sha256(body.encode()).hexdigest()
+        except (TypeError, ValueError, AttributeError):
+            # a value Django could not have written (on SQLite, say, a created_at that is no date)
+            recomputed = None
+        if recomputed == hash_ and sequence == previous + 1 and prev_hash == previous_hash:
+            previous, previous_hash = sequence, hash_
+            continue
+        if recomputed != hash_:
+            walk.bad_sequence, walk.reason = sequence, "its hash does not match its content"
+        elif sequence != previous + 1:
+            walk.bad_sequence = sequence
+            walk.reason = f"sequence {sequence} follows {previous}: an entry is missing or out of order"
+        elif previous_hash is None and count == 1:
+            walk.first_prev = prev_hash  # a part's first entry: the caller checks the link
+            previous, previous_hash = sequence, hash_
+            continue
+        else:
+            walk.bad_sequence, walk.reason = sequence, "its prev_hash does not match the entry before it"
+        break
+    walk.count = count
+    if previous != after:
+        walk.last_sequence, walk.last_hash = previous, previous_hash
+    return walk
+
+
+def _json_int(value: Any) -> str:
+    """An integer column as canonical JSON spells it (null for NULL); anything else is refused."""
+    if value is None:
+        return "null"
+    if type(value) is not int:
+        raise TypeError("not an integer")  # on SQLite a column can hold any type
+    return str(value)
+
+
+def _parallel_database_walk(after: int, after_hash: str) -> _DatabaseWalk | None:
+    """_walk_database's totals for a log whose parts all check and join up, from several processes.
+
+    None when the log is too small to be worth it, when forking is not safe here, or at the first
+    doubt: the caller then walks the log in one process, which names the bad entry. So this path
+    can only ever accept a log that the one-process walk accepts too.
+    """
+    alias = AuditEvent.objects.db
+    connection = connections[alias]
+    # Inside a transaction the workers, on their own connections, would not see its entries;
+    # an in-memory SQLite database is not there for them at all.
+    if connection.in_atomic_block or (connection.vendor == "sqlite" and connection.is_in_memory_db()):
+        return None
+    workers = _cpus()
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    # Where the log should end: only to cut it in parts (the last part runs to the real end).
+    last = AuditChainHead.objects.using(alias).values_list("last_sequence", flat=True).first() or 0
+    entries = last - after
+    if entries < DATABASE_PARALLEL_MIN_ENTRIES or entries < 2:
+        return None
+    parts = min(entries, workers * DATABASE_PARTS_PER_WORKER)
+    bounds = [after + entries * i // parts for i in range(parts)]
+    tasks = [(alias, lo, hi) for lo, hi in zip(bounds, [*bounds[1:], None], strict=True)]
+    # The workers must open connections of their own: a forked copy of this process's would
+    # share its socket or file handle. Closed here, there is none for them to inherit.
+    connections.close_all()
+    walks = _map_in_workers(_walk_database_part, tasks, workers)
+    if walks is None:
+        return None
+    total = _DatabaseWalk(after, first_prev=after_hash)
+    previous, previous_hash = after, after_hash
+    for part in walks:
+        if (
+            part is None
+            or part.reason
+            or part.last_sequence is None  # an empty part: a gap, or the log ends early
+            or part.first_sequence != previous + 1
+            or part.first_prev != previous_hash
+        ):
+            return None
+        total.count += part.count
+        previous, previous_hash = part.last_sequence, part.last_hash
+    total.last_sequence, total.last_hash = previous, previous_hash
+    return total
+
+
+def _walk_database_part(task: tuple[str, int, int | None]) -> _DatabaseWalk | None:
+    """In a worker: walk one part on a connection of the worker's own, then close that."""
+    alias, after, through = task
+    try:
+        return _walk_database(after, None, through, using=alias)
+    except Exception:  # noqa: BLE001 - any failure is a doubt; the one-process walk reports it
+        return None
+    finally:
+        # Opened in this worker (the parent closed its own before forking): ours to close.
+        connections[alias].close()

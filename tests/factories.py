@@ -29,3 +29,16 @@ def version(model: RegisteredModel, number: int) -> ModelVersion:
 
 def stage(name: str) -> Stage:
     return Stage.objects.get(name=name)
+
+
+def note_acceptance(monkeypatch, module, name: str, answers: list) -> None:
+    """Wrap module.name (a parallel walk answering None when it has a doubt) so that each call
+    appends to `answers` whether it accepted (True) or left the work to the one-process walk."""
+    walk_in_parts = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        walk = walk_in_parts(*args, **kwargs)
+        answers.append(walk is not None)
+        return walk
+
+    monkeypatch.setattr(module, name, spy)

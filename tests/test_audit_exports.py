@@ -11,6 +11,7 @@ from django.http import StreamingHttpResponse
 
 from promotions import audit, exports
 from promotions.models import AuditEvent
+from tests.factories import note_acceptance
 
 pytestmark = pytest.mark.django_db
 
@@ -276,14 +277,7 @@ def verification(request, monkeypatch):
     if request.param == "in parts":
         monkeypatch.setattr(exports, "PARALLEL_MIN_BYTES", 0)
         monkeypatch.setattr(exports, "PARALLEL_PART_BYTES", 500)
-        walk_in_parts = exports._parallel_walk
-
-        def spy(*args, **kwargs):
-            walk = walk_in_parts(*args, **kwargs)
-            accepted.append(walk is not None)
-            return walk
-
-        monkeypatch.setattr(exports, "_parallel_walk", spy)
+        note_acceptance(monkeypatch, exports, "_parallel_walk", accepted)
     return accepted
 
 
@@ -520,7 +514,21 @@ def test_a_forged_last_row_of_a_filtered_export_is_caught_by_the_database(tmp_pa
 def test_a_missing_manifest_is_reported(tmp_path, history):
     path, _ = export(tmp_path, "csv")
     (tmp_path / "log.csv.manifest.json").unlink()
-    assert "there is no manifest log.csv.manifest.json beside the export" in verify(path)
+    # a problem with the file as a whole names no entry (not "entry #None")
+    assert (
+        verify(path)
+        == "Audit log export broken: there is no manifest log.csv.manifest.json beside the export."
+    )
+
+
+@pytest.mark.usefixtures("verification")
+def test_a_file_that_does_not_match_its_manifest_names_no_entry(tmp_path, history):
+    path, _ = export(tmp_path, "jsonl")
+    manifest_file = tmp_path / "log.jsonl.manifest.json"
+    manifest_file.write_text(json.dumps({**json.loads(manifest_file.read_text()), "sha256": "0" * 64}))
+    message = verify(path)
+    assert message.startswith("Audit log export broken: every row checks, but the file's SHA-256 is ")
+    assert "#None" not in message
 
 
 def test_an_empty_filtered_export_verifies(tmp_path):

@@ -1,11 +1,14 @@
 """The audit log is append-only and proves itself."""
 
+import io
+
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from promotions import audit, audit_triggers
+from promotions import audit, audit_triggers, exports
 from promotions.models import AuditEvent
+from tests.factories import note_acceptance
 
 pytestmark = pytest.mark.django_db
 
@@ -48,33 +51,154 @@ def tamper(sql, params=()):
         audit_triggers.install(connection)
 
 
-def test_verify_names_the_first_edited_entry():
-    events = [audit.record(action="test.n", meaning=f"entry {i}") for i in range(5)]
-    tamper("UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [events[2].sequence])
-    with pytest.raises(
-        CommandError, match=rf"broken at entry #{events[2].sequence}: its hash does not match"
-    ):
-        call_command("verify_audit_log")
+class Walks(list):
+    """What each walk in parts answered: True when its parts all checked and joined up, False
+    when it doubted and the one-process walk ran instead."""
+
+    in_parts = False
+
+    def answered(self, *accepted: bool) -> bool:
+        return self == (list(accepted) if self.in_parts else [])
 
 
-def test_verify_names_a_deleted_entry():
-    events = [audit.record(action="test.n", meaning=f"entry {i}") for i in range(5)]
-    tamper("DELETE FROM promotions_auditevent WHERE sequence = %s", [events[1].sequence])
-    with pytest.raises(CommandError, match=rf"broken at entry #{events[2].sequence}: sequence"):
-        call_command("verify_audit_log")
+@pytest.fixture(
+    params=["one process", pytest.param("in parts", marks=pytest.mark.django_db(transaction=True))]
+)
+def walks(request, monkeypatch) -> Walks:
+    """Walk the database's chain in one process, or (as a large log is) in parts by worker
+    processes; those need committed entries, so that variant runs outside a test transaction."""
+    answers = Walks()
+    if request.param == "in parts":
+        answers.in_parts = True
+        monkeypatch.setattr(exports, "DATABASE_PARALLEL_MIN_ENTRIES", 0)
+        monkeypatch.setattr(exports, "_cpus", lambda: 2)  # two workers, four parts, on any machine
+        note_acceptance(monkeypatch, exports, "_parallel_database_walk", answers)
+    return answers
 
 
-def test_verify_notices_entries_removed_from_the_end():
-    events = [audit.record(action="test.n", meaning=f"entry {i}") for i in range(3)]
+def entries(n: int) -> list[AuditEvent]:
+    return [audit.record(action="test.n", meaning=f"entry {i}", details={"i": i}) for i in range(n)]
+
+
+def verify_command() -> str:
+    """Run verify_audit_log; return the failure message (exit code 1) or ''."""
+    try:
+        call_command("verify_audit_log", stdout=io.StringIO())
+    except CommandError as exc:
+        assert exc.returncode == 1
+        return str(exc)
+    return ""
+
+
+def test_verify_names_the_first_edited_entry(walks):
+    events = entries(12)
+    tamper("UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [events[5].sequence])
+    tamper("UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [events[9].sequence])
+    message = verify_command()
+    assert message == f"Audit log broken at entry #{events[5].sequence}: its hash does not match its content."
+    assert walks.answered(False)  # in parts: the doubt sent it to the one-process walk, which named it
+    report = audit.verify_database()
+    # the same report from both walks: entries read up to the bad one, the head of the last good one
+    assert report == audit.ChainReport(
+        False, events[5].sequence, events[4].hash, events[5].sequence, "its hash does not match its content"
+    )
+
+
+def test_verify_names_an_entry_whose_details_were_edited(walks):
+    events = entries(6)
+    tamper(
+        "UPDATE promotions_auditevent SET details = %s WHERE sequence = %s", ['{"i": 99}', events[3].sequence]
+    )
+    assert f"broken at entry #{events[3].sequence}: its hash does not match" in verify_command()
+
+
+def test_a_value_django_could_not_have_written_is_a_bad_hash_not_a_crash():
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL refuses a timestamp that is not one")
+    events = entries(3)
+    tamper(
+        "UPDATE promotions_auditevent SET created_at = 'yesterday' WHERE sequence = %s", [events[1].sequence]
+    )
+    assert f"broken at entry #{events[1].sequence}: its hash does not match" in verify_command()
+
+
+def test_a_forged_entry_with_a_recomputed_hash_breaks_the_next_link(walks):
+    events = entries(12)
+    forged = AuditEvent.objects.get(sequence=events[6].sequence)
+    forged.meaning = "entry 6 (never happened)"
+    tamper(
+        "UPDATE promotions_auditevent SET meaning = %s, hash = %s WHERE sequence = %s",
+        [forged.meaning, audit.compute_hash(audit.payload_of(forged)), forged.sequence],
+    )
+    message = verify_command()
+    assert message == (
+        f"Audit log broken at entry #{events[7].sequence}: its prev_hash does not match the entry before it."
+    )
+    assert walks.answered(False)
+
+
+def test_verify_names_a_deleted_entry(walks):
+    events = entries(12)
+    tamper("DELETE FROM promotions_auditevent WHERE sequence = %s", [events[6].sequence])
+    assert verify_command() == (
+        f"Audit log broken at entry #{events[7].sequence}: sequence {events[7].sequence} follows "
+        f"{events[5].sequence}: an entry is missing or out of order."
+    )
+    assert walks.answered(False)
+
+
+def test_verify_notices_entries_removed_from_the_end(walks):
+    events = entries(12)
     tamper("DELETE FROM promotions_auditevent WHERE sequence = %s", [events[-1].sequence])
-    with pytest.raises(CommandError, match="entries at the end were removed"):
-        call_command("verify_audit_log")
+    assert verify_command() == (
+        f"Audit log broken at entry #{events[-1].sequence}: the chain head records entry "
+        f"{events[-1].sequence}, but the log ends at {events[-2].sequence}: entries at the end were removed."
+    )
+    # in parts: every part checks and joins up; it is the chain head that does not match
+    assert walks.answered(True)
+    report = audit.verify_database()
+    assert (report.ok, report.count, report.head_hash) == (False, events[-2].sequence, events[-2].hash)
 
 
-def test_verify_passes_an_intact_log(capsys):
-    audit.record(action="test.n", meaning="fine")
+def test_verify_passes_an_intact_log(walks, capsys):
+    events = entries(12)
     call_command("verify_audit_log")
-    assert "Audit log verified" in capsys.readouterr().out
+    count = AuditEvent.objects.count()
+    assert count == events[-1].sequence
+    assert f"Audit log verified: {count} entries, head {events[-1].hash}" in capsys.readouterr().out
+    assert walks.answered(True)  # in parts: the workers' walk is what accepted it
+    assert audit.verify_database() == audit.ChainReport(True, count, events[-1].hash)
+
+
+def test_awkward_content_verifies(walks):
+    audit.record(
+        action="test.n",
+        meaning='tab\there, new\nline\r\n, back\\slash, "quote", \u2028, 🚀, naïve',
+        model_name="naïve",
+        version=7,
+        request_id=2**40,
+        from_stage="Staging",
+        to_stage="Production",
+        details={"k": 'v\n\t"\\', "ü": [1, 2.5, 1e-7, None, True, {"z": "", "a": "é"}], "big": 10**20},
+    )
+    audit.record(action="test.n", meaning="", details={})
+    entries(4)
+    report = audit.verify_database()
+    assert report.ok, report
+    assert walks.answered(True)
+
+
+def test_inside_a_transaction_the_walk_stays_in_one_process(monkeypatch):
+    entries(4)
+    monkeypatch.setattr(exports, "DATABASE_PARALLEL_MIN_ENTRIES", 0)
+    monkeypatch.setattr(exports, "_cpus", lambda: 2)
+
+    def no_fork(*args):
+        raise AssertionError("worker processes started inside a transaction")
+
+    monkeypatch.setattr(exports.multiprocessing, "get_context", no_fork)
+    assert connection.in_atomic_block  # the test's transaction: its entries are not committed
+    assert audit.verify_database().ok
 
 
 def test_the_actor_is_kept_after_the_user_is_deleted(requester):

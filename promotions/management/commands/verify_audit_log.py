@@ -21,6 +21,10 @@ class Command(BaseCommand):
         else:
             report = audit.verify_database()
         if not report.ok:
+            if report.first_bad_sequence is None:
+                # a problem with the file or its manifest as a whole, not with one entry
+                what = "Audit log export" if options["export"] else "Audit log"
+                raise CommandError(f"{what} broken: {report.reason}.", returncode=1)
             raise CommandError(
                 f"Audit log broken at entry #{report.first_bad_sequence}: {report.reason}.", returncode=1
             )
