@@ -88,9 +88,20 @@ def test_request_review_and_apply(
 
 
 def focus_on(page, element_id: str, *, after: str) -> None:
-    """Press a key, then wait until focus has settled on the element (htmx swaps may land)."""
+    """Press a key, then wait until focus is on the element and htmx has settled.
+
+    htmx moves focus to the swapped-in element at once, but binds its triggers only when the
+    swap settles (htmx.config.defaultSettleDelay later, with the htmx-added class removed): a
+    key pressed before that changes the value without sending the request.
+    """
     page.keyboard.press(after)
-    page.wait_for_function(f"document.activeElement && document.activeElement.id === '{element_id}'")
+    # A function, not an expression: Playwright evaluates a bare expression with eval, which
+    # the page's Content-Security-Policy refuses.
+    page.wait_for_function(
+        """(id) => document.activeElement && document.activeElement.id === id
+            && !document.querySelector('.htmx-added, .htmx-settling, .htmx-request')""",
+        arg=element_id,
+    )
 
 
 def test_the_request_form_works_with_the_keyboard_alone(sign_in, live_server, staged_model, requester):
