@@ -1129,6 +1129,8 @@ def _broken(sequence: int | None, reason: str) -> audit.ChainReport:
 # Logs of this many entries or more are walked in parts by several processes (one a CPU);
 # below it, starting them costs more than they save. A module constant, so tests can lower it.
 DATABASE_PARALLEL_MIN_ENTRIES = 200_000
+# How many times the walk follows entries recorded while it ran before it trusts the head.
+CATCH_UP_ROUNDS = 3
 DATABASE_PARTS_PER_WORKER = 2  # a few parts a worker, so a worker slowed down holds up less
 
 
@@ -1174,9 +1176,20 @@ def _verify_database_after(after: int, after_hash: str, *, parallel: bool) -> au
         walk = _walk_database(after, after_hash)
     count = after + walk.count
     head_hash = walk.last_hash if walk.last_hash is not None else after_hash
+    head = AuditChainHead.objects.get(pk=1)
+    # Entries recorded while the walk ran (the log is live) are past the walk's end but inside
+    # the head read after it: walk them too, so that they do not look like entries removed.
+    for _round in range(CATCH_UP_ROUNDS):
+        if walk.reason or head.last_sequence <= count:
+            break
+        walk = _walk_database(count, head_hash)
+        if not walk.count:
+            break  # none there: entries at the end are missing
+        count += walk.count
+        head_hash = walk.last_hash if walk.last_hash is not None else head_hash
+        head = AuditChainHead.objects.get(pk=1)
     if walk.reason:
         return audit.ChainReport(False, count, head_hash, walk.bad_sequence, walk.reason)
-    head = AuditChainHead.objects.get(pk=1)
     if head.last_sequence != count or head.last_hash != head_hash:
         return audit.ChainReport(
             False,

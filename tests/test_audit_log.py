@@ -170,6 +170,23 @@ def test_verify_passes_an_intact_log(walks, capsys):
     assert audit.verify_database() == audit.ChainReport(True, count, events[-1].hash)
 
 
+def test_entries_recorded_while_the_walk_runs_are_not_taken_for_removed_ones(monkeypatch):
+    """The log is live: the chain head, read after the walk, may already be further on."""
+    entries(5)
+    walk_database = exports._walk_database
+    appended = []
+
+    def walk_then_record(*args, **kwargs):
+        walk = walk_database(*args, **kwargs)
+        if not appended:  # another request records entries as the first walk ends
+            appended.extend(entries(2))
+        return walk
+
+    monkeypatch.setattr(exports, "_walk_database", walk_then_record)
+    report = audit.verify_database(parallel=False)
+    assert report == audit.ChainReport(True, appended[-1].sequence, appended[-1].hash)
+
+
 def test_awkward_content_verifies(walks):
     audit.record(
         action="test.n",
