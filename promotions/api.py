@@ -127,6 +127,7 @@ class BearerToken(HttpBearer):
         if found is None:
             raise ApiError(401, "invalid_token", "The token is unknown or revoked.")
         request.api_token = found
+        audit.acting_through_token(found)
         return found.user
 
 

@@ -8,8 +8,10 @@ the chain.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +22,26 @@ from django.utils import timezone
 from promotions.models import AuditChainHead, AuditEvent
 
 GENESIS_HASH = "0" * 64
+
+# The API token a request acts through, set by the API's authentication for the rest of that
+# request (audit_context_middleware keeps it from outliving the request): every entry recorded
+# meanwhile names the token, so an auditor can tell which pipeline acted as its owner.
+_api_token: ContextVar[dict[str, Any] | None] = ContextVar("audit_api_token", default=None)
+
+
+def acting_through_token(token) -> None:
+    """Name `token` (an ApiToken) in every entry recorded for the rest of this request."""
+    _api_token.set({"id": token.pk, "name": token.name, "prefix": token.prefix})
+
+
+def audit_context_middleware(get_response):
+    """Run each request in a context of its own, so what it set (the API token) ends with it."""
+
+    def middleware(request):
+        return contextvars.copy_context().run(get_response, request)
+
+    return middleware
+
 
 HASHED_FIELDS = (
     "sequence",
@@ -90,7 +112,10 @@ def record(
 ) -> AuditEvent:
     """Append one entry. Joins the caller's transaction (or opens one)."""
     # Round-trip through JSON so the hash covers exactly what the database will return.
-    details = json.loads(canonical_json(details or {}))
+    details = details or {}
+    if (token := _api_token.get()) is not None:
+        details = {**details, "api_token": token}
+    details = json.loads(canonical_json(details))
     with transaction.atomic():
         head = AuditChainHead.objects.select_for_update().get(pk=1)
         event = AuditEvent(

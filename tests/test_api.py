@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from promotions import services, tokens
-from promotions.models import AuditEvent, PromotionRequest, Review
+from promotions.models import ApiToken, AuditEvent, PromotionRequest, Review
 from tests.factories import mirror_model, stage, version
 from tests.registry_helpers import make_version
 
@@ -375,7 +375,10 @@ def test_the_requester_cancels_and_others_may_not(pending, requester, reviewer):
     assert post(api_client(reviewer), f"/api/requests/{pending.pk}/cancel").status_code == 403
     response = post(api_client(requester), f"/api/requests/{pending.pk}/cancel")
     assert response.json()["status"] == "cancelled"
-    assert AuditEvent.objects.get(action="request.cancelled").details == {"via": "api"}
+    details = AuditEvent.objects.get(action="request.cancelled").details
+    token = ApiToken.objects.get(pk=details["api_token"]["id"])  # the token it acted through
+    assert (token.user, token.name) == (requester, "tests")
+    assert details == {"via": "api", "api_token": {"id": token.pk, "name": "tests", "prefix": token.prefix}}
     assert post(api_client(requester), f"/api/requests/{pending.pk}/cancel").status_code == 409
 
 
@@ -529,3 +532,12 @@ def test_the_request_list_costs_a_fixed_number_of_queries(requester, reviewer, d
     with django_assert_max_num_queries(8):
         body = client.get("/api/requests?limit=20").json()
     assert len(body["items"]) == 20 and all(len(item["reviews"]) == 1 for item in body["items"])
+
+
+def test_the_token_is_named_only_in_the_entries_of_its_own_request(pending, requester, client):
+    """The web request after an API request on the same thread records no token."""
+    assert post(api_client(requester, name="nightly CI"), "/api/requests", {}).status_code == 422
+    client.force_login(requester)
+    assert client.post(f"/requests/{pending.pk}/cancel/").status_code in (200, 302)
+    cancelled = AuditEvent.objects.get(action="request.cancelled", request_id=pending.pk)
+    assert "api_token" not in cancelled.details and cancelled.details["via"] == "web"
