@@ -1316,9 +1316,19 @@ def _parallel_database_walk(after: int, after_hash: str) -> _DatabaseWalk | None
     return total
 
 
+# Database connections a forked worker found open: its parent's (the parent closes its own
+# before forking, but a connection can still come along, seen under the browser tests' live
+# server). Kept here, never used or closed: either would act on the parent's socket.
+_inherited_connections: list[Any] = []
+
+
 def _walk_database_part(task: tuple[str, int, int | None]) -> _DatabaseWalk | None:
     """In a worker: walk one part on a connection of the worker's own, then close that."""
     alias, after, through = task
+    inherited = connections[alias]
+    if inherited.connection is not None:
+        _inherited_connections.append(inherited)
+        connections[alias] = type(inherited)(inherited.settings_dict, alias)
     try:
         return _walk_database(after, None, through, using=alias)
     except Exception:  # noqa: BLE001 - any failure is a doubt; the one-process walk reports it
