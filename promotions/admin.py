@@ -123,37 +123,32 @@ def _snapshot(stage: Stage) -> dict:
     return data
 
 
+class ReadOnly:
+    """Admin mixin (first in the bases): rows shown, never added, changed or deleted here."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(PromotionRequest)
-class PromotionRequestAdmin(admin.ModelAdmin):
+class PromotionRequestAdmin(ReadOnly, admin.ModelAdmin):
     """Read-only: requests change only through the workflow."""
 
     list_display = ("pk", "version", "stage", "status", "requested_by_name", "created_at")
     list_filter = ("status", "stage")
     list_select_related = ("version__model", "stage")
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ("sequence", "created_at", "actor_name", "action", "meaning")
     list_filter = ("action",)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 from promotions import admin_webhooks  # noqa: E402, F401 - registers the webhook pages

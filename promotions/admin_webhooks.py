@@ -10,6 +10,7 @@ from django import forms
 from django.contrib import admin, messages
 
 from promotions import audit, notifications, policy
+from promotions.admin import ReadOnly
 from promotions.models import WEBHOOK_EVENTS, OutboundDelivery, WebhookEndpoint
 
 
@@ -88,7 +89,7 @@ class WebhookEndpointAdmin(_StageAdminsOnly, admin.ModelAdmin):
 
 
 @admin.register(OutboundDelivery)
-class OutboundDeliveryAdmin(_StageAdminsOnly, admin.ModelAdmin):
+class OutboundDeliveryAdmin(ReadOnly, _StageAdminsOnly, admin.ModelAdmin):
     """A record of every delivery; read-only but for the re-send action."""
 
     list_display = (
@@ -118,15 +119,6 @@ class OutboundDeliveryAdmin(_StageAdminsOnly, admin.ModelAdmin):
         "delivered_at",
     )
     actions = ["resend"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.action(description="Re-send the selected deliveries", permissions=["view"])
     def resend(self, request, queryset):

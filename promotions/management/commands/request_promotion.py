@@ -24,6 +24,12 @@ from promotions.models import AuditEvent, PromotionRequest
 EXIT_REFUSED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 1, 2, 3
 
 
+def _refusal(exc: PromotionError) -> CommandError:
+    """A service's refusal as the command's one line: exit 2 for bad input, 1 for a refusal."""
+    code = EXIT_BAD_INPUT if isinstance(exc, InvalidRequest) else EXIT_REFUSED
+    return CommandError(exc.message, returncode=code)
+
+
 class Command(BaseCommand):
     help = "File a promotion request for a model version (and optionally wait for the outcome)."
 
@@ -94,10 +100,8 @@ class Command(BaseCommand):
                 ci_evidence=evidence,
                 via="cli",
             )
-        except InvalidRequest as exc:
-            raise CommandError(exc.message, returncode=EXIT_BAD_INPUT) from None
         except PromotionError as exc:
-            raise CommandError(exc.message, returncode=EXIT_REFUSED) from None
+            raise _refusal(exc) from None
         self._print(request)
         if request.then_stages:
             self.stdout.write(
@@ -116,10 +120,8 @@ class Command(BaseCommand):
                 ci_evidence=evidence,
                 via="cli",
             )
-        except InvalidRequest as exc:
-            raise CommandError(exc.message, returncode=EXIT_BAD_INPUT) from None
         except PromotionError as exc:
-            raise CommandError(exc.message, returncode=EXIT_REFUSED) from None
+            raise _refusal(exc) from None
         self.stdout.write(
             f"{outcome.stage.name}: {len(outcome.filed)} filed, {len(outcome.skipped)} skipped, "
             f"{len(outcome.refused)} refused"
