@@ -15,11 +15,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-## make run: migrate, then start MLflow, web, worker and beat (demo data and users on first run).
+## make run: migrate, then start MLflow, web, worker and beat with demo data and demo users.
+## Procfile.dev is the demo; Procfile is production and never seeds anything.
 run: $(VENV)/.installed
 	mkdir -p var
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py migrate --noinput
-	DEBUG=$${DEBUG:-true} $(BIN)/honcho start
+	DEBUG=$${DEBUG:-true} $(BIN)/honcho -f Procfile.dev start
 
 ## make test: the whole suite (starts its own MLflow server and Celery worker).
 test: $(VENV)/.installed-dev browser

@@ -1,9 +1,15 @@
-"""Seed a local MLflow server and the database with demo models and demo users (once)."""
+"""Seed a local MLflow server and the database with demo models and demo users (once).
+
+The demo users share a published password, and two of them are enough to approve a Production
+promotion: this command is for `make run` (DEBUG on) and refuses a production configuration
+unless told, in so many words, that a demo on production settings is meant.
+"""
 
 from __future__ import annotations
 
 import random
 
+from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.core.management.base import BaseCommand, CommandError
 
@@ -59,8 +65,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--wait", type=float, default=0, help="Seconds to wait for MLflow to answer.")
         parser.add_argument("--skip-mlflow", action="store_true", help="Only create the demo users.")
+        parser.add_argument(
+            "--demo-on-production",
+            action="store_true",
+            help="Seed even with DEBUG off: creates accounts with a published password.",
+        )
 
     def handle(self, *args, **options):
+        if not settings.DEBUG and not options["demo_on_production"]:
+            raise CommandError(
+                "seed_demo creates accounts with the published password "
+                f"'{DEMO_PASSWORD}' and runs only with DEBUG=true (make run). "
+                "Pass --demo-on-production to seed a production configuration anyway."
+            )
         self._users()
         if options["skip_mlflow"]:
             return
@@ -86,13 +103,18 @@ class Command(BaseCommand):
                 username=username,
                 defaults={"first_name": first, "last_name": last, "email": f"{username}@example.com"},
             )
-            if created:
-                user.set_password(DEMO_PASSWORD)
-                if role == roles.STAGE_ADMINS:
-                    user.is_staff = True
-                user.save()
-                if role == roles.STAGE_ADMINS:
-                    user.user_permissions.set(stage_perms)
+            if not created:
+                # Whoever holds this name (a demo user from an earlier run, or a real person)
+                # keeps the password and roles they have: seeding never grants a role.
+                held = ", ".join(user.groups.values_list("name", flat=True)) or "no role"
+                lines.append(f"  {username:<6} {held:<13} (existed already; left as it is)")
+                continue
+            user.set_password(DEMO_PASSWORD)
+            if role == roles.STAGE_ADMINS:
+                user.is_staff = True
+            user.save()
+            if role == roles.STAGE_ADMINS:
+                user.user_permissions.set(stage_perms)
             user.groups.add(Group.objects.get(name=role))
             lines.append(f"  {username:<6} {role:<13} password: {DEMO_PASSWORD}")
         self.stdout.write("Demo users (sign in at http://127.0.0.1:8000/accounts/login/):")
