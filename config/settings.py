@@ -245,11 +245,6 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}, "axes": {"level": "WARNING"}},
 }
 
-CELERY_BEAT_SCHEDULE = {
-    "sync-registry": {"task": "registry_sync.sync_registry", "schedule": float(SYNC_INTERVAL_SECONDS)},
-    "worker-heartbeat": {"task": "promotions.record_heartbeat", "schedule": 60.0, "args": ["beat"]},
-}
-
 # Promotions ----------------------------------------------------------------------------------
 PROMOTION_MAX_ATTEMPTS = envint("PROMOTION_MAX_ATTEMPTS", 5, minimum=1)
 PROMOTION_SWEEP_INTERVAL_SECONDS = envint("PROMOTION_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
@@ -260,15 +255,6 @@ PROMOTION_RETRY_CAP_SECONDS = min(
     envint("PROMOTION_RETRY_CAP_SECONDS", 120, minimum=1), CELERY_VISIBILITY_TIMEOUT // 4
 )
 EXPIRE_INTERVAL_SECONDS = envint("EXPIRE_INTERVAL_SECONDS", 300, minimum=5)
-CELERY_BEAT_SCHEDULE.update(
-    {
-        "sweep-approved-requests": {
-            "task": "promotions.sweep_requests",
-            "schedule": float(PROMOTION_SWEEP_INTERVAL_SECONDS),
-        },
-        "expire-requests": {"task": "promotions.expire_requests", "schedule": float(EXPIRE_INTERVAL_SECONDS)},
-    }
-)
 
 # JSON API, notifications and webhooks --------------------------------------------------------
 # django-ninja as an app only for its vendored Swagger UI (templates and static files): the docs
@@ -294,7 +280,24 @@ WEBHOOK_STUCK_AFTER_SECONDS = envint("WEBHOOK_STUCK_AFTER_SECONDS", 900, minimum
 WEBHOOK_RETRY_CAP_SECONDS = min(
     envint("WEBHOOK_RETRY_CAP_SECONDS", 300, minimum=1), WEBHOOK_STUCK_AFTER_SECONDS // 3
 )
-CELERY_BEAT_SCHEDULE["sweep-webhook-deliveries"] = {
-    "task": "promotions.sweep_deliveries",
-    "schedule": float(envint("WEBHOOK_SWEEP_INTERVAL_SECONDS", 120, minimum=5)),
+WEBHOOK_SWEEP_INTERVAL_SECONDS = envint("WEBHOOK_SWEEP_INTERVAL_SECONDS", 120, minimum=5)
+
+# Beat: every periodic task, in one place ------------------------------------------------------
+HEARTBEAT_INTERVAL_SECONDS = 60
+CELERY_BEAT_SCHEDULE = {
+    "sync-registry": {"task": "registry_sync.sync_registry", "schedule": float(SYNC_INTERVAL_SECONDS)},
+    "worker-heartbeat": {
+        "task": "promotions.record_heartbeat",
+        "schedule": float(HEARTBEAT_INTERVAL_SECONDS),
+        "args": ["beat"],
+    },
+    "sweep-approved-requests": {
+        "task": "promotions.sweep_requests",
+        "schedule": float(PROMOTION_SWEEP_INTERVAL_SECONDS),
+    },
+    "expire-requests": {"task": "promotions.expire_requests", "schedule": float(EXPIRE_INTERVAL_SECONDS)},
+    "sweep-webhook-deliveries": {
+        "task": "promotions.sweep_deliveries",
+        "schedule": float(WEBHOOK_SWEEP_INTERVAL_SECONDS),
+    },
 }

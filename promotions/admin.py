@@ -1,37 +1,38 @@
-"""Django admin for stage admins: the catalog, validated, every change audited."""
+"""Django admin for stage admins: the stage catalog and the outbound webhooks, validated, every
+change saved through the configuration services (which audit it).
+
+Only members of the Stage admins role (and superusers) see the webhook pages; requests and the
+audit log are shown read-only.
+"""
 
 from __future__ import annotations
 
 import re
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from promotions import audit, policy
-from promotions.models import AuditEvent, PromotionRequest, Stage
+from promotions import notifications, policy
+from promotions.models import (
+    WEBHOOK_EVENTS,
+    AuditEvent,
+    OutboundDelivery,
+    PromotionRequest,
+    Stage,
+    WebhookEndpoint,
+)
+from promotions.services import configuration
+from promotions.services.configuration import STAGE_FIELDS
 
 # MLflow's own rule for alias names, plus its reserved words.
 _ALIAS = re.compile(r"^[\w\-]+$")
 _RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
-AUDITED_FIELDS = (
-    "name",
-    "position",
-    "description",
-    "mlflow_stage",
-    "mlflow_alias",
-    "archive_existing",
-    "allow_from_none",
-    "required_approvals",
-    "checks",
-    "request_ttl",
-    "is_active",
-)
 
 
 class StageForm(forms.ModelForm):
     class Meta:
         model = Stage
-        fields = [*AUDITED_FIELDS[:8], "allowed_from", "approver_groups", *AUDITED_FIELDS[8:]]
+        fields = [*STAGE_FIELDS[:8], "allowed_from", "approver_groups", *STAGE_FIELDS[8:]]
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()
@@ -89,38 +90,20 @@ class StageAdmin(admin.ModelAdmin):
     filter_horizontal = ("allowed_from", "approver_groups")
 
     def save_model(self, request, obj, form, change):
-        self._before = _snapshot(Stage.objects.get(pk=obj.pk)) if change else None
-        super().save_model(request, obj, form, change)
+        configuration.stage_save(form=form, actor=request.user)
 
     def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
-        stage = form.instance
-        after = _snapshot(stage)
-        before = self._before or {}
-        changes = {k: {"before": before.get(k), "after": v} for k, v in after.items() if before.get(k) != v}
-        if change and not changes:
-            return
-        audit.record(
-            action="stage.changed" if change else "stage.created",
-            actor=request.user,
-            meaning=f"Stage {stage.name} {'changed' if change else 'created'}: " + ", ".join(sorted(changes)),
-            to_stage=stage.name,
-            details={"changes": changes},
-        )
+        # stage_save saved the relations with the stage, in the same audited transaction.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
 
     def delete_model(self, request, obj):
-        audit.record(
-            action="stage.deleted", actor=request.user, meaning=f"Stage {obj.name} deleted", to_stage=obj.name
-        )
-        super().delete_model(request, obj)
+        configuration.stage_delete(stage=obj, actor=request.user)
 
-
-def _snapshot(stage: Stage) -> dict:
-    data = {name: getattr(stage, name) for name in AUDITED_FIELDS}
-    data["request_ttl"] = str(data["request_ttl"])
-    data["allowed_from"] = sorted(s.name for s in stage.allowed_from.all())
-    data["approver_groups"] = sorted(g.name for g in stage.approver_groups.all())
-    return data
+    def delete_queryset(self, request, queryset):
+        # The changelist's bulk delete: one audited delete a stage, not one silent query.
+        for stage in queryset:
+            configuration.stage_delete(stage=stage, actor=request.user)
 
 
 class ReadOnly:
@@ -151,4 +134,109 @@ class AuditEventAdmin(ReadOnly, admin.ModelAdmin):
     list_filter = ("action",)
 
 
-from promotions import admin_webhooks  # noqa: E402, F401 - registers the webhook pages
+# --- outbound webhooks ------------------------------------------------------------------------
+
+
+class _StageAdminsOnly:
+    def has_module_permission(self, request):
+        return policy.is_stage_admin(request.user)
+
+    def has_view_permission(self, request, obj=None):
+        return policy.is_stage_admin(request.user)
+
+    def has_add_permission(self, request):
+        return policy.is_stage_admin(request.user)
+
+    def has_change_permission(self, request, obj=None):
+        return policy.is_stage_admin(request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return policy.is_stage_admin(request.user)
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    events = forms.MultipleChoiceField(
+        choices=[(event, event) for event in WEBHOOK_EVENTS],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["name", "url", "secret", "events", "is_active"]
+        widgets = {"secret": forms.PasswordInput(render_value=True)}
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        if not url.lower().startswith(("http://", "https://")):
+            raise forms.ValidationError("Webhooks are sent over http or https only.")
+        return url
+
+    def clean_secret(self) -> str:
+        secret = self.cleaned_data["secret"]
+        if len(secret) < 16:
+            raise forms.ValidationError("Use a secret of at least 16 characters.")
+        return secret
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(_StageAdminsOnly, admin.ModelAdmin):
+    form = WebhookEndpointForm
+    list_display = ("name", "url", "event_list", "is_active", "created_at")
+    list_filter = ("is_active",)
+
+    @admin.display(description="events")
+    def event_list(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(obj.events or []) or "—"
+
+    def save_model(self, request, obj, form, change):
+        configuration.webhook_endpoint_save(form=form, actor=request.user)
+
+    def delete_model(self, request, obj):
+        configuration.webhook_endpoint_delete(endpoint=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for endpoint in queryset:
+            configuration.webhook_endpoint_delete(endpoint=endpoint, actor=request.user)
+
+
+@admin.register(OutboundDelivery)
+class OutboundDeliveryAdmin(ReadOnly, _StageAdminsOnly, admin.ModelAdmin):
+    """A record of every delivery; read-only but for the re-send action."""
+
+    list_display = (
+        "created_at",
+        "event",
+        "endpoint",
+        "request_id",
+        "status",
+        "response_code",
+        "attempts",
+        "last_error",
+    )
+    list_filter = ("status", "event", "endpoint")
+    list_select_related = ("endpoint",)
+    readonly_fields = (
+        "endpoint",
+        "event",
+        "request_id",
+        "payload",
+        "delivery_id",
+        "status",
+        "response_code",
+        "attempts",
+        "last_error",
+        "created_at",
+        "last_attempt_at",
+        "delivered_at",
+    )
+    actions = ["resend"]
+
+    @admin.action(description="Re-send the selected deliveries", permissions=["view"])
+    def resend(self, request, queryset):
+        deliveries = list(queryset.select_related("endpoint"))
+        for delivery in deliveries:
+            notifications.delivery_resend(delivery=delivery)
+        self.message_user(
+            request, f"{len(deliveries)} delivery(ies) queued to be sent again.", level=messages.SUCCESS
+        )

@@ -29,9 +29,9 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, field_validator
 
-from promotions import audit, policy, selectors, services, tokens
+from promotions import audit, catalog, policy, selectors, services, tokens
 from promotions.errors import PromotionError
-from promotions.models import AuditEvent, PromotionRequest, Review, Stage
+from promotions.models import MAX_TEXT, AuditEvent, PromotionRequest, Review, Stage
 from promotions.notifications import request_url
 from registry_sync.models import ModelVersion, RegisteredModel
 
@@ -245,17 +245,6 @@ def _require_role(request) -> None:
         raise ApiError(403, "forbidden", "Your account has no role in this application; ask an admin.")
 
 
-def _require_requester(request, *, what: str, **context) -> None:
-    """Checked before any lookup, so a user without the role learns nothing about stages or
-    models from the answer; the refusal is audited as the services do."""
-    user = _user(request)
-    if not policy.may_request(user):
-        audit.record_denied(actor=user, what=what, reason="not a requester", **context)
-        raise ApiError(
-            403, "forbidden", "You are not allowed to file promotion requests (ask for the Requesters role)."
-        )
-
-
 def _get_request_for_user(request, request_id: int) -> PromotionRequest:
     _require_role(request)
     promotion = selectors.request_page(request_id)
@@ -287,7 +276,7 @@ class RequestIn(StrictIn):
     model_name: str = Field(min_length=1, max_length=256, pattern=_NO_NUL, examples=["sales_forecast"])
     version: int = Field(ge=1, le=2**31 - 1, examples=[5])
     stage: str = Field(min_length=1, max_length=64, pattern=_NO_NUL, examples=["Production"])
-    justification: str = Field(min_length=1, max_length=services.MAX_TEXT, pattern=_NO_NUL)
+    justification: str = Field(min_length=1, max_length=MAX_TEXT, pattern=_NO_NUL)
     evidence: dict[str, Any] = Field(
         default_factory=dict,
         description="CI evidence (run URL, commit, test results…). Stage checks read it as "
@@ -299,7 +288,7 @@ class RequestIn(StrictIn):
 
 
 class DecisionIn(StrictIn):
-    comment: str = Field(default="", max_length=services.MAX_TEXT, pattern=_NO_NUL)
+    comment: str = Field(default="", max_length=MAX_TEXT, pattern=_NO_NUL)
     evidence_sha256: str | None = Field(
         default=None,
         pattern=r"^[0-9a-f]{64}$",
@@ -309,7 +298,7 @@ class DecisionIn(StrictIn):
 
 class BulkIn(StrictIn):
     stage: str = Field(min_length=1, max_length=64, pattern=_NO_NUL, examples=["Staging"])
-    justification: str = Field(min_length=1, max_length=services.MAX_TEXT, pattern=_NO_NUL)
+    justification: str = Field(min_length=1, max_length=MAX_TEXT, pattern=_NO_NUL)
     models: list[Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL)]] | None = Field(
         default=None, max_length=1000, description="Model names to consider; all models when omitted."
     )
@@ -576,20 +565,11 @@ def request_create(request, payload: RequestIn):
     """File a request. With a stage that needs no approval and checks that all pass, it comes
     back `approved` and the worker applies it; if a check fails it is refused (422) with the
     failing checks listed."""
-    user = _user(request)
-    _require_requester(
-        request,
-        what=f"request {payload.model_name} v{payload.version} → {payload.stage} through the API",
+    filed = services.promotion_request_file(
         model_name=payload.model_name,
         version=payload.version,
-        to_stage=payload.stage,
-    )
-    stage = services.stage_get_by_name(payload.stage)
-    version = services.version_get(model_name=payload.model_name, version=payload.version)
-    filed = services.promotion_request_create(
-        version=version,
-        stage=stage,
-        requested_by=user,
+        stage_name=payload.stage,
+        requested_by=_user(request),
         justification=payload.justification,
         ci_evidence=payload.evidence,
         via="api",
@@ -602,10 +582,12 @@ def request_create_passing(request, payload: BulkIn):
     """File one request per model for its latest version whose checks for `stage` pass and that
     the catalog lets move there. The choice is made from the registry mirror after one sync,
     so it costs the same few MLflow calls however many models there are."""
-    _require_requester(
-        request, what=f"file requests in bulk → {payload.stage} through the API", to_stage=payload.stage
+    services.requester_required(
+        _user(request),
+        what=f"file requests in bulk → {payload.stage} through the API",
+        to_stage=payload.stage,
     )
-    stage = services.stage_get_by_name(payload.stage)
+    stage = catalog.stage_get_by_name(payload.stage)
     outcome = services.promotion_requests_create_passing(
         stage=stage,
         requested_by=_user(request),
@@ -661,7 +643,7 @@ def request_reject(request, request_id: RequestId, payload: DecisionIn):
 @api.post(
     "/requests/{request_id}/cancel", response={200: RequestOut, **_errors(404, 409, 413)}, tags=["requests"]
 )
-def request_cancel(request, request_id: RequestId, payload: DecisionIn | None = None):
+def request_cancel(request, request_id: RequestId):
     """Cancel a pending or approved request (its requester or a stage admin)."""
     promotion = _get_request_for_user(request, request_id)
     services.request_cancel(request=promotion, user=_user(request), via="api")
@@ -690,7 +672,7 @@ def model_get(
         .order_by("-version")
         .values_list("version", "current_stage", "aliases")
     ):
-        for held in services.version_positions(current_stage=current_stage, aliases=aliases, stages=stages):
+        for held in catalog.version_positions(current_stage=current_stage, aliases=aliases, stages=stages):
             holders[held].append(number)
     versions = ModelVersion.objects.filter(model=model).order_by("-version")
     return {
@@ -706,7 +688,7 @@ def model_get(
                 "version": v.version,
                 "current_stage": v.current_stage,
                 "aliases": list(v.aliases or []),
-                "stages": services.version_positions(
+                "stages": catalog.version_positions(
                     current_stage=v.current_stage, aliases=v.aliases or [], stages=stages
                 ),
                 "status": v.status,

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from django import forms
 
-from promotions import services
-from promotions.models import Stage
-from promotions.services import MAX_TEXT
+from promotions import catalog
+from promotions.models import MAX_TEXT, Stage
 from registry_sync.models import ModelVersion, RegisteredModel
 
 
@@ -46,7 +45,7 @@ class PromotionRequestForm(forms.Form):
         self.chosen_version = next((v for v in versions if v.version == version_number), None)
         stages = list(Stage.objects.filter(is_active=True).prefetch_related("allowed_from"))
         if self.chosen_version is not None:
-            positions = services.version_positions(
+            positions = catalog.version_positions(
                 current_stage=self.chosen_version.current_stage,
                 aliases=self.chosen_version.aliases,
                 stages=stages,
@@ -55,7 +54,7 @@ class PromotionRequestForm(forms.Form):
             stages = [
                 s
                 for s in stages
-                if s.name not in positions and (rollback or services.transition_allowed(s, positions))
+                if s.name not in positions and (rollback or catalog.transition_allowed(s, positions))
             ]
         self.fields["stage"].choices = [("", "Choose a stage…")] + [(s.name, s.name) for s in stages]
         self.allowed_stages = stages

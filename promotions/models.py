@@ -11,6 +11,9 @@ from django.db.models.functions import Lower
 
 from registry_sync.models import ModelVersion
 
+# The longest justification or comment a person may write (forms, API and services agree).
+MAX_TEXT = 10_000
+
 LEGACY_STAGE_CHOICES = [
     ("", "(none: alias only)"),
     ("Staging", "Staging"),
@@ -90,7 +93,6 @@ class PromotionRequest(models.Model):
         EXPIRED = "expired", "Expired"
 
     OPEN_STATUSES = (Status.PENDING, Status.APPROVED, Status.APPLYING)
-    FINAL_STATUSES = (Status.APPLIED, Status.REJECTED, Status.CANCELLED, Status.EXPIRED)
 
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="requests")
     stage = models.ForeignKey(Stage, on_delete=models.PROTECT, related_name="requests")
@@ -132,14 +134,6 @@ class PromotionRequest(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.version} → {self.stage.name}"
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in self.OPEN_STATUSES
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in self.FINAL_STATUSES
 
     @property
     def checks_passed(self) -> int:

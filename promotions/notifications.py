@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import smtplib
 import time
 import urllib.error
@@ -30,7 +29,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from promotions import audit
+from promotions import audit, outbox
 from promotions.models import (
     WEBHOOK_EVENTS,
     AuditEvent,
@@ -47,6 +46,8 @@ Delivery = OutboundDelivery.Status
 DELIVERY_HEADER = "X-Promotion-Delivery-Id"
 TIMESTAMP_HEADER = "X-Promotion-Timestamp"
 SIGNATURE_HEADER = "X-Promotion-Signature"
+EMAIL_TASK = "promotions.send_event_email"
+DELIVERY_TASK = "promotions.deliver_webhook"
 
 _VERBS = {
     "request.created": "Requested",
@@ -90,21 +91,9 @@ def notify(event: str, request_id: int) -> None:
 def _enqueue(event: str, request_id: int, delivery_pks: list[int]) -> None:
     # A broker outage must not turn a committed decision into an error page: the e-mail is
     # best effort, and the delivery sweeper publishes the recorded deliveries later.
-    try:
-        send_event_email.apply_async(args=[event, request_id], retry=False)
-    except Exception as exc:  # noqa: BLE001
-        logger.warning("Could not enqueue the e-mail for %s of request #%s: %s", event, request_id, exc)
+    outbox.publish(EMAIL_TASK, [event, request_id])
     for pk in delivery_pks:
-        _enqueue_delivery(pk)
-
-
-def _enqueue_delivery(pk: int) -> bool:
-    try:
-        deliver_webhook.apply_async(args=[pk], retry=False)
-    except Exception as exc:  # noqa: BLE001
-        logger.warning("Could not enqueue webhook delivery %s (%s); the sweeper will.", pk, exc)
-        return False
-    return True
+        outbox.publish(DELIVERY_TASK, [pk])
 
 
 # --- what is said -----------------------------------------------------------------------------
@@ -249,7 +238,7 @@ def event_email_send(*, event: str, request_id: int) -> int:
 
 
 @shared_task(
-    name="promotions.send_event_email",
+    name=EMAIL_TASK,
     autoretry_for=(OSError, smtplib.SMTPException),
     retry_backoff=5,
     retry_jitter=True,
@@ -281,10 +270,9 @@ class Attempt:
 
 
 def _retry_delay(attempts: int) -> float:
-    ceiling = min(
-        settings.WEBHOOK_RETRY_CAP_SECONDS, settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempts - 1)
+    return outbox.backoff_delay(
+        attempts - 1, base=settings.WEBHOOK_RETRY_BASE_SECONDS, cap=settings.WEBHOOK_RETRY_CAP_SECONDS
     )
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
 
 
 def _post(delivery: OutboundDelivery) -> tuple[int | None, str]:
@@ -362,7 +350,7 @@ def delivery_resend(*, delivery: OutboundDelivery) -> OutboundDelivery:
             delivery_id=str(uuid.uuid4()),
             created_at=timezone.now(),
         )
-        transaction.on_commit(lambda: _enqueue_delivery(again.pk))
+        transaction.on_commit(lambda: outbox.publish(DELIVERY_TASK, [again.pk]))
     return again
 
 
@@ -377,11 +365,11 @@ def deliveries_sweep(*, now=None) -> list[int]:
         ).values_list("pk", flat=True)[:500]
     )
     for pk in pks:
-        _enqueue_delivery(pk)
+        outbox.publish(DELIVERY_TASK, [pk])
     return pks
 
 
-@shared_task(bind=True, name="promotions.deliver_webhook", max_retries=None)
+@shared_task(bind=True, name=DELIVERY_TASK, max_retries=None)
 def deliver_webhook(self, delivery_pk: int) -> str:
     # The attempt bound lives in the database (WEBHOOK_MAX_ATTEMPTS), not in Celery.
     attempt = webhook_deliver(delivery_pk=delivery_pk)

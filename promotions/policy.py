@@ -1,7 +1,7 @@
 """Who may do what, and the check rules of a stage.
 
-Views, the API and the CLI never decide permissions themselves: they ask here (through the
-services, which refuse and audit).
+Views, the API, the CLI and the services never decide permissions themselves: they ask here,
+and the services refuse and audit.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
 from promotions import roles
 from promotions.models import PromotionRequest, Review, Stage
@@ -39,6 +39,41 @@ def in_approver_groups(user, stage: Stage) -> bool:
     return bool(group_ids) and user.groups.filter(pk__in=group_ids).exists()
 
 
+@dataclass(frozen=True)
+class Refusal:
+    reason: str  # for the audit log
+    message: str  # for the person refused
+
+
+def decide_refusal(user, request: PromotionRequest) -> Refusal | None:
+    """Why `user` may not approve or reject `request`, or None when they may.
+
+    Status and an earlier review are the service's to answer under its row lock (the answer
+    there is "already decided", not "not allowed"); `may_decide` adds them for the pages.
+    """
+    if request.requested_by_id is not None and request.requested_by_id == user.pk:
+        return Refusal("own request", "You cannot review your own request.")
+    if not in_approver_groups(user, request.stage):
+        groups = ", ".join(g.name for g in request.stage.approver_groups.all()) or "nobody"
+        return Refusal(
+            "not an approver of the stage",
+            f"Only members of {groups} may review requests to {request.stage.name}.",
+        )
+    return None
+
+
+def may_decide(user, request: PromotionRequest, *, reviews: list[Review] | None = None) -> bool:
+    """`user` may approve or reject `request` now: the one rule behind the request page's
+    buttons, the bulk actions, the services and `decidable_requests` (the queue's SQL)."""
+    if request.status != PromotionRequest.Status.PENDING:
+        return False
+    if not getattr(user, "is_authenticated", False) or decide_refusal(user, request) is not None:
+        return False
+    if reviews is None:
+        return not Review.objects.filter(request=request, reviewer=user, stale=False).exists()
+    return not any(r.reviewer_id == user.pk and not r.stale for r in reviews)
+
+
 def may_cancel(user, request: PromotionRequest) -> bool:
     return request.requested_by_id == user.pk or is_stage_admin(user)
 
@@ -53,12 +88,10 @@ def may_view_request(user, request: PromotionRequest) -> bool:
     return has_any_role(user)
 
 
-def actionable_requests(user) -> QuerySet[PromotionRequest]:
-    """Pending requests `user` may approve or reject right now."""
+def decidable_requests(user) -> QuerySet[PromotionRequest]:
+    """The requests for which `may_decide(user, request)` holds, as one query."""
     if not getattr(user, "is_authenticated", False):
         return PromotionRequest.objects.none()
-    from django.db.models import Exists, OuterRef
-
     already_reviewed = Review.objects.filter(reviewer=user, stale=False).values("request_id")
     # EXISTS rather than a join: no DISTINCT, so counting and paging stay cheap.
     approver_of_stage = Stage.approver_groups.through.objects.filter(
@@ -137,10 +170,6 @@ def parse_rule(text: str) -> Rule:
     if source == "tag" and op not in ("==", "!="):
         raise RuleError(f"'{text}': tag rules use == or != (or 'exists').")
     return Rule(text, source, key, op, value)
-
-
-def parse_rules(lines: list[str]) -> list[Rule]:
-    return [parse_rule(line) for line in lines]
 
 
 def _coerce(value: Any) -> Any:

@@ -18,7 +18,7 @@ class Frame:
 
 
 def frame_for_user(user) -> Frame:
-    from promotions.policy import actionable_requests
+    from promotions.policy import decidable_requests
 
     last = SyncRun.objects.filter(finished_at__isnull=False).only("error", "finished_at").first()
     last_good = (
@@ -27,21 +27,11 @@ def frame_for_user(user) -> Frame:
         else last
     )
     return Frame(
-        actionable=actionable_requests(user).count(),
+        actionable=decidable_requests(user).count(),
         roles=sorted(roles.role_names(user)),
         is_auditor=roles.has_role(user, roles.AUDITORS),
         registry_error=last.error if last and last.error else "",
         last_sync_at=last_good.finished_at if last_good else None,
-    )
-
-
-def queue_rows(user):
-    from promotions.models import PromotionRequest
-
-    return (
-        PromotionRequest.objects.filter(status__in=PromotionRequest.OPEN_STATUSES)
-        .select_related("version__model", "stage")
-        .order_by("-created_at")[:50]
     )
 
 
@@ -141,10 +131,10 @@ QUEUE_TABS = ("mine", "open", "recent")
 
 def queue(user, *, tab: str = "mine", stage: str = "", model: str = "", status: str = ""):
     from promotions.models import PromotionRequest
-    from promotions.policy import actionable_requests
+    from promotions.policy import decidable_requests
 
     if tab == "mine":
-        requests = actionable_requests(user)
+        requests = decidable_requests(user)
     elif tab == "recent":
         requests = PromotionRequest.objects.exclude(status__in=PromotionRequest.OPEN_STATUSES).order_by(
             "-updated_at"

@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from promotions import services
 from promotions.errors import TransientApplyError
-from promotions.models import PromotionRequest, WorkerHeartbeat
+from promotions.models import WorkerHeartbeat
+from promotions.services.lifecycle import APPLY_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -25,22 +26,23 @@ def record_heartbeat(marker: str) -> None:
 
 @shared_task(
     bind=True,
-    name="promotions.apply_promotion",
+    name=APPLY_TASK,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=None,  # the attempt count that bounds retries lives in the database
 )
 def apply_promotion(self, request_id: int) -> str:
     try:
-        return services.promotion_apply(request_id=request_id)
+        outcome = services.promotion_apply(request_id=request_id)
     except TransientApplyError as exc:
         delay = services.retry_delay(exc.attempts)
         logger.warning("Request #%s: MLflow unavailable (%s); retry in %.1f s", request_id, exc, delay)
-        # Hold the sweeper off until this retry has had its chance.
-        PromotionRequest.objects.filter(pk=request_id).update(
-            enqueued_at=timezone.now() + timezone.timedelta(seconds=delay)
-        )
+        services.apply_retry_scheduled(request_id=request_id, delay=delay)
         raise self.retry(countdown=delay, exc=exc) from None
+    if outcome == "applied":
+        # A promote-through request files its next step now that this one is in MLflow.
+        services.pipeline_continue(request_id=request_id)
+    return outcome
 
 
 @shared_task(name="promotions.sweep_requests")

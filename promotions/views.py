@@ -9,9 +9,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling, reswap, retarget
 
-from promotions import policy, selectors, services
+from promotions import catalog, policy, selectors, services
 from promotions.errors import PromotionError
 from promotions.forms import DecisionForm, PromotionRequestForm
 from promotions.models import PromotionRequest, Stage
@@ -60,7 +60,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         "statuses": PromotionRequest.Status.choices,
         "counts": selectors.status_counts(),
         "actionable_ids": set(
-            policy.actionable_requests(request.user).filter(pk__in=page_ids).values_list("pk", flat=True)
+            policy.decidable_requests(request.user).filter(pk__in=page_ids).values_list("pk", flat=True)
         )
         if tab != "mine"
         else set(page_ids),
@@ -99,6 +99,9 @@ def queue_bulk(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def request_create(request: HttpRequest) -> HttpResponse:
     if not policy.may_request(request.user):
+        if request.method == "POST":
+            # An attempt to file is on the record, as it is through the API and the CLI.
+            services.requester_required(request.user, what="file a promotion request from the page")
         raise PermissionDenied("Only requesters, reviewers and stage admins file promotion requests.")
     source = request.POST if request.method == "POST" else request.GET
     model_name = source.get("model", "")
@@ -110,16 +113,14 @@ def request_create(request: HttpRequest) -> HttpResponse:
         )
         if form.is_valid():
             try:
-                promotion = services.promotion_request_create(
-                    version=services.version_get(
-                        model_name=form.cleaned_data["model"],
-                        version=form.cleaned_data["version"],
-                        refresh=False,
-                    ),
-                    stage=services.stage_get_by_name(form.cleaned_data["stage"]),
+                promotion = services.promotion_request_file(
+                    model_name=form.cleaned_data["model"],
+                    version=form.cleaned_data["version"],
+                    stage_name=form.cleaned_data["stage"],
                     requested_by=request.user,
                     justification=form.cleaned_data["justification"],
                     rollback=rollback,
+                    refresh=False,
                 )
             except PromotionError as exc:
                 form.add_error(None, exc.message)
@@ -148,9 +149,10 @@ def _check_preview(form: PromotionRequestForm, stage_name: str):
     stage = next((s for s in form.allowed_stages if s.name == stage_name), None)
     if version is None or stage is None:
         return None
-    from promotions.policy import evaluate_checks
-
-    return {"stage": stage, "results": evaluate_checks(stage, metrics=version.metrics, tags=version.tags)}
+    return {
+        "stage": stage,
+        "results": policy.evaluate_checks(stage, metrics=version.metrics, tags=version.tags),
+    }
 
 
 def _detail_context(
@@ -160,22 +162,15 @@ def _detail_context(
     reviews = list(promotion.reviews.all())
     approvals = [r for r in reviews if r.decision == "approve" and not r.stale]
     already = any(r.reviewer_id == user.pk and not r.stale for r in reviews)
-    is_requester = promotion.requested_by_id == user.pk
-    may_decide = (
-        promotion.status == PromotionRequest.Status.PENDING
-        and not is_requester
-        and not already
-        and policy.in_approver_groups(user, promotion.stage)
-    )
     return {
         "promotion": promotion,
         "reviews": reviews,
         "approvals": len(approvals),
         "comparison": selectors.comparison(promotion.evidence),
         "timeline": selectors.request_timeline(promotion.pk),
-        "may_decide": may_decide,
+        "may_decide": policy.may_decide(user, promotion, reviews=reviews),
         "already_reviewed": already,
-        "is_requester": is_requester,
+        "is_requester": promotion.requested_by_id == user.pk,
         "may_cancel": promotion.status in ("pending", "approved") and policy.may_cancel(user, promotion),
         "may_retry": promotion.status == "failed" and policy.is_stage_admin(user),
         "checks_failing": policy.failing(promotion.check_results),
@@ -200,9 +195,7 @@ def request_status(request: HttpRequest, pk: int) -> HttpResponse:
         # Final (or waiting for people): stop polling and refresh the whole panel once.
         stop = HttpResponseStopPolling()
         stop.content = render(request, "promotions/request_detail.html#panel", context).content
-        stop["HX-Retarget"] = "#request-panel"
-        stop["HX-Reswap"] = "outerHTML"
-        return stop
+        return reswap(retarget(stop, "#request-panel"), "outerHTML")
     return response
 
 
@@ -285,7 +278,7 @@ def stage_list(request: HttpRequest) -> HttpResponse:
         "stages": [
             {
                 "stage": stage,
-                "allowed_from": services.describe_allowed_from(stage),
+                "allowed_from": catalog.describe_allowed_from(stage),
                 "rules": stage.check_rules(),
                 "groups": [g.name for g in stage.approver_groups.all()],
             }

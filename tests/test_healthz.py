@@ -1,7 +1,9 @@
 """/healthz reports the database, the broker and MLflow; 200 only when all answer."""
 
 import pytest
+from django.utils import timezone
 
+from promotions.models import WorkerHeartbeat
 from tests.conftest import free_port
 
 
@@ -43,3 +45,13 @@ def test_pages_still_render_when_mlflow_is_down(client, settings, requester):
     response = client.get("/")
     assert response.status_code == 200
     assert "MLflow is not answering" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_it_reports_the_worker_heartbeat_and_when_it_went_stale(client, settings, registry):
+    assert client.get("/healthz").json()["worker"] == "never seen"
+    WorkerHeartbeat.objects.create(marker="beat", worker="w1", seen_at=timezone.now())
+    assert client.get("/healthz").json()["worker"] == "ok"
+    stale = timezone.now() - timezone.timedelta(seconds=3 * settings.HEARTBEAT_INTERVAL_SECONDS + 5)
+    WorkerHeartbeat.objects.filter(marker="beat").update(seen_at=stale)
+    assert client.get("/healthz").json()["worker"].startswith("stale: last heartbeat")

@@ -6,7 +6,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from promotions import services
+from promotions import catalog, services
 from promotions.errors import (
     AlreadyDecided,
     ChecksFailed,
@@ -69,14 +69,14 @@ def test_filing_snapshots_the_evidence_and_audits_it(sales, requester):
 
 def test_an_unknown_stage_lists_the_catalog():
     with pytest.raises(UnknownStage) as error:
-        services.stage_get_by_name("Prodution")
+        catalog.stage_get_by_name("Prodution")
     assert error.value.message == (
         "Stage 'Prodution' is not in the stage catalog. Known stages: Staging, Production, Archived."
     )
 
 
 def test_stage_names_match_case_insensitively():
-    assert services.stage_get_by_name("production").name == "Production"
+    assert catalog.stage_get_by_name("production").name == "Production"
 
 
 def test_a_justification_is_required(sales, requester):

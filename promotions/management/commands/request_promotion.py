@@ -17,7 +17,7 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from promotions import services
+from promotions import catalog, services
 from promotions.errors import InvalidRequest, PromotionError
 from promotions.models import AuditEvent, PromotionRequest
 
@@ -85,20 +85,15 @@ class Command(BaseCommand):
             self._all_passing(options, user=user, justification=justification, evidence=evidence)
             return
         try:
-            stage = services.stage_get_by_name(options["stage"])
-            version = services.version_get(model_name=options["model_name"], version=options["version"])
-            create = (
-                services.promotion_request_create_through
-                if options["through"]
-                else services.promotion_request_create
-            )
-            request = create(
-                version=version,
-                stage=stage,
+            request = services.promotion_request_file(
+                model_name=options["model_name"],
+                version=options["version"],
+                stage_name=options["stage"],
                 requested_by=user,
                 justification=justification,
                 ci_evidence=evidence,
                 via="cli",
+                through=options["through"],
             )
         except PromotionError as exc:
             raise _refusal(exc) from None
@@ -113,7 +108,7 @@ class Command(BaseCommand):
     def _all_passing(self, options, *, user, justification: str, evidence: dict | None) -> None:
         try:
             outcome = services.promotion_requests_create_passing(
-                stage=services.stage_get_by_name(options["stage"]),
+                stage=catalog.stage_get_by_name(options["stage"]),
                 requested_by=user,
                 justification=justification,
                 model_names=[options["model_name"]] if options["model_name"] else None,

@@ -1,0 +1,99 @@
+"""Changes to the configuration: the stage catalog and the outbound webhook endpoints.
+
+Each save or delete is one transaction with its audit entry, which carries what changed
+(before and after) and never a webhook's secret. The Django admin calls these; nothing else
+writes stages or endpoints.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.db import transaction
+
+from promotions import audit
+from promotions.models import Stage, WebhookEndpoint
+
+STAGE_FIELDS = (
+    "name",
+    "position",
+    "description",
+    "mlflow_stage",
+    "mlflow_alias",
+    "archive_existing",
+    "allow_from_none",
+    "required_approvals",
+    "checks",
+    "request_ttl",
+    "is_active",
+)
+
+
+def stage_snapshot(stage: Stage) -> dict:
+    data = {name: getattr(stage, name) for name in STAGE_FIELDS}
+    data["request_ttl"] = str(data["request_ttl"])
+    data["allowed_from"] = sorted(s.name for s in stage.allowed_from.all())
+    data["approver_groups"] = sorted(g.name for g in stage.approver_groups.all())
+    return data
+
+
+def stage_save(*, form: forms.ModelForm, actor) -> Stage:
+    """Save a validated stage form (fields and relations) and record what changed."""
+    with transaction.atomic():
+        existing = form.instance.pk is not None
+        # The form has already written its values onto form.instance: read the row as it was.
+        before = stage_snapshot(Stage.objects.get(pk=form.instance.pk)) if existing else {}
+        stage = form.save()
+        after = stage_snapshot(stage)
+        changes = {k: {"before": before.get(k), "after": v} for k, v in after.items() if before.get(k) != v}
+        if existing and not changes:
+            return stage
+        audit.record(
+            action="stage.changed" if existing else "stage.created",
+            actor=actor,
+            meaning=f"Stage {stage.name} {'changed' if existing else 'created'}: "
+            + ", ".join(sorted(changes)),
+            to_stage=stage.name,
+            details={"changes": changes},
+        )
+    return stage
+
+
+def stage_delete(*, stage: Stage, actor) -> None:
+    with transaction.atomic():
+        audit.record(
+            action="stage.deleted", actor=actor, meaning=f"Stage {stage.name} deleted", to_stage=stage.name
+        )
+        stage.delete()
+
+
+def webhook_endpoint_save(*, form: forms.ModelForm, actor) -> WebhookEndpoint:
+    """Save a validated endpoint form and record which fields changed (the secret by name only)."""
+    with transaction.atomic():
+        existing = form.instance.pk is not None
+        endpoint = form.save()
+        changed = [name for name in form.changed_data if name != "secret"]
+        if "secret" in form.changed_data:
+            changed.append("secret (not shown)")
+        audit.record(
+            action="webhook.changed" if existing else "webhook.created",
+            actor=actor,
+            meaning=f"Webhook {endpoint.name} {'changed' if existing else 'created'}: " + ", ".join(changed),
+            details={
+                "url": endpoint.url,
+                "events": endpoint.events,
+                "is_active": endpoint.is_active,
+                "changed": changed,
+            },
+        )
+    return endpoint
+
+
+def webhook_endpoint_delete(*, endpoint: WebhookEndpoint, actor) -> None:
+    with transaction.atomic():
+        audit.record(
+            action="webhook.deleted",
+            actor=actor,
+            meaning=f"Webhook {endpoint.name} deleted",
+            details={"url": endpoint.url},
+        )
+        endpoint.delete()

@@ -1,0 +1,214 @@
+"""Decisions on a request: approve, reject, cancel, retry, expire.
+
+Who may decide is `policy.decide_refusal`'s answer, the same one the pages and the queue use.
+"""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from promotions import audit, notifications, policy
+from promotions.errors import AlreadyDecided, DuplicateRequest, InvalidRequest
+from promotions.models import MAX_TEXT, PromotionRequest, Review
+from promotions.services.lifecycle import (
+    audit_context,
+    enqueue_apply,
+    meaning,
+    refusal,
+    request_approve_for_apply,
+    request_lock,
+    status_set,
+)
+
+Status = PromotionRequest.Status
+
+
+def _review_permission(request: PromotionRequest, reviewer, action: str) -> None:
+    refused = policy.decide_refusal(reviewer, request)
+    if refused is not None:
+        raise refusal(reviewer, request, action, refused.reason, refused.message)
+
+
+def _review_create(locked: PromotionRequest, reviewer, decision: str, comment: str, now) -> None:
+    """One live review per reviewer: checked under the request's row lock, and by the
+    database's unique constraint if two sessions of the same reviewer race."""
+    if Review.objects.filter(request=locked, reviewer=reviewer, stale=False).exists():
+        raise AlreadyDecided("You have already reviewed this request.")
+    try:
+        with transaction.atomic():
+            Review.objects.create(
+                request=locked,
+                reviewer=reviewer,
+                reviewer_name=audit.printed_name(reviewer),
+                decision=decision,
+                comment=comment,
+                evidence_sha256=locked.evidence_sha256,
+                created_at=now,
+            )
+    except IntegrityError:
+        raise AlreadyDecided("You have already reviewed this request.") from None
+
+
+def _locked_pending(request_id: int) -> PromotionRequest:
+    locked = request_lock(request_id)
+    if locked.status != Status.PENDING:
+        raise AlreadyDecided(f"Request #{locked.pk} is already {locked.get_status_display().lower()}.")
+    return locked
+
+
+def review_approve(
+    *,
+    request: PromotionRequest,
+    reviewer,
+    comment: str = "",
+    evidence_sha256: str | None = None,
+    via: str = "web",
+) -> PromotionRequest:
+    comment = (comment or "").strip()
+    if len(comment) > MAX_TEXT:
+        raise InvalidRequest(f"The comment is too long (at most {MAX_TEXT} characters).")
+    _review_permission(request, reviewer, "approve")
+    with transaction.atomic():
+        locked = _locked_pending(request.pk)
+        if evidence_sha256 and evidence_sha256 != locked.evidence_sha256:
+            raise AlreadyDecided("The evidence changed since you loaded the page; review it again.")
+        now = timezone.now()
+        _review_create(locked, reviewer, Review.Decision.APPROVE, comment, now)
+        failing = policy.failing(locked.check_results)
+        if failing:
+            # Raised inside the transaction: the review just written is rolled back with it.
+            raise InvalidRequest(
+                "Checks must pass before this request can be approved. Failing: " + "; ".join(failing)
+            )
+        approvals = Review.objects.filter(
+            request=locked, decision=Review.Decision.APPROVE, stale=False
+        ).count()
+        audit.record(
+            action="review.approved",
+            actor=reviewer,
+            meaning=meaning("Approved", locked),
+            details={
+                "comment": comment,
+                "evidence_sha256": locked.evidence_sha256,
+                "approvals": approvals,
+                "required": locked.stage.required_approvals,
+                "via": via,
+            },
+            **audit_context(locked),
+        )
+        if approvals >= locked.stage.required_approvals:
+            request_approve_for_apply(
+                locked, actor=reviewer, reason=f"{approvals} of {locked.stage.required_approvals} approvals"
+            )
+        else:
+            PromotionRequest.objects.filter(pk=locked.pk).update(updated_at=now)
+    locked.refresh_from_db()
+    return locked
+
+
+def review_reject(*, request: PromotionRequest, reviewer, comment: str, via: str = "web") -> PromotionRequest:
+    comment = (comment or "").strip()
+    if not comment:
+        raise InvalidRequest("A rejection needs a comment: say what must change.")
+    if len(comment) > MAX_TEXT:
+        raise InvalidRequest(f"The comment is too long (at most {MAX_TEXT} characters).")
+    _review_permission(request, reviewer, "reject")
+    with transaction.atomic():
+        locked = _locked_pending(request.pk)
+        now = timezone.now()
+        _review_create(locked, reviewer, Review.Decision.REJECT, comment, now)
+        if not status_set(locked.pk, Status.PENDING, Status.REJECTED, now=now, decided_at=now):
+            raise AlreadyDecided(f"Request #{locked.pk} was decided by someone else first.")
+        audit.record(
+            action="review.rejected",
+            actor=reviewer,
+            meaning=meaning("Rejected", locked),
+            details={"comment": comment, "evidence_sha256": locked.evidence_sha256, "via": via},
+            **audit_context(locked),
+        )
+        notifications.notify("request.rejected", locked.pk)
+    locked.refresh_from_db()
+    return locked
+
+
+def request_cancel(*, request: PromotionRequest, user, via: str = "web") -> PromotionRequest:
+    if not policy.may_cancel(user, request):
+        raise refusal(
+            user,
+            request,
+            "cancel",
+            "not the requester or a stage admin",
+            "Only the requester or a stage admin may cancel a request.",
+        )
+    with transaction.atomic():
+        now = timezone.now()
+        if not status_set(
+            request.pk, (Status.PENDING, Status.APPROVED), Status.CANCELLED, now=now, decided_at=now
+        ):
+            current = PromotionRequest.objects.get(pk=request.pk)
+            raise AlreadyDecided(f"Request #{request.pk} is already {current.get_status_display().lower()}.")
+        audit.record(
+            action="request.cancelled",
+            actor=user,
+            meaning=meaning("Cancelled", request),
+            details={"via": via},
+            **audit_context(request),
+        )
+        notifications.notify("request.cancelled", request.pk)
+    request.refresh_from_db()
+    return request
+
+
+def request_retry(*, request: PromotionRequest, user) -> PromotionRequest:
+    if not policy.is_stage_admin(user):
+        raise refusal(
+            user, request, "retry", "not a stage admin", "Only stage admins may retry a failed request."
+        )
+    with transaction.atomic():
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                changed = status_set(
+                    request.pk, Status.FAILED, Status.APPROVED, now=now, attempts=0, enqueued_at=None
+                )
+        except IntegrityError:
+            raise DuplicateRequest(
+                "Another open request for this version and stage exists; retry is not possible."
+            ) from None
+        if not changed:
+            current = PromotionRequest.objects.get(pk=request.pk)
+            raise AlreadyDecided(
+                f"Request #{request.pk} is {current.get_status_display().lower()}, not failed."
+            )
+        audit.record(
+            action="request.retried",
+            actor=user,
+            meaning=meaning("Retry", request),
+            details={"previous_error": request.last_error},
+            **audit_context(request),
+        )
+        transaction.on_commit(lambda: enqueue_apply(request.pk))
+    request.refresh_from_db()
+    return request
+
+
+def requests_expire(*, now=None) -> int:
+    now = now or timezone.now()
+    expired = 0
+    candidates = PromotionRequest.objects.filter(status=Status.PENDING, expires_at__lte=now).select_related(
+        "version__model", "stage"
+    )
+    for request in candidates:
+        with transaction.atomic():
+            changed = status_set(request.pk, Status.PENDING, Status.EXPIRED, now=now, decided_at=now)
+            if changed:
+                audit.record(
+                    action="request.expired",
+                    meaning=meaning("Expired", request),
+                    details={"expires_at": audit.utc_iso(request.expires_at)},
+                    **audit_context(request),
+                )
+                notifications.notify("request.expired", request.pk)
+                expired += 1
+    return expired

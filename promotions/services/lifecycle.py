@@ -1,0 +1,90 @@
+"""Status changes of a promotion request, and the words the audit log records for them.
+
+Every status change is a compare-and-set (`status_set`: `filter(pk=…, status=…).update(…)`):
+0 rows means somebody else acted first, and nothing changes twice. Refused permissions are
+audited as `auth.denied` in their own transaction, so the refusal leaves exactly that one row.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from promotions import audit, notifications, outbox
+from promotions.errors import AlreadyDecided, NotAllowed
+from promotions.models import PromotionRequest
+
+Status = PromotionRequest.Status
+APPLY_TASK = "promotions.apply_promotion"
+
+
+def meaning(verb: str, request: PromotionRequest) -> str:
+    return f"{verb}: promote {request.version.model.name} v{request.version.version} to {request.stage.name}"
+
+
+def audit_context(request: PromotionRequest) -> dict:
+    """The columns every audit entry about `request` carries."""
+    return {
+        "model_name": request.version.model.name,
+        "version": request.version.version,
+        "from_stage": request.source_stage,
+        "to_stage": request.stage.name,
+        "request_id": request.pk,
+    }
+
+
+def refusal(user, request: PromotionRequest, action: str, reason: str, message: str) -> NotAllowed:
+    """Audit `user`'s refused `action` on `request`; return the error to raise."""
+    audit.record_denied(
+        actor=user,
+        what=f"{action} request #{request.pk}",
+        reason=reason,
+        model_name=request.version.model.name,
+        version=request.version.version,
+        to_stage=request.stage.name,
+        request_id=request.pk,
+    )
+    return NotAllowed(message)
+
+
+def request_lock(request_id: int) -> PromotionRequest:
+    return (
+        PromotionRequest.objects.select_for_update()
+        .select_related("version__model", "stage")
+        .get(pk=request_id)
+    )
+
+
+def status_set(request_id: int, old: str | tuple[str, ...], new: str, *, now=None, **fields) -> bool:
+    """Compare-and-set: move the request from `old` (one status or several) to `new`, with
+    `fields`; False when another actor moved it first."""
+    old = (old,) if isinstance(old, str) else old
+    return bool(
+        PromotionRequest.objects.filter(pk=request_id, status__in=old).update(
+            status=new, updated_at=now or timezone.now(), **fields
+        )
+    )
+
+
+def request_approve_for_apply(request: PromotionRequest, *, actor, reason: str) -> None:
+    """pending → approved, then publish the apply once the transaction commits."""
+    now = timezone.now()
+    if not status_set(request.pk, Status.PENDING, Status.APPROVED, now=now, decided_at=now):
+        raise AlreadyDecided(f"Request #{request.pk} was decided by someone else first.")
+    audit.record(
+        action="request.approved",
+        actor=actor,
+        meaning=meaning("Approved for promotion", request),
+        details={"reason": reason},
+        **audit_context(request),
+    )
+    notifications.notify("request.approved", request.pk)
+    transaction.on_commit(lambda: enqueue_apply(request.pk))
+
+
+def enqueue_apply(request_id: int) -> bool:
+    """Publish the apply task. A broker failure is logged; the sweeper publishes it later."""
+    if not outbox.publish(APPLY_TASK, [request_id]):
+        return False
+    PromotionRequest.objects.filter(pk=request_id).update(enqueued_at=timezone.now())
+    return True
