@@ -279,8 +279,10 @@ def _mark_vanished(seen_models, seen_versions, stats: SyncStats, *, model_name: 
 def _announce_binding_change(model: RegisteredModel, stats: SyncStats, **change) -> None:
     """Send binding_changed; the change counts as drift when a receiver recorded it as such.
 
-    Counting the receivers' answers keeps SyncRun.drift exact without this app knowing what
-    drift means: with no receiver connected a change is mirrored and counted as nothing.
+    The receiver that decides whether a change is drift is the one that records it, and its
+    answer (the DriftEvent, or None) is what the sync counts: one decision, made once, with no
+    second query or registered predicate, and SyncRun.drift stays exact without this app
+    knowing what drift means. With no receiver connected a change is mirrored, not counted.
     """
     responses = binding_changed.send(sender=RegisteredModel, model=model, **change)
     if any(response for _, response in responses):

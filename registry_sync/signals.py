@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-# Sent once per sync that changed mirror versions, after the sync's writes are committed,
-# with sender=SyncRun and:
+# Sent once per sync that changed mirror versions, after all its writes and the SyncRun's save
+# (on a failed sync too: the pages written before the failure stand), with sender=SyncRun and:
 #   run          the SyncRun (saved, with its counts)
 #   version_ids  frozenset of changed ModelVersion primary keys (updated or marked deleted)
 versions_changed = Signal()
