@@ -249,6 +249,9 @@ LOGGING = {
 PROMOTION_MAX_ATTEMPTS = envint("PROMOTION_MAX_ATTEMPTS", 5, minimum=1)
 PROMOTION_SWEEP_INTERVAL_SECONDS = envint("PROMOTION_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
 PROMOTION_STUCK_AFTER_SECONDS = envint("PROMOTION_STUCK_AFTER_SECONDS", 300, minimum=1)
+# A stage or alias change a sync sees is ours, not drift, when a request for it was approved,
+# applying or applied within this window: longer tolerates a slower sync, and hides more drift.
+PROMOTION_DRIFT_WINDOW_SECONDS = envint("PROMOTION_DRIFT_WINDOW_SECONDS", 3600, minimum=1)
 # Retry backoff: base * 2**attempt with full jitter, capped well below the visibility timeout.
 PROMOTION_RETRY_BASE_SECONDS = envint("PROMOTION_RETRY_BASE_SECONDS", 2, minimum=0)
 PROMOTION_RETRY_CAP_SECONDS = min(

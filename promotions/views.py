@@ -1,4 +1,5 @@
-"""Pages for requesters and reviewers. Views parse, call one service or selector, render."""
+"""Pages for every role: the queue, requests, the stage catalog, and the models with their stage
+history. Views parse, call one service or selector, render."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from promotions import catalog, policy, selectors, services
 from promotions.errors import PromotionError
 from promotions.forms import DecisionForm, PromotionRequestForm
 from promotions.models import PromotionRequest, Stage
+from registry_sync import selectors as mirror
 
 PAGE_SIZE = 50
 
@@ -287,3 +289,29 @@ def stage_list(request: HttpRequest) -> HttpResponse:
         "may_edit": policy.is_stage_admin(request.user) and request.user.is_staff,
     }
     return render(request, "promotions/stage_list.html", context)
+
+
+@require_GET
+def model_list(request: HttpRequest) -> HttpResponse:
+    _require_role(request)
+    query = request.GET.get("q", "").strip()[:256]
+    page = Paginator(mirror.model_list(query=query), PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {"page": page, "query": query, "last_sync": mirror.last_successful_sync()}
+    template = "promotions/model_list.html#rows" if request.htmx else "promotions/model_list.html"
+    return render(request, template, context)
+
+
+@require_GET
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    _require_role(request)
+    model = mirror.model_by_name(name)
+    if model is None:
+        raise Http404(f"No model named {name!r} in the mirror.")
+    page = Paginator(mirror.model_versions(model), PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "view": mirror.model_page(model),
+        "page": page,
+        "last_sync": mirror.last_successful_sync(),
+        "history": selectors.stage_history(model),
+    }
+    return render(request, "promotions/model_detail.html", context)

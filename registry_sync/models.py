@@ -77,6 +77,9 @@ class SyncRun(models.Model):
     drift = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, default="")
 
+    # Not stored: the mirror versions a sync changed, set on the run sync_registry returns.
+    changed_version_ids: frozenset[int] = frozenset()
+
     class Meta:
         ordering = ["-started_at"]
 

@@ -1,8 +1,12 @@
-"""Incremental sync of the MLflow registry into the mirror, with drift detection.
+"""Incremental sync of the MLflow registry into the mirror, and the mirror's drift records.
 
 A sync pages through MLflow, compares each page with the mirror in one query, and writes
 only what changed: a re-sync of an unchanged registry writes no mirror row. The number of
 SQL queries grows with the number of pages, not with the number of versions.
+
+The sync announces what changed through registry_sync.signals and leaves the meaning to the
+apps above: whether a stage or alias change is drift, and what a changed version means for
+anything that rests on it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from django.utils import timezone
 
 from registry_sync import gateway
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun
+from registry_sync.signals import binding_changed, versions_changed
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +78,9 @@ def sync_registry(
     On a registry failure the run is recorded with its error and SyncFailed is raised; the
     mirror keeps its last good state (each page is committed on its own, and nothing is
     marked deleted unless the whole scope was read).
+
+    The returned run carries the counts and `changed_version_ids`; versions_changed is sent
+    with those ids once the run is saved, on failure too (the pages written before it stand).
     """
     run = SyncRun.objects.create(
         trigger=trigger, scope=model_name or "", full=full, started_at=timezone.now()
@@ -94,18 +102,12 @@ def sync_registry(
     )
     run.error = error
     run.save()
-    if stats.changed_version_ids:
-        _notify_changed(stats.changed_version_ids)
+    run.changed_version_ids = frozenset(stats.changed_version_ids)
+    if run.changed_version_ids:
+        versions_changed.send(sender=SyncRun, run=run, version_ids=run.changed_version_ids)
     if error:
         raise SyncFailed(run)
     return run
-
-
-def _notify_changed(version_ids: set[int]) -> None:
-    # Pending requests on these versions may now rest on stale evidence.
-    from promotions.services import requests_refresh_evidence
-
-    requests_refresh_evidence(version_ids=version_ids)
 
 
 def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress, page_size: int | None) -> None:
@@ -155,7 +157,7 @@ def _sync_model_page(page: list[gateway.RegisteredModelInfo], stats: SyncStats) 
             row.last_synced_at = now
             to_update.append(row)
         if old_aliases != info.aliases:
-            _detect_alias_drift(row, old_aliases, info, stats)
+            _announce_alias_changes(row, old_aliases, info, stats)
     if to_create:
         RegisteredModel.objects.bulk_create(to_create, batch_size=WRITE_BATCH)
         existing.update(
@@ -213,7 +215,7 @@ def _sync_version_page(page, seen_models, alias_maps, seen_versions, stats: Sync
         if not changed and not full:
             continue
         if row.current_stage != info.current_stage:
-            _detect_stage_drift(model, row, info, stats)
+            _announce_stage_change(model, row, info, stats)
         for key, value in values.items():
             setattr(row, key, value)
         # A changed version may come with new run metrics (an evaluation logged, then a tag set).
@@ -271,95 +273,43 @@ def _mark_vanished(seen_models, seen_versions, stats: SyncStats, *, model_name: 
         stats.changed_version_ids.update(gone)
 
 
-# --- drift ------------------------------------------------------------------------------------
+# --- binding changes and drift ----------------------------------------------------------------
 
 
-def _applied_by_us(model: RegisteredModel, version: int, *, stage: str = "", alias: str = "") -> bool:
-    """A change is ours when a request of ours for that version and binding is in flight."""
-    from promotions.models import PromotionRequest
+def _announce_binding_change(model: RegisteredModel, stats: SyncStats, **change) -> None:
+    """Send binding_changed; the change counts as drift when a receiver recorded it as such.
 
-    in_flight = PromotionRequest.objects.filter(
-        version__model=model,
-        version__version=version,
-        status__in=[
-            PromotionRequest.Status.APPROVED,
-            PromotionRequest.Status.APPLYING,
-            PromotionRequest.Status.APPLIED,
-        ],
-    )
-    if stage:
-        in_flight = in_flight.filter(stage__mlflow_stage=stage)
-    if alias:
-        in_flight = in_flight.filter(stage__mlflow_alias=alias)
-    recent = timezone.now() - timezone.timedelta(hours=1)
-    return in_flight.filter(updated_at__gte=recent).exists()
+    The receiver that decides whether a change is drift is the one that records it, and its
+    answer (the DriftEvent, or None) is what the sync counts: one decision, made once, with no
+    second query or registered predicate, and SyncRun.drift stays exact without this app
+    knowing what drift means. With no receiver connected a change is mirrored, not counted.
+    """
+    responses = binding_changed.send(sender=RegisteredModel, model=model, **change)
+    if any(response for _, response in responses):
+        stats.drift += 1
 
 
-def _record_drift(model: RegisteredModel, *, stats: SyncStats, **fields) -> None:
-    from promotions import audit
-
-    event = DriftEvent.objects.create(model=model, detected_at=timezone.now(), **fields)
-    if not model.has_drift:
-        model.has_drift = True
-        RegisteredModel.objects.filter(pk=model.pk).update(has_drift=True)
-    stats.drift += 1
-    audit.record(
-        action="registry.drift",
-        meaning=f"Drift: {model.name} {event.describe()}",
-        model_name=model.name,
-        version=event.version,
-        from_stage=event.before if event.kind == DriftEvent.Kind.STAGE else f"@{event.alias}",
-        to_stage=event.after if event.kind == DriftEvent.Kind.STAGE else f"@{event.alias}",
-        details={
-            "kind": event.kind,
-            "alias": event.alias,
-            "before": event.before,
-            "after": event.after,
-            "mlflow_timestamp": event.mlflow_timestamp,
-        },
-    )
-
-
-def _detect_stage_drift(model: RegisteredModel, row: ModelVersion, info, stats: SyncStats) -> None:
-    if _applied_by_us(model, info.version, stage=info.current_stage):
-        return
-    if info.current_stage == "Archived" and _archived_by_us(model, row):
-        return
-    _record_drift(
+def _announce_stage_change(model: RegisteredModel, row: ModelVersion, info, stats: SyncStats) -> None:
+    _announce_binding_change(
         model,
-        stats=stats,
+        stats,
         version=info.version,
         kind=DriftEvent.Kind.STAGE,
+        alias="",
         before=row.current_stage,
         after=info.current_stage,
         mlflow_timestamp=info.last_updated_timestamp,
     )
 
 
-def _archived_by_us(model: RegisteredModel, row: ModelVersion) -> bool:
-    """Archiving the previous holder is a side effect of one of our promotions."""
-    from promotions.models import PromotionRequest
-
-    recent = timezone.now() - timezone.timedelta(hours=1)
-    return PromotionRequest.objects.filter(
-        version__model=model,
-        stage__mlflow_stage=row.current_stage,
-        stage__archive_existing=True,
-        status__in=[PromotionRequest.Status.APPLYING, PromotionRequest.Status.APPLIED],
-        updated_at__gte=recent,
-    ).exists()
-
-
-def _detect_alias_drift(row: RegisteredModel, old: dict[str, int], info, stats: SyncStats) -> None:
+def _announce_alias_changes(row: RegisteredModel, old: dict[str, int], info, stats: SyncStats) -> None:
     for alias in sorted(set(old) | set(info.aliases)):
         before, after = old.get(alias), info.aliases.get(alias)
         if before == after:
             continue
-        if after is not None and _applied_by_us(row, after, alias=alias):
-            continue
-        _record_drift(
+        _announce_binding_change(
             row,
-            stats=stats,
+            stats,
             version=after if after is not None else before,
             kind=DriftEvent.Kind.ALIAS,
             alias=alias,
@@ -367,6 +317,37 @@ def _detect_alias_drift(row: RegisteredModel, old: dict[str, int], info, stats: 
             after="" if after is None else str(after),
             mlflow_timestamp=info.last_updated_timestamp,
         )
+
+
+def drift_event_create(
+    *,
+    model: RegisteredModel,
+    version: int | None,
+    kind: str,
+    alias: str = "",
+    before: str = "",
+    after: str = "",
+    mlflow_timestamp: int | None = None,
+) -> DriftEvent:
+    """Record a change nobody asked for and flag the model; joins the caller's transaction.
+
+    `model` is the instance the sync is writing: its has_drift is set in memory as well, so
+    the page's bulk update of the model keeps the flag.
+    """
+    event = DriftEvent.objects.create(
+        model=model,
+        version=version,
+        kind=kind,
+        alias=alias,
+        before=before,
+        after=after,
+        detected_at=timezone.now(),
+        mlflow_timestamp=mlflow_timestamp,
+    )
+    if not model.has_drift:
+        model.has_drift = True
+        RegisteredModel.objects.filter(pk=model.pk).update(has_drift=True)
+    return event
 
 
 def model_drift_resolve(*, model: RegisteredModel) -> None:

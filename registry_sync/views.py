@@ -1,3 +1,5 @@
+"""The inbound MLflow webhook: verified, de-duplicated, answered at once, synced by a task."""
+
 from __future__ import annotations
 
 import json
@@ -5,66 +7,20 @@ import logging
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST
 
-from registry_sync import selectors, webhooks
+from registry_sync import webhooks
 from registry_sync.models import SyncRun, WebhookDelivery
+from registry_sync.tasks import sync_registry_task
 
 logger = logging.getLogger(__name__)
-PAGE_SIZE = 50
-
-
-def _require_role(request: HttpRequest) -> None:
-    from promotions.policy import has_any_role
-    from promotions.views import NO_ROLE
-
-    if not has_any_role(request.user):
-        raise PermissionDenied(NO_ROLE)
-
-
-@require_GET
-def model_list(request: HttpRequest) -> HttpResponse:
-    _require_role(request)
-    query = request.GET.get("q", "").strip()[:256]
-    page = Paginator(selectors.model_list(query=query), PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {"page": page, "query": query, "last_sync": selectors.last_successful_sync()}
-    template = "registry_sync/model_list.html#rows" if request.htmx else "registry_sync/model_list.html"
-    return render(request, template, context)
-
-
-@require_GET
-def model_detail(request: HttpRequest, name: str) -> HttpResponse:
-    _require_role(request)
-    model = selectors.model_by_name(name)
-    if model is None:
-        raise Http404(f"No model named {name!r} in the mirror.")
-    page = Paginator(selectors.model_versions(model), PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {
-        "view": selectors.model_page(model),
-        "page": page,
-        "last_sync": selectors.last_successful_sync(),
-        "history": _stage_history(model),
-    }
-    return render(request, "registry_sync/model_detail.html", context)
-
-
-def _stage_history(model):
-    # The promotions app owns requests; the model page shows which version held each stage.
-    from promotions.selectors import stage_history
-
-    return stage_history(model)
 
 
 def _enqueue_sync(model_name: str) -> None:
-    from registry_sync.tasks import sync_registry_task
-
     try:
         sync_registry_task.delay(model_name, SyncRun.Trigger.WEBHOOK)
     except Exception:  # noqa: BLE001 - the periodic sync catches up when the broker is down

@@ -29,6 +29,7 @@ def run_check(**env):
         ("MLFLOW_TRACKING_URI", "http://:5000", "MLFLOW_TRACKING_URI='http://:5000' has no host name"),
         ("DEBUG", "maybe", "DEBUG='maybe' is not a boolean"),
         ("SYNC_INTERVAL_SECONDS", "soon", "SYNC_INTERVAL_SECONDS='soon' is not a whole number"),
+        ("PROMOTION_DRIFT_WINDOW_SECONDS", "0", "PROMOTION_DRIFT_WINDOW_SECONDS=0 must be at least 1"),
     ],
 )
 def test_it_refuses_a_malformed_variable_with_one_line(variable, value, expected):
