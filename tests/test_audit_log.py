@@ -24,6 +24,20 @@ def test_entries_chain_by_hash():
     assert audit.verify_database().ok
 
 
+def test_it_refuses_an_action_it_does_not_know():
+    before = AuditEvent.objects.count()
+    with pytest.raises(ValueError, match="'request.exploded' is not an audit action"):
+        audit.record(action="request.exploded", meaning="never")
+    assert AuditEvent.objects.count() == before
+
+
+def test_it_takes_an_action_as_enum_member_and_stores_its_text():
+    event = audit.record(action=audit.AuditAction.REGISTRY_DRIFT, meaning="moved")
+    event.refresh_from_db()
+    assert event.action == "registry.drift" and type(event.action) is str
+    assert audit.verify_database().ok
+
+
 @pytest.mark.parametrize(
     "sql", ["UPDATE promotions_auditevent SET meaning = 'edited'", "DELETE FROM promotions_auditevent"]
 )

@@ -10,8 +10,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from promotions import audit
+from promotions.audit import filters, verify
 from promotions.audit import triggers as audit_triggers
-from promotions.audit import verify
 from promotions.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -153,8 +153,18 @@ def test_bad_filters_are_a_400_that_says_why(client, auditor, query, reason):
     assert rows_of(body) == []
 
 
-def test_an_action_that_is_in_the_log_is_accepted_even_if_not_listed(client, auditor):
+def test_the_action_menu_offers_every_action_the_log_records(client, auditor):
+    client.force_login(auditor)
+    menu = re.search(r'<select id="id_action".*?</select>', client.get("/audit/").content.decode(), re.S)
+    offered = re.findall(r'<option value="([^"]+)"', menu.group(0))
+    assert offered == sorted(audit.AuditAction.values)
+
+
+def test_an_action_no_longer_recorded_still_finds_its_entries(client, auditor, monkeypatch):
     audit.record(action="token.created", meaning="Token created")
+    monkeypatch.setattr(
+        filters, "KNOWN_ACTIONS", tuple(a for a in filters.KNOWN_ACTIONS if a != "token.created")
+    )
     client.force_login(auditor)
     response = client.get("/audit/?action=token.created")
     assert response.status_code == 200
