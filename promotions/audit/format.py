@@ -121,7 +121,9 @@ def compute_hash(payload: dict[str, Any]) -> str:
 _HOLE = "\x00hole:"  # marks a value's place; no key or token of the hashed JSON contains a NUL
 
 
-def _compile_hasher(name: str, parameters: str, token: Callable[[str, int], str], **scope: Any):
+def _compile_hasher(
+    name: str, parameters: str, token: Callable[[str, int], str], doc: str, **scope: Any
+) -> Callable[..., str]:
     """Compile `name(parameters)`, returning compute_hash's hash of a row given in another shape.
 
     Its body is one f-string: canonical_json's own text for a payload of markers, each marker
@@ -142,7 +144,7 @@ def _compile_hasher(name: str, parameters: str, token: Callable[[str, int], str]
     # Generated source, from constants of this module only: nothing outside reaches it.
     exec(compile(source, f"<{__name__}.{name}>", "exec"), namespace)  # noqa: S102
     function = namespace[name]
-    function.__module__ = __name__
+    function.__module__, function.__doc__ = __name__, doc
     return function
 
 
@@ -173,24 +175,34 @@ def _line_token(field: str, column: int) -> str:
 
 
 hash_of_values: Callable[[tuple, Callable[[Any], str], Callable[[Any], str]], str] = _compile_hasher(
-    "hash_of_values", "row, iso, canonical", _value_token, s=string_token, i=integer_token
+    "hash_of_values",
+    "row, iso, canonical",
+    _value_token,
+    """compute_hash of a stored row (`stored_rows`: EXPORT_COLUMNS order), given the functions that
+    turn its created_at and details into canonical text. TypeError (or ValueError, AttributeError)
+    for a value Django could not have written.""",
+    s=string_token,
+    i=integer_token,
 )
-hash_of_values.__doc__ = """compute_hash of a stored row (`stored_rows`: EXPORT_COLUMNS order),
-given the functions that turn its created_at and details into canonical text. TypeError (or
-ValueError, AttributeError) for a value Django could not have written."""
 
 hash_of_texts: Callable[[tuple[str, ...]], str] = _compile_hasher(
-    "hash_of_texts", "t", _text_token, s=string_token, n=number_token
+    "hash_of_texts",
+    "t",
+    _text_token,
+    """compute_hash of a row given as the 14 texts of an export's cells (numbers as digits, NULL
+    as '', details as canonical_json text).""",
+    s=string_token,
+    n=number_token,
 )
-hash_of_texts.__doc__ = """compute_hash of a row given as the 14 texts of an export's cells
-(numbers as digits, NULL as '', details as canonical_json text)."""
 
 hash_of_line_tokens: Callable[[tuple[str, ...], str, str], str] = _compile_hasher(
-    "hash_of_line_tokens", "t, details, prev_hash", _line_token
+    "hash_of_line_tokens",
+    "t, details, prev_hash",
+    _line_token,
+    """compute_hash of a JSON Lines row from its JSON tokens as they stand: `t` the tokens of
+    sequence to request_id (EXPORT_COLUMNS order), `details` its token, `prev_hash` the hex
+    digits. A token not spelled as canonical_json spells it fails the hash.""",
 )
-hash_of_line_tokens.__doc__ = """compute_hash of a JSON Lines row from its JSON tokens as they
-stand: `t` the tokens of sequence to request_id (EXPORT_COLUMNS order), `details` its token,
-`prev_hash` the hex digits. A token not spelled as canonical_json spells it fails the hash."""
 
 
 # --- stored rows as canonical texts -------------------------------------------------------------
