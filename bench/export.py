@@ -4,13 +4,13 @@ Fills a throwaway SQLite database with --events audit entries forming a valid ha
 (bulk_create in batches, hashes from audit.compute_hash, the chain head updated at the end), then
 measures, each in a fresh child process so that one measurement's memory does not hide another's:
 
-  (a) CSV and JSON Lines export through promotions.exports.write_export, the generator the web
+  (a) CSV and JSON Lines export through promotions.audit.exports.write_export, the generator the web
       views and `export_audit_log` stream: rows/s, MB/s, and peak memory growth of the process,
       as tracemalloc's peak (Python allocations, in a second, untimed pass: tracing slows the
       code) and as the growth of the kernel's RSS high-water mark (VmHWM, reset just before;
       the whole process, C buffers included);
   (b) `verify_audit_log` over the database chain (audit.verify_database: worker processes
-      walk parts of a log of exports.DATABASE_PARALLEL_MIN_ENTRIES or more): events/s, and for
+      walk parts of a log of verify.DATABASE_PARALLEL_MIN_ENTRIES or more): events/s, and for
       comparison the same walk in one process (verify-db-one-process);
   (c) `verify_audit_log --export FILE` over each exported file: events/s;
 
@@ -190,9 +190,9 @@ def _best(work) -> _Clock:
 
 
 def measure_export(workdir: Path, fmt: str) -> dict:
-    from promotions import exports
+    from promotions.audit import exports, filters
 
-    cut = exports.export_cut(exports.AuditFilter())
+    cut = exports.export_cut(filters.AuditFilter())
     path = workdir / f"audit.{fmt}"
     rss_before = _rss_mb()
     peak_reset = _reset_peak_rss()

@@ -10,7 +10,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
-    path("audit/", include("promotions.audit_urls")),
+    path("audit/", include("promotions.audit.urls")),
     path("api/", api.urls()),
     path("settings/", include("promotions.token_urls")),
     path("", include("registry_sync.urls")),

@@ -19,7 +19,8 @@ from django.test import TransactionTestCase
 from bench.common import free_port, stop_process_group
 from bench.common import mlflow_server as running_mlflow_server
 from config.celery import app as celery_app
-from promotions import audit_triggers, roles
+from promotions import roles
+from promotions.audit import triggers as audit_triggers
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

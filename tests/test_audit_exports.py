@@ -9,7 +9,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.http import StreamingHttpResponse
 
-from promotions import audit, exports
+from promotions import audit
+from promotions.audit import verify as audit_verify
 from promotions.models import AuditEvent
 from tests.factories import note_acceptance
 
@@ -63,7 +64,7 @@ def history(requester, reviewer):
     ]
     events += [
         audit.record(
-            action="test.n", meaning=f"entry {i}", model_name="churn", version=12, to_stage="Staging"
+            action="registry.drift", meaning=f"entry {i}", model_name="churn", version=12, to_stage="Staging"
         )
         for i in range(4)
     ]
@@ -126,7 +127,7 @@ def test_csv_export_streams_every_entry_with_every_column(client, auditor, histo
 
 
 def test_csv_rows_are_what_the_csv_module_writes(client, auditor, history):
-    audit.record(action="test.n", meaning='multi\nline "quoted", with\r\ncarriage return')
+    audit.record(action="registry.drift", meaning='multi\nline "quoted", with\r\ncarriage return')
     client.force_login(auditor)
     body = download(client, "/audit/export.csv").decode()
     rows = list(csv.reader(io.StringIO(body, newline="")))
@@ -184,14 +185,14 @@ def test_exports_take_the_same_filters_as_the_page(client, auditor, history):
 
 def test_csv_cells_that_would_run_as_formulas_are_escaped(client, auditor, tmp_path):
     audit.record(
-        action="test.n",
+        action="registry.drift",
         meaning='=HYPERLINK("http://evil.example","click")',
         model_name="+cmd|' /C calc'!A0",
         from_stage="-2+3",
         to_stage="@SUM(A1:A2)",
         details={"note": "=1+1"},
     )
-    audit.record(action="test.n", meaning="\tTabbed", model_name="'quoted", from_stage="\rCR")
+    audit.record(action="registry.drift", meaning="\tTabbed", model_name="'quoted", from_stage="\rCR")
     client.force_login(auditor)
     body = download(client, "/audit/export.csv")
     rows = list(csv.DictReader(io.StringIO(body.decode(), newline="")))
@@ -275,9 +276,9 @@ def verification(request, monkeypatch):
     """Check files in one process, or (as large files are) in parts by several processes."""
     accepted = []
     if request.param == "in parts":
-        monkeypatch.setattr(exports, "PARALLEL_MIN_BYTES", 0)
-        monkeypatch.setattr(exports, "PARALLEL_PART_BYTES", 500)
-        note_acceptance(monkeypatch, exports, "_parallel_walk", accepted)
+        monkeypatch.setattr(audit_verify, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(audit_verify, "PARALLEL_PART_BYTES", 500)
+        note_acceptance(monkeypatch, audit_verify, "_parallel_walk", accepted)
     return accepted
 
 
@@ -321,8 +322,10 @@ def test_the_command_writes_the_file_and_its_manifest(tmp_path, history, fmt, ca
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 @pytest.mark.usefixtures("verification")
 def test_a_filtered_export_checks_each_row(tmp_path, history, fmt):
-    path, manifest = export(tmp_path, fmt, "--model", "churn", "--stage", "staging", "--action", "test.n")
-    assert manifest["filter"] == {"model": "churn", "stage": "Staging", "action": "test.n"}
+    path, manifest = export(
+        tmp_path, fmt, "--model", "churn", "--stage", "staging", "--action", "registry.drift"
+    )
+    assert manifest["filter"] == {"model": "churn", "stage": "Staging", "action": "registry.drift"}
     assert manifest["complete"] is False
     assert manifest["rows"] == 4
     assert (manifest["first_sequence"], manifest["last_sequence"]) == (
@@ -542,7 +545,7 @@ def test_an_empty_filtered_export_verifies(tmp_path):
 @pytest.mark.usefixtures("verification")
 def test_escapes_and_control_characters_verify(tmp_path, fmt):
     audit.record(
-        action="test.n",
+        action="registry.drift",
         meaning='tab\there, new\nline\r\n, back\\slash, "quote", \u2028, 🚀',
         model_name="naïve",
         details={"k": 'v\n\t"\\', "ü": [1, 2.5, None, True, {"z": "", "a": "é"}]},
@@ -572,7 +575,9 @@ def test_a_large_file_is_accepted_in_parts_even_with_newlines_inside_cells(
     tmp_path, history, verification, fmt
 ):
     for i in range(30):
-        audit.record(action="test.n", meaning=f'line one\nline "two", {i}\r\n' * (i % 3), details={"i": i})
+        audit.record(
+            action="registry.drift", meaning=f'line one\nline "two", {i}\r\n' * (i % 3), details={"i": i}
+        )
     path, _ = export(tmp_path, fmt)
     assert verify(path) == ""
     assert verification in ([], [True])  # in parts: the workers' walk is what accepted it

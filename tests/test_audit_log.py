@@ -6,7 +6,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from promotions import audit, audit_triggers, exports
+from promotions import audit
+from promotions.audit import triggers as audit_triggers
+from promotions.audit import verify
 from promotions.models import AuditEvent
 from tests.factories import note_acceptance
 
@@ -14,11 +16,25 @@ pytestmark = pytest.mark.django_db
 
 
 def test_entries_chain_by_hash():
-    first = audit.record(action="test.one", meaning="one", details={"n": 1})
-    second = audit.record(action="test.two", meaning="two")
+    first = audit.record(action="request.created", meaning="one", details={"n": 1})
+    second = audit.record(action="review.approved", meaning="two")
     assert second.sequence == first.sequence + 1
     assert second.prev_hash == first.hash
     assert first.hash == audit.compute_hash(audit.payload_of(first))
+    assert audit.verify_database().ok
+
+
+def test_it_refuses_an_action_it_does_not_know():
+    before = AuditEvent.objects.count()
+    with pytest.raises(ValueError, match="'request.exploded' is not an audit action"):
+        audit.record(action="request.exploded", meaning="never")
+    assert AuditEvent.objects.count() == before
+
+
+def test_it_takes_an_action_as_enum_member_and_stores_its_text():
+    event = audit.record(action=audit.AuditAction.REGISTRY_DRIFT, meaning="moved")
+    event.refresh_from_db()
+    assert event.action == "registry.drift" and type(event.action) is str
     assert audit.verify_database().ok
 
 
@@ -26,7 +42,7 @@ def test_entries_chain_by_hash():
     "sql", ["UPDATE promotions_auditevent SET meaning = 'edited'", "DELETE FROM promotions_auditevent"]
 )
 def test_the_database_refuses_update_and_delete(sql):
-    audit.record(action="test.one", meaning="one")
+    audit.record(action="request.created", meaning="one")
     with (
         pytest.raises(DatabaseError, match="append-only"),
         transaction.atomic(),
@@ -37,7 +53,7 @@ def test_the_database_refuses_update_and_delete(sql):
 
 
 def test_the_orm_cannot_edit_an_entry_either():
-    event = audit.record(action="test.one", meaning="one")
+    event = audit.record(action="request.created", meaning="one")
     with pytest.raises(DatabaseError), transaction.atomic():
         AuditEvent.objects.filter(pk=event.pk).update(meaning="edited")
 
@@ -70,14 +86,14 @@ def walks(request, monkeypatch) -> Walks:
     answers = Walks()
     if request.param == "in parts":
         answers.in_parts = True
-        monkeypatch.setattr(exports, "DATABASE_PARALLEL_MIN_ENTRIES", 0)
-        monkeypatch.setattr(exports, "_cpus", lambda: 2)  # two workers, four parts, on any machine
-        note_acceptance(monkeypatch, exports, "_parallel_database_walk", answers)
+        monkeypatch.setattr(verify, "DATABASE_PARALLEL_MIN_ENTRIES", 0)
+        monkeypatch.setattr(verify, "_cpus", lambda: 2)  # two workers, four parts, on any machine
+        note_acceptance(monkeypatch, verify, "_parallel_database_walk", answers)
     return answers
 
 
 def entries(n: int) -> list[AuditEvent]:
-    return [audit.record(action="test.n", meaning=f"entry {i}", details={"i": i}) for i in range(n)]
+    return [audit.record(action="registry.drift", meaning=f"entry {i}", details={"i": i}) for i in range(n)]
 
 
 def verify_command() -> str:
@@ -173,7 +189,7 @@ def test_verify_passes_an_intact_log(walks, capsys):
 def test_entries_recorded_while_the_walk_runs_are_not_taken_for_removed_ones(monkeypatch):
     """The log is live: the chain head, read after the walk, may already be further on."""
     entries(5)
-    walk_database = exports._walk_database
+    walk_database = verify._walk_database
     appended = []
 
     def walk_then_record(*args, **kwargs):
@@ -182,14 +198,14 @@ def test_entries_recorded_while_the_walk_runs_are_not_taken_for_removed_ones(mon
             appended.extend(entries(2))
         return walk
 
-    monkeypatch.setattr(exports, "_walk_database", walk_then_record)
+    monkeypatch.setattr(verify, "_walk_database", walk_then_record)
     report = audit.verify_database(parallel=False)
     assert report == audit.ChainReport(True, appended[-1].sequence, appended[-1].hash)
 
 
 def test_awkward_content_verifies(walks):
     audit.record(
-        action="test.n",
+        action="registry.drift",
         meaning='tab\there, new\nline\r\n, back\\slash, "quote", \u2028, 🚀, naïve',
         model_name="naïve",
         version=7,
@@ -198,7 +214,7 @@ def test_awkward_content_verifies(walks):
         to_stage="Production",
         details={"k": 'v\n\t"\\', "ü": [1, 2.5, 1e-7, None, True, {"z": "", "a": "é"}], "big": 10**20},
     )
-    audit.record(action="test.n", meaning="", details={})
+    audit.record(action="registry.drift", meaning="", details={})
     entries(4)
     report = audit.verify_database()
     assert report.ok, report
@@ -207,19 +223,19 @@ def test_awkward_content_verifies(walks):
 
 def test_inside_a_transaction_the_walk_stays_in_one_process(monkeypatch):
     entries(4)
-    monkeypatch.setattr(exports, "DATABASE_PARALLEL_MIN_ENTRIES", 0)
-    monkeypatch.setattr(exports, "_cpus", lambda: 2)
+    monkeypatch.setattr(verify, "DATABASE_PARALLEL_MIN_ENTRIES", 0)
+    monkeypatch.setattr(verify, "_cpus", lambda: 2)
 
     def no_fork(*args):
         raise AssertionError("worker processes started inside a transaction")
 
-    monkeypatch.setattr(exports.multiprocessing, "get_context", no_fork)
+    monkeypatch.setattr(verify.multiprocessing, "get_context", no_fork)
     assert connection.in_atomic_block  # the test's transaction: its entries are not committed
     assert audit.verify_database().ok
 
 
 def test_the_actor_is_kept_after_the_user_is_deleted(requester):
-    event = audit.record(action="test.n", meaning="by riley", actor=requester)
+    event = audit.record(action="registry.drift", meaning="by riley", actor=requester)
     requester.delete()
     event.refresh_from_db()
     assert (event.actor_username, event.actor_name) == ("riley", "Riley Tester")

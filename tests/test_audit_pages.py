@@ -9,7 +9,9 @@ from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from promotions import audit, audit_triggers, exports
+from promotions import audit
+from promotions.audit import filters, verify
+from promotions.audit import triggers as audit_triggers
 from promotions.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -151,8 +153,18 @@ def test_bad_filters_are_a_400_that_says_why(client, auditor, query, reason):
     assert rows_of(body) == []
 
 
-def test_an_action_that_is_in_the_log_is_accepted_even_if_not_listed(client, auditor):
+def test_the_action_menu_offers_every_action_the_log_records(client, auditor):
+    client.force_login(auditor)
+    menu = re.search(r'<select id="id_action".*?</select>', client.get("/audit/").content.decode(), re.S)
+    offered = re.findall(r'<option value="([^"]+)"', menu.group(0))
+    assert offered == sorted(audit.AuditAction.values)
+
+
+def test_an_action_no_longer_recorded_still_finds_its_entries(client, auditor, monkeypatch):
     audit.record(action="token.created", meaning="Token created")
+    monkeypatch.setattr(
+        filters, "KNOWN_ACTIONS", tuple(a for a in filters.KNOWN_ACTIONS if a != "token.created")
+    )
     client.force_login(auditor)
     response = client.get("/audit/?action=token.created")
     assert response.status_code == 200
@@ -198,10 +210,10 @@ def test_anonymous_visitors_are_sent_to_log_in(client):
 
 def test_pages_go_back_by_sequence_without_offset(client, auditor):
     for i in range(120):
-        audit.record(action="test.page", meaning=f"entry {i}")
+        audit.record(action="registry.drift", meaning=f"entry {i}")
     newest = AuditEvent.objects.order_by("-sequence").first().sequence
     client.force_login(auditor)
-    first = client.get("/audit/?action=test.page").content.decode()
+    first = client.get("/audit/?action=registry.drift").content.decode()
     assert rows_of(first) == list(range(newest, newest - 50, -1))
     older = re.search(r'href="\?([^"]*before=(\d+))" rel="next"', first)
     assert older and int(older.group(2)) == newest - 49
@@ -221,11 +233,11 @@ def test_pages_go_back_by_sequence_without_offset(client, auditor):
 @pytest.mark.parametrize("events", [10, 1000])
 def test_the_page_costs_the_same_queries_at_any_size(client, auditor, django_assert_max_num_queries, events):
     for i in range(events):
-        audit.record(action="test.load", meaning=f"entry {i}", model_name="m", details={"i": i})
+        audit.record(action="registry.drift", meaning=f"entry {i}", model_name="m", details={"i": i})
     client.force_login(auditor)
     # the first view walks the chain (one query per 5,000 entries), the cached ones do not
     with django_assert_max_num_queries(12):
-        response = client.get("/audit/?model=m&stage=Staging&action=test.load")
+        response = client.get("/audit/?model=m&stage=Staging&action=registry.drift")
     assert response.status_code == 200
     with django_assert_max_num_queries(8):
         response = client.get("/audit/")
@@ -233,14 +245,14 @@ def test_the_page_costs_the_same_queries_at_any_size(client, auditor, django_ass
 
 
 def test_the_chain_line_says_it_verifies(client, auditor):
-    audit.record(action="test.n", meaning="fine")
+    audit.record(action="registry.drift", meaning="fine")
     client.force_login(auditor)
     body = client.get("/audit/").content.decode()
     assert "✓ The chain verifies" in body
 
 
 def test_the_chain_line_names_the_first_broken_entry(client, auditor):
-    events = [audit.record(action="test.n", meaning=f"entry {i}") for i in range(3)]
+    events = [audit.record(action="registry.drift", meaning=f"entry {i}") for i in range(3)]
     audit_triggers.remove(connection)
     try:
         with connection.cursor() as cursor:
@@ -278,13 +290,13 @@ def walks_of(queries) -> list[str]:
 
 def test_after_one_full_walk_the_line_walks_only_new_entries(client, auditor):
     for i in range(3):
-        audit.record(action="test.n", meaning=f"entry {i}")
+        audit.record(action="registry.drift", meaning=f"entry {i}")
     client.force_login(auditor)
     with CaptureQueriesContext(connection) as first:
         client.get("/audit/")
     assert len(walks_of(first)) == 1 and "WHERE" not in walks_of(first)[0]
     known = AuditEvent.objects.order_by("-sequence").first().sequence
-    newest = audit.record(action="test.n", meaning="entry 3")
+    newest = audit.record(action="registry.drift", meaning="entry 3")
     with CaptureQueriesContext(connection) as second:
         body = client.get("/audit/").content.decode()
     (walk,) = walks_of(second)
@@ -293,19 +305,19 @@ def test_after_one_full_walk_the_line_walks_only_new_entries(client, auditor):
 
 
 def test_a_new_entry_edited_behind_the_databases_back_is_still_caught(client, auditor):
-    audit.record(action="test.n", meaning="entry 0")
+    audit.record(action="registry.drift", meaning="entry 0")
     client.force_login(auditor)
     assert "✓ The chain verifies" in client.get("/audit/").content.decode()
-    newest = audit.record(action="test.n", meaning="entry 1")
+    newest = audit.record(action="registry.drift", meaning="entry 1")
     tamper_meaning(newest.sequence)
     body = client.get("/audit/").content.decode()
     assert f"✗ The chain is broken at entry #{newest.sequence}: its hash does not match" in body
 
 
 def test_a_remembered_prefix_of_another_log_is_not_trusted(client, auditor):
-    event = audit.record(action="test.n", meaning="entry 0")
+    event = audit.record(action="registry.drift", meaning="entry 0")
     # e.g. the database was restored from a backup since the prefix was verified
-    cache.set(exports.CHAIN_PREFIX_KEY, (event.sequence, "f" * 64, time.time()), 600)
+    cache.set(verify.CHAIN_PREFIX_KEY, (event.sequence, "f" * 64, time.time()), 600)
     client.force_login(auditor)
     body = client.get("/audit/").content.decode()
     assert f"✓ The chain verifies: {event.sequence} entries" in body

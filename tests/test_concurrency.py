@@ -90,7 +90,7 @@ def test_concurrent_audit_writers_never_fork_or_skip_the_chain():
     def writer(n):
         def write():
             for i in range(15):
-                audit.record(action="test.write", meaning=f"writer {n} entry {i}")
+                audit.record(action="registry.drift", meaning=f"writer {n} entry {i}")
 
         return write
 

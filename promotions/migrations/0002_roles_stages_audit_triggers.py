@@ -6,8 +6,8 @@ from datetime import timedelta
 from django.db import migrations
 from django.utils import timezone
 
-from promotions import audit_triggers
-from promotions.audit import GENESIS_HASH, compute_hash, utc_iso
+from promotions.audit import triggers as audit_triggers
+from promotions.audit.format import GENESIS_HASH, compute_hash, utc_iso
 
 ROLES = ("Requesters", "Reviewers", "Stage admins", "Auditors")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from promotions import exports
+from promotions.audit import exports, filters
 
 
 class Command(BaseCommand):
@@ -27,8 +27,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            audit_filter = exports.parse_filter(options)
-        except exports.FilterError as exc:
+            audit_filter = filters.parse_filter(options)
+        except filters.FilterError as exc:
             raise CommandError(str(exc)) from None
         fmt = options["format"]
         cut = exports.export_cut(audit_filter)

@@ -15,9 +15,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         if options["export"]:
-            from promotions.exports import verify_export
-
-            report = verify_export(options["export"])
+            report = audit.verify_export(options["export"])
         else:
             report = audit.verify_database()
         if not report.ok:

@@ -11,7 +11,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonR
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from promotions import audit, exports, metrics, policy
+from promotions import metrics, policy
+from promotions.audit import exports, filters, verify
+from promotions.audit.log import chain_head, record_denied
 from promotions.models import Stage
 
 PAGE_SIZE = 50
@@ -21,37 +23,37 @@ _CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl;
 def _require_auditor(request: HttpRequest, *, what: str) -> None:
     if policy.is_auditor(request.user):
         return
-    audit.record_denied(actor=request.user, what=what, reason="not an auditor")
+    record_denied(actor=request.user, what=what, reason="not an auditor")
     raise PermissionDenied("Only auditors read and export the audit log.")
 
 
-def _export_params(request: HttpRequest) -> tuple[exports.AuditFilter, int | None]:
+def _export_params(request: HttpRequest) -> tuple[filters.AuditFilter, int | None]:
     """The filters, and `through`: the last entry an export may hold (the page's chain head)."""
-    through = exports.parse_sequence(request.GET.get("through"), name="through")
-    return exports.parse_filter(request.GET), through
+    through = filters.parse_sequence(request.GET.get("through"), name="through")
+    return filters.parse_filter(request.GET), through
 
 
 @require_GET
 def audit_log(request: HttpRequest) -> HttpResponse:
     _require_auditor(request, what="read the audit log")
-    values = {name: request.GET.get(name, "").strip() for name in exports.FILTER_FIELDS}
-    context = {"values": values, "actions": exports.KNOWN_ACTIONS, "error": "", "page": None}
+    values = {name: request.GET.get(name, "").strip() for name in filters.FILTER_FIELDS}
+    context = {"values": values, "actions": filters.KNOWN_ACTIONS, "error": "", "page": None}
     try:
-        audit_filter = exports.parse_filter(request.GET)
-        before = exports.parse_sequence(request.GET.get("before"), name="before")
-        after = exports.parse_sequence(request.GET.get("after"), name="after")
-    except exports.FilterError as exc:
+        audit_filter = filters.parse_filter(request.GET)
+        before = filters.parse_sequence(request.GET.get("before"), name="before")
+        after = filters.parse_sequence(request.GET.get("after"), name="after")
+    except filters.FilterError as exc:
         context["error"] = str(exc)
         audit_filter = None
     if audit_filter is not None:
-        head = exports.chain_head()
+        head = chain_head()
         context.update(
-            page=exports.log_page(audit_filter, before=before, after=after, size=PAGE_SIZE),
+            page=filters.log_page(audit_filter, before=before, after=after, size=PAGE_SIZE),
             query=audit_filter.query_string(),
             # Exports and manifests end where this page's view of the log ends, so the file
             # downloaded now and the manifest asked for later describe the same entries.
             export_query=audit_filter.query_string(through=head[0]),
-            chain=exports.chain_status(head),
+            chain=verify.chain_status(head),
             filtered=not audit_filter.is_empty,
         )
     context["stages"] = list(Stage.objects.values_list("name", flat=True))
@@ -71,7 +73,7 @@ def _export(request: HttpRequest, fmt: str) -> HttpResponse:
     _require_auditor(request, what=f"export the audit log as {fmt.upper()}")
     try:
         audit_filter, through = _export_params(request)
-    except exports.FilterError as exc:
+    except filters.FilterError as exc:
         return HttpResponseBadRequest(f"{exc}\n", content_type="text/plain; charset=utf-8")
     cut = exports.export_cut(audit_filter, through=through)
     # Recorded before the first byte: an export the reader abandons half-way was still taken.
@@ -101,7 +103,7 @@ def audit_manifest(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"error": f"format must be csv or jsonl, not '{fmt[:20]}'."}, status=400)
     try:
         audit_filter, through = _export_params(request)
-    except exports.FilterError as exc:
+    except filters.FilterError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     cut = exports.export_cut(audit_filter, through=through)
     response = JsonResponse(exports.manifest_for(cut, fmt=fmt), json_dumps_params={"indent": 2})

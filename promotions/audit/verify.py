@@ -1,26 +1,10 @@
-"""Reading the audit log as auditors do: filters, pages, streaming exports with a manifest,
-and the offline check of an exported file.
+"""Proving the audit log untampered: an exported file against its manifest (`verify_export`),
+the database's chain (`verify_database`), and the audit page's cached view of it (`chain_status`).
 
-Shared by the auditors' pages (`promotions/audit_views.py`), `manage.py export_audit_log` and
-`manage.py verify_audit_log --export FILE`.
-
-Export files
-------------
-Both formats hold the columns `EXPORT_COLUMNS`, one event a row, by sequence ascending, UTF-8.
-`created_at` is `audit.utc_iso` (UTC, microseconds); `details` is `audit.canonical_json` text.
-
-- CSV: RFC 4180 (comma; double quotes only where needed; CRLF), a header row first, `details` as
-  its canonical JSON string. Against formula injection a cell that starts with ``= + - @``, TAB,
-  CR or ``'`` gets one ``'`` put in front. The quote itself is in that list so the escaping can be
-  undone without ambiguity: **a reader removes one leading ``'`` from every cell that has one**
-  before recomputing hashes (`verify_export` does).
-- JSON Lines: one compact JSON object a line (keys in column order, LF), `details` an object with
-  sorted keys. No escaping.
-
-The manifest `FILE.manifest.json` holds format, rows, first/last sequence, `chain_head` (hash of
-the file's last row), `database_head` (sequence and hash of the chain head the export was cut
-at), `chain_origin` (hash of entry #1: which log this is), `sha256` of the file's bytes, the
-filter, `complete` (no filter: the chain links are checkable) and `generated_at`.
+Every row's hash is recomputed with `format`'s hashers, which agree with `format.compute_hash`.
+Large files and logs are checked in parts by forked worker processes; at the first doubt the
+one-process walk runs instead and names the bad row, so the parallel path can only accept what
+the one-process walk accepts.
 """
 
 from __future__ import annotations
@@ -32,245 +16,46 @@ import json
 import multiprocessing
 import os
 import re
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
-from json.encoder import encode_basestring as _json_string
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from django.core.cache import cache
 from django.db import DatabaseError, connections
-from django.db.models import F, Q, QuerySet, TextField
-from django.db.models.functions import Cast
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
-from promotions import audit
-from promotions.models import AuditChainHead, AuditEvent, Stage
-
-EXPORT_FORMATS = ("csv", "jsonl")
-EXPORT_COLUMNS = (
-    "sequence",
-    "created_at",
-    "actor_username",
-    "actor_name",
-    "action",
-    "meaning",
-    "model_name",
-    "version",
-    "from_stage",
-    "to_stage",
-    "request_id",
-    "details",
-    "prev_hash",
-    "hash",
+from promotions.audit.exports import CSV_HEADER, EXPORT_FORMATS, csv_line, jsonl_line, manifest_path
+from promotions.audit.format import (
+    EXPORT_COLUMNS,
+    GENESIS_HASH,
+    canonical_json,
+    hash_of_line_tokens,
+    hash_of_texts,
+    hash_of_values,
+    stored_rows,
 )
-FILTER_FIELDS = ("since", "until", "model", "stage", "actor", "action", "text")
-KNOWN_ACTIONS = (
-    "audit.exported",
-    "auth.denied",
-    "promotion.applied",
-    "promotion.failed",
-    "registry.drift",
-    "request.approved",
-    "request.cancelled",
-    "request.created",
-    "request.evidence_changed",
-    "request.expired",
-    "request.retried",
-    "review.approved",
-    "review.rejected",
-    "stage.changed",
-    "stage.created",
-    "stage.deleted",
-)
-CHUNK_SIZE = 2000  # rows a database round trip
-_LINES_PER_WRITE = 1000  # rows per yielded block: few, large writes keep streaming cheap
-_MAX_FILTER_LENGTH = {"model": 256, "stage": 64, "actor": 150, "action": 32, "text": 200}
-
-CSV_FORMULA_ESCAPE = (
-    "A cell that starts with = + - @ TAB CR or ' has one ' put in front; remove one leading ' "
-    "from every cell that starts with ' before recomputing hashes."
-)
-
-
-class FilterError(ValueError):
-    """A filter value the log cannot be searched by; the message says why, for people."""
-
-
-# --- filters --------------------------------------------------------------------------------
+from promotions.models import AuditChainHead, AuditEvent
 
 
 @dataclass(frozen=True)
-class AuditFilter:
-    """Validated filter values, kept as the text the person gave (stage in catalog spelling)."""
-
-    since: str = ""
-    until: str = ""
-    model: str = ""
-    stage: str = ""
-    actor: str = ""
-    action: str = ""
-    text: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in FILTER_FIELDS if getattr(self, name)}
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.as_dict()
-
-    def query_string(self, **extra: Any) -> str:
-        return urlencode({**self.as_dict(), **{k: v for k, v in extra.items() if v is not None}})
-
-    def describe(self) -> str:
-        values = self.as_dict()
-        return ", ".join(f"{k}={v}" for k, v in values.items()) if values else "no filter"
-
-    def queryset(self) -> QuerySet[AuditEvent]:
-        events = AuditEvent.objects.all()
-        if self.since:
-            lookup, moment = _time_bound(self.since, end=False)
-            events = events.filter(**{f"created_at__{lookup}": moment})
-        if self.until:
-            lookup, moment = _time_bound(self.until, end=True)
-            events = events.filter(**{f"created_at__{lookup}": moment})
-        if self.model:
-            events = events.filter(model_name=self.model)
-        if self.stage:
-            events = events.filter(Q(from_stage__iexact=self.stage) | Q(to_stage__iexact=self.stage))
-        if self.actor:
-            events = events.filter(actor_username=self.actor)
-        if self.action:
-            events = events.filter(action=self.action)
-        if self.text:
-            events = events.filter(meaning__icontains=self.text)
-        return events
+class ChainReport:
+    ok: bool
+    count: int
+    head_hash: str
+    first_bad_sequence: int | None = None
+    reason: str = ""
 
 
-def _time_bound(text: str, *, end: bool) -> tuple[str, datetime]:
-    """(lookup, moment). A date covers its whole UTC day; a date-time is inclusive, naive = UTC."""
-    which = "end" if end else "start"
-    try:
-        day = parse_date(text)
-        if day is not None:
-            start = datetime.combine(day, time.min, tzinfo=UTC)
-            return ("lt", start + timedelta(days=1)) if end else ("gte", start)
-        moment = parse_datetime(text)
-    except (ValueError, OverflowError):
-        raise FilterError(f"The {which} '{text}' is not a valid date or time.") from None
-    if moment is None:
-        raise FilterError(
-            f"The {which} '{text}' is not a date (2026-11-25) or an ISO 8601 date and time "
-            "(2026-11-25T14:00:00Z; without an offset it is read as UTC)."
-        )
-    if timezone.is_naive(moment):
-        moment = moment.replace(tzinfo=UTC)
-    return ("lte" if end else "gte"), moment
-
-
-def parse_filter(values: Mapping[str, Any]) -> AuditFilter:
-    """Validate filter values from a query string or command options; FilterError says why not."""
-    clean: dict[str, str] = {}
-    for name in FILTER_FIELDS:
-        value = values.get(name)
-        value = "" if value is None else str(value).strip()
-        if "\x00" in value:
-            raise FilterError(f"The {name} filter contains a NUL character.")
-        limit = _MAX_FILTER_LENGTH.get(name, 64)
-        if len(value) > limit:
-            raise FilterError(f"The {name} filter is longer than {limit} characters.")
-        clean[name] = value
-    bounds = [
-        _time_bound(clean[name], end=name == "until") if clean[name] else None for name in ("since", "until")
-    ]
-    if (
-        bounds[0]
-        and bounds[1]
-        and (bounds[0][1] >= bounds[1][1] if bounds[1][0] == "lt" else bounds[0][1] > bounds[1][1])
-    ):
-        raise FilterError(f"The start '{clean['since']}' is after the end '{clean['until']}'.")
-    if clean["stage"]:
-        clean["stage"] = _catalog_stage_name(clean["stage"])
-    action = clean["action"]
-    # Actions other modules add later still work once they are in the log.
-    if action and action not in KNOWN_ACTIONS and not AuditEvent.objects.filter(action=action).exists():
-        raise FilterError(
-            f"Action '{action}' is not one the audit log records. Known actions: {', '.join(KNOWN_ACTIONS)}."
-        )
-    return AuditFilter(**clean)
-
-
-def _catalog_stage_name(name: str) -> str:
-    # Not services.stage_get_by_name: that module loads the MLflow client, which the command
-    # line export and verification have no use for. Same lookup, same message.
-    found = Stage.objects.filter(name__iexact=name).values_list("name", flat=True).first()
-    if found is None:
-        known = ", ".join(Stage.objects.filter(is_active=True).values_list("name", flat=True))
-        raise FilterError(f"Stage '{name}' is not in the stage catalog. Known stages: {known}.")
-    return found
-
-
-def parse_sequence(value: Any, *, name: str) -> int | None:
-    """A sequence number from a query string (`before`, `after`, `through`); None when absent."""
-    if value in (None, ""):
-        return None
-    text = str(value).strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        raise FilterError(f"'{name}' must be an entry's sequence number, not '{text[:40]}'.")
-    return int(text)
-
-
-# --- the page -------------------------------------------------------------------------------
-
-
-@dataclass
-class LogPage:
-    events: list[AuditEvent]
-    newer_after: int | None  # `?after=` of the link to newer entries, None when there are none
-    older_before: int | None  # `?before=` of the link to older entries
-
-
-def log_page(
-    audit_filter: AuditFilter, *, before: int | None = None, after: int | None = None, size: int = 50
-) -> LogPage:
-    """One page of events, newest first, by keyset on sequence (no OFFSET, whatever the depth)."""
-    events = audit_filter.queryset()
-    if after is not None:
-        rows = list(events.filter(sequence__gt=after).order_by("sequence")[: size + 1])
-        more_newer = len(rows) > size
-        rows = rows[:size][::-1]
-        newer = rows[0].sequence if rows and more_newer else None
-        older = rows[-1].sequence if rows else after + 1
-    else:
-        if before is not None:
-            events = events.filter(sequence__lt=before)
-        rows = list(events.order_by("-sequence")[: size + 1])
-        more_older = len(rows) > size
-        rows = rows[:size]
-        # A page reached through `before` has newer entries: the ones the reader came from.
-        newer = rows[0].sequence if rows and before is not None else None
-        older = rows[-1].sequence if more_older else None
-    for event in rows:
-        event.details_text = json.dumps(event.details, indent=2, sort_keys=True, ensure_ascii=False)
-    return LogPage(events=rows, newer_after=newer, older_before=older)
-
+# --- the audit page's view of the chain ---------------------------------------------------------
 
 CHAIN_STATUS_TTL = 600
 CHAIN_FULL_WALK_EVERY = 3600
 CHAIN_PREFIX_KEY = "audit-chain-verified-prefix"
 
 
-def chain_head() -> tuple[int, str]:
-    """(sequence, hash) of the last entry, as the chain head row records it."""
-    return AuditChainHead.objects.values_list("last_sequence", "last_hash").get(pk=1)
-
-
-def chain_status(head: tuple[int, str]) -> audit.ChainReport:
-    """Whether the chain verifies up to `head` (from `chain_head()`), as audit.verify_database.
+def chain_status(head: tuple[int, str]) -> ChainReport:
+    """Whether the chain verifies up to `head` (from `log.chain_head()`), as verify_database.
 
     A full walk is O(n): seconds at a million entries, in the web request's one process (it
     starts no worker processes). The head moves with every entry, so the result is cached per
@@ -291,7 +76,7 @@ def chain_status(head: tuple[int, str]) -> audit.ChainReport:
     ):
         prefix = None
     if prefix is not None:
-        report = _verify_after(prefix)
+        report = _verify_database_after(prefix[0], prefix[1], parallel=False)
     else:
         report = verify_database(parallel=False)
     cache.set(key, report, CHAIN_STATUS_TTL)
@@ -302,332 +87,6 @@ def chain_status(head: tuple[int, str]) -> audit.ChainReport:
         if remaining > 0:
             cache.set(CHAIN_PREFIX_KEY, (report.count, report.head_hash, walked_at), remaining)
     return report
-
-
-def _verify_after(prefix: tuple[int, str, float]) -> audit.ChainReport:
-    """audit.verify_database for the entries after a verified (sequence, hash)."""
-    sequence, last_hash, _walked_at = prefix
-    return _verify_database_after(sequence, last_hash, parallel=False)
-
-
-# --- exports --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExportCut:
-    """What an export covers: the filter, and the chain head it was cut at."""
-
-    filter: AuditFilter
-    through: int  # the last sequence the export may hold
-    through_hash: str  # that entry's hash (GENESIS_HASH for an empty log)
-    origin_hash: str | None  # entry #1's hash: which log the export comes from
-
-
-def export_cut(audit_filter: AuditFilter, *, through: int | None = None) -> ExportCut:
-    """Fix the export's end at the chain head now (or at `through`, if earlier).
-
-    Taken before the export's own `audit.exported` entry is recorded, so that entry is never
-    inside the export it records; and a manifest asked later with the same `through` describes
-    the same bytes.
-    """
-    head = AuditChainHead.objects.get(pk=1)
-    last = head.last_sequence if through is None else min(through, head.last_sequence)
-    stored = dict(AuditEvent.objects.filter(sequence__in={1, last}).values_list("sequence", "hash"))
-    if last == head.last_sequence:
-        through_hash = head.last_hash
-    else:
-        through_hash = stored.get(last, audit.GENESIS_HASH)
-    return ExportCut(filter=audit_filter, through=last, through_hash=through_hash, origin_hash=stored.get(1))
-
-
-def export_filename(cut: ExportCut, *, fmt: str) -> str:
-    scope = "filtered" if not cut.filter.is_empty else "all"
-    return f"audit-log-{scope}-through-{cut.through}.{fmt}"
-
-
-def record_export(*, actor, cut: ExportCut, fmt: str, via: str) -> AuditEvent:
-    return audit.record(
-        action="audit.exported",
-        actor=actor,
-        meaning=f"Exported the audit log as {fmt.upper()} ({cut.filter.describe()}), "
-        f"entries up to #{cut.through}",
-        details={"format": fmt, "filter": cut.filter.as_dict(), "through": cut.through, "via": via},
-    )
-
-
-def _export_rows(cut: ExportCut) -> tuple[Iterator[tuple], Callable[[Any], str], Callable[[Any], str]]:
-    """The rows in column order, with the functions that turn their created_at and details into
-    export text (audit.utc_iso and audit.canonical_json of the stored values)."""
-    return _rows_of(cut.filter.queryset().filter(sequence__lte=cut.through))
-
-
-def _rows_of(
-    events: QuerySet[AuditEvent],
-) -> tuple[Iterator[tuple], Callable[[Any], str], Callable[[Any], str]]:
-    """_export_rows for any set of events: (rows in EXPORT_COLUMNS order by sequence, iso, canonical)."""
-    # sequence is selected under another name: Django orders a values_list by select position
-    # ("ORDER BY 1") when the ordering names a selected column, and the audit page's tests find
-    # the chain walk by its 'ORDER BY "promotions_auditevent"."sequence"'.
-    events = events.order_by("sequence").annotate(sequence_value=F("sequence"))
-    columns = ["sequence_value", *EXPORT_COLUMNS[1:]]
-    # values_list, not model instances: a model per row costs more than all the rest of the
-    # row's work. On SQLite, also fetch created_at and details as the text the database keeps:
-    # Django's per-row converters (parse_datetime, json.loads) halve the export's speed there.
-    if connections[events.db].vendor == "sqlite":
-        events = events.annotate(
-            created_text=Cast("created_at", TextField()), details_text=Cast("details", TextField())
-        )
-        columns[1], columns[11] = "created_text", "details_text"
-        iso, canonical = _iso_from_sqlite_text, _canonical_from_text
-    else:
-        iso, canonical = audit.utc_iso, _canonical_json
-    return events.values_list(*columns).iterator(chunk_size=CHUNK_SIZE), iso, canonical
-
-
-# audit.canonical_json with one encoder for the whole export instead of one per call.
-_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-
-
-_decode_json = json.JSONDecoder().raw_decode
-
-
-def _canonical_from_text(text: str) -> str:
-    # raw_decode is json.loads without its two whitespace scans, a fifth of the row's cost; the
-    # text is what Django wrote. Anything unusual around the value goes to json.loads to judge.
-    try:
-        value, end = _decode_json(text)
-    except ValueError:
-        end = -1
-    if end != len(text):
-        value = json.loads(text)
-    return _canonical_json(value)
-
-
-def _iso_from_sqlite_text(text: str) -> str:
-    """audit.utc_iso of a datetime as Django keeps it in SQLite: naive UTC, str() of it."""
-    if len(text) == 26:  # 2026-11-25 14:02:03.123456
-        return f"{text[:10]}T{text[11:]}+00:00"
-    if len(text) == 19:  # str() leaves out a zero microsecond
-        return f"{text[:10]}T{text[11:]}.000000+00:00"
-    return audit.utc_iso(parse_datetime(text).replace(tzinfo=UTC))
-
-
-def _row_texts(row: tuple, iso: Callable[[Any], str], canonical: Callable[[Any], str]) -> tuple[str, ...]:
-    """A database row as the 14 texts both formats carry (numbers as digits, None as '')."""
-    (sequence, created_at, username, name, action, meaning, model, version, source, target,
-     request_id, details, prev_hash, hash_) = row  # fmt: skip
-    return (
-        str(sequence),
-        iso(created_at),
-        username,
-        name,
-        action,
-        meaning,
-        model,
-        "" if version is None else str(version),
-        source,
-        target,
-        "" if request_id is None else str(request_id),
-        canonical(details),
-        prev_hash,
-        hash_,
-    )
-
-
-_FORMULA_START = frozenset("=+-@\t\r'")
-_NEEDS_QUOTES = re.compile(r'[",\r\n]').search
-
-
-def _csv_cell(text: str) -> str:
-    if text and text[0] in _FORMULA_START:
-        text = "'" + text
-    # What csv.writer does with QUOTE_MINIMAL, by hand: this is the export's hot loop, and the
-    # tests read every export back with the csv module.
-    if _NEEDS_QUOTES(text):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-def _csv_record(texts: tuple[str, ...]) -> str:
-    t = texts
-    # sequence, version and request_id are digits (or empty): nothing to quote or escape. Most
-    # rows need nothing done to the other cells but quoting details, and a few substring tests
-    # over them all find that out faster than a function call per cell.
-    joined = "\x00".join((t[1], t[2], t[3], t[4], t[5], t[6], t[8], t[9], t[12], t[13]))
-    if (
-        '"' in joined
-        or "," in joined
-        or "\n" in joined
-        or "\r" in joined
-        or joined[:1] in _FORMULA_START
-        or _ESCAPED_CELL_AFTER_NUL(joined)
-    ):
-        c = _csv_cell
-        return (
-            f"{t[0]},{c(t[1])},{c(t[2])},{c(t[3])},{c(t[4])},{c(t[5])},{c(t[6])},{t[7]},{c(t[8])},"
-            f"{c(t[9])},{t[10]},{c(t[11])},{c(t[12])},{c(t[13])}\r\n"
-        )
-    return (
-        f"{t[0]},{t[1]},{t[2]},{t[3]},{t[4]},{t[5]},{t[6]},{t[7]},{t[8]},{t[9]},{t[10]},"
-        f"{_csv_cell(t[11])},{t[12]},{t[13]}\r\n"
-    )
-
-
-# A cell (other than the first) that starts with a character to escape; a NUL inside a cell
-# can only make this match needlessly, sending the row down the per-cell path.
-_ESCAPED_CELL_AFTER_NUL = re.compile("\x00[=+\\-@\t']").search
-
-
-_CSV_HEADER = ",".join(EXPORT_COLUMNS) + "\r\n"
-
-
-def _json_number(text: str) -> str:
-    return text or "null"
-
-
-def _jsonl_record(texts: tuple[str, ...]) -> str:
-    # Equal to json.dumps(row, ensure_ascii=False, separators=(",", ":")) with the keys in column
-    # order and details already canonical; spliced by hand for speed.
-    s = _json_string
-    return (
-        f'{{"sequence":{texts[0]},"created_at":{s(texts[1])},"actor_username":{s(texts[2])},'
-        f'"actor_name":{s(texts[3])},"action":{s(texts[4])},"meaning":{s(texts[5])},'
-        f'"model_name":{s(texts[6])},"version":{_json_number(texts[7])},"from_stage":{s(texts[8])},'
-        f'"to_stage":{s(texts[9])},"request_id":{_json_number(texts[10])},"details":{texts[11]},'
-        f'"prev_hash":{s(texts[12])},"hash":{s(texts[13])}}}\n'
-    )
-
-
-_HASH_ORDER = (
-    "action",
-    "actor_name",
-    "actor_username",
-    "created_at",
-    "details",
-    "from_stage",
-    "meaning",
-    "model_name",
-    "prev_hash",
-    "request_id",
-    "sequence",
-    "to_stage",
-    "version",
-)
-# _hash_texts spells out audit.compute_hash's canonical JSON; refuse to start if they drift apart.
-if tuple(sorted(audit.HASHED_FIELDS)) != _HASH_ORDER:
-    raise ImportError("audit.HASHED_FIELDS changed: update exports._hash_texts to match")
-
-
-def _hash_texts(texts: tuple[str, ...]) -> str:
-    """audit.compute_hash of a row given as export texts, without building the payload dict.
-
-    The canonical JSON (sorted keys, compact, ensure_ascii=False) is spliced from the texts: the
-    details text is used as it is, so a details cell that is not canonical fails the hash.
-    """
-    s = _json_string
-    body = (
-        f'{{"action":{s(texts[4])},"actor_name":{s(texts[3])},"actor_username":{s(texts[2])},'
-        f'"created_at":{s(texts[1])},"details":{texts[11]},"from_stage":{s(texts[8])},'
-        f'"meaning":{s(texts[5])},"model_name":{s(texts[6])},"prev_hash":{s(texts[12])},'
-        f'"request_id":{_json_number(texts[10])},"sequence":{texts[0]},"to_stage":{s(texts[9])},'
-        f'"version":{_json_number(texts[7])}}}'
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-@dataclass
-class ExportTally:
-    """Filled in while an export streams: what its manifest says."""
-
-    rows: int = 0
-    first_sequence: int | None = None
-    last_sequence: int | None = None
-    last_hash: str | None = None
-    digest: Any = field(default_factory=hashlib.sha256)
-
-
-def iter_export(cut: ExportCut, *, fmt: str, tally: ExportTally | None = None) -> Iterator[bytes]:
-    """The export's bytes in blocks of about a thousand rows; memory stays flat."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"format must be one of {EXPORT_FORMATS}")
-    tally = tally if tally is not None else ExportTally()
-    record = _csv_record if fmt == "csv" else _jsonl_record
-    lines: list[str] = [_CSV_HEADER] if fmt == "csv" else []
-    rows, iso, canonical = _export_rows(cut)
-    row = None
-    for row in rows:
-        lines.append(record(_row_texts(row, iso, canonical)))
-        if tally.first_sequence is None:
-            tally.first_sequence = row[0]
-        tally.rows += 1
-        if len(lines) >= _LINES_PER_WRITE:
-            yield _flush(lines, tally)
-    if row is not None:
-        tally.last_sequence, tally.last_hash = row[0], row[-1]
-    if lines:
-        yield _flush(lines, tally)
-
-
-def _flush(lines: list[str], tally: ExportTally) -> bytes:
-    data = "".join(lines).encode()
-    tally.digest.update(data)
-    lines.clear()
-    return data
-
-
-def build_manifest(cut: ExportCut, *, fmt: str, tally: ExportTally) -> dict[str, Any]:
-    manifest = {
-        "format": fmt,
-        "rows": tally.rows,
-        "first_sequence": tally.first_sequence,
-        "last_sequence": tally.last_sequence,
-        "chain_head": tally.last_hash,
-        "database_head": {"sequence": cut.through, "hash": cut.through_hash},
-        "chain_origin": cut.origin_hash,
-        "sha256": tally.digest.hexdigest(),
-        "filter": cut.filter.as_dict(),
-        "complete": cut.filter.is_empty,
-        "generated_at": audit.utc_iso(timezone.now()),
-        "columns": list(EXPORT_COLUMNS),
-    }
-    if fmt == "csv":
-        manifest["csv_formula_escape"] = CSV_FORMULA_ESCAPE
-    return manifest
-
-
-def manifest_for(cut: ExportCut, *, fmt: str) -> dict[str, Any]:
-    """The manifest of the export `cut` would stream (generated and hashed, then dropped)."""
-    tally = ExportTally()
-    for _block in iter_export(cut, fmt=fmt, tally=tally):
-        pass
-    return build_manifest(cut, fmt=fmt, tally=tally)
-
-
-def manifest_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".manifest.json")
-
-
-def write_export(path: str | os.PathLike, *, cut: ExportCut, fmt: str) -> dict[str, Any]:
-    """Write FILE and FILE.manifest.json; each appears whole or not at all."""
-    path = Path(path)
-    tally = ExportTally()
-    _write_atomically(path, lambda handle: handle.writelines(iter_export(cut, fmt=fmt, tally=tally)))
-    manifest = build_manifest(cut, fmt=fmt, tally=tally)
-    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    _write_atomically(manifest_path(path), lambda handle: handle.write(text.encode()))
-    return manifest
-
-
-def _write_atomically(path: Path, write) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            write(handle)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 # --- verifying an export --------------------------------------------------------------------
@@ -651,7 +110,7 @@ def _sequence_of(texts: tuple[str, ...], position: int) -> int:
 
 
 def _check_numbers(texts: tuple[str, ...], sequence: int) -> None:
-    """_hash_texts splices version and request_id into JSON as they are, so they must be numbers.
+    """hash_of_texts splices version and request_id into JSON as they are, so they must be numbers.
 
     With details the only cell spliced free, no cell can swallow a neighbour's text and pass the
     hash with other content: every other piece is a whole JSON string or number, and each key
@@ -682,7 +141,7 @@ def _csv_rows(handle, *, exact: bool, header: bool = True) -> Iterator[_Row]:
             yield line
 
     reader = csv.reader(kept_lines() if exact else handle)
-    if header and (next(reader, None) != list(EXPORT_COLUMNS) or (exact and "".join(raw) != _CSV_HEADER)):
+    if header and (next(reader, None) != list(EXPORT_COLUMNS) or (exact and "".join(raw) != CSV_HEADER)):
         raise _BadRow(None, "the file does not start with the export's header row")
     raw.clear()
     width = len(EXPORT_COLUMNS)
@@ -693,14 +152,14 @@ def _csv_rows(handle, *, exact: bool, header: bool = True) -> Iterator[_Row]:
         sequence = _sequence_of(texts, position)
         _check_numbers(texts, sequence)
         if exact:
-            if _csv_record(texts) != "".join(raw):
+            if csv_line(texts) != "".join(raw):
                 raise _BadRow(
                     sequence,
                     "the row is not written the way the export writes it (its quoting, escaping "
                     "or line ending was changed)",
                 )
             raw.clear()
-        yield sequence, _hash_texts(texts), texts[12], texts[13]
+        yield sequence, hash_of_texts(texts), texts[12], texts[13]
 
 
 _STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # a whole JSON string token (unrolled: fast)
@@ -717,21 +176,6 @@ _LINE_TAIL = re.compile(r',"prev_hash":"([0-9a-f]{64})","hash":"([0-9a-f]{64})"\
 _LINE_TAIL_LENGTH = 155
 
 
-def _hash_tokens(t: tuple[str, ...], details: str, prev_hash: str) -> str:
-    """_hash_texts for a line of the export's own layout, from its JSON tokens as they stand.
-
-    Safe for the reason given in _check_numbers: every token but details is a whole JSON string
-    or number. A token not spelled as audit.canonical_json spells it fails the hash.
-    """
-    body = (
-        f'{{"action":{t[4]},"actor_name":{t[3]},"actor_username":{t[2]},"created_at":{t[1]},'
-        f'"details":{details},"from_stage":{t[8]},"meaning":{t[5]},"model_name":{t[6]},'
-        f'"prev_hash":"{prev_hash}","request_id":{t[10]},"sequence":{t[0]},"to_stage":{t[9]},'
-        f'"version":{t[7]}}}'
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
 def _jsonl_rows(handle, *, exact: bool) -> Iterator[_Row]:
     """(sequence, recomputed hash, prev_hash, hash) of each line; `exact` as for _csv_rows."""
     match_head, match_tail = _LINE_HEAD.match, _LINE_TAIL.match
@@ -743,7 +187,7 @@ def _jsonl_rows(handle, *, exact: bool) -> Iterator[_Row]:
             if tail is not None:
                 # The line is in the export's layout: hash its tokens without decoding them.
                 t, (prev_hash, hash_) = head.groups(), tail.groups()
-                yield int(t[0]), _hash_tokens(t, line[head.end() : cut], prev_hash), prev_hash, hash_
+                yield int(t[0]), hash_of_line_tokens(t, line[head.end() : cut], prev_hash), prev_hash, hash_
                 continue
         try:
             row = json.loads(line)
@@ -773,17 +217,17 @@ def _jsonl_rows(handle, *, exact: bool) -> Iterator[_Row]:
             row["from_stage"],
             row["to_stage"],
             "" if request_id is None else str(request_id),
-            _canonical_json(row["details"]),
+            canonical_json(row["details"]),
             row["prev_hash"],
             row["hash"],
         )
         if not all(type(text) is str for text in texts):
             raise _BadRow(sequence, "a text column holds something other than text")
-        if exact and _jsonl_record(texts) != line:
+        if exact and jsonl_line(texts) != line:
             raise _BadRow(
                 sequence, "the row is not written the way the export writes it (spacing or key order)"
             )
-        yield sequence, _hash_texts(texts), texts[12], texts[13]
+        yield sequence, hash_of_texts(texts), texts[12], texts[13]
 
 
 @dataclass
@@ -796,7 +240,7 @@ class _Walk:
 
 def _walk(rows: Iterator[_Row], walk: _Walk, *, complete: bool, announced: int) -> None:
     """Check each row's hash, order and (complete exports) links; raise _BadRow at the first bad one."""
-    previous, previous_hash = (0, audit.GENESIS_HASH) if complete else (None, None)
+    previous, previous_hash = (0, GENESIS_HASH) if complete else (None, None)
     try:
         for sequence, recomputed, prev_hash, hash_ in rows:
             walk.count += 1
@@ -962,7 +406,7 @@ def _parallel_walk(path: Path, parts: list[tuple[int, int]], *, fmt: str, comple
     if summaries is None:
         return None
     walk = _Walk()
-    previous, previous_hash = (0, audit.GENESIS_HASH) if complete else (None, None)
+    previous, previous_hash = (0, GENESIS_HASH) if complete else (None, None)
     for summary in summaries:
         if not summary.ok:
             return None
@@ -981,7 +425,7 @@ def _parallel_walk(path: Path, parts: list[tuple[int, int]], *, fmt: str, comple
     return walk
 
 
-def verify_export(path: str | os.PathLike, *, check_database: bool = True) -> audit.ChainReport:
+def verify_export(path: str | os.PathLike, *, check_database: bool = True) -> ChainReport:
     """Check an exported file against FILE.manifest.json beside it; name the first bad row.
 
     Offline: every row's hash recomputed from its cells, sequences ascending, for a complete
@@ -1029,16 +473,14 @@ def verify_export(path: str | os.PathLike, *, check_database: bool = True) -> au
                 _walk(rows, walk, complete=complete, announced=announced)
             _compare_with_manifest(walk, manifest)
         except _BadRow as bad:
-            return audit.ChainReport(
-                False, walk.count, walk.last_hash or audit.GENESIS_HASH, bad.sequence, bad.reason
-            )
+            return ChainReport(False, walk.count, walk.last_hash or GENESIS_HASH, bad.sequence, bad.reason)
         except csv.Error as exc:
             return _broken(None, f"the file is not valid CSV {_after(walk)} ({exc})")
         except UnicodeDecodeError as exc:
             return _broken(None, f"the file is not UTF-8 {_after(walk)} ({exc.reason})")
-    head = walk.last_hash or audit.GENESIS_HASH
+    head = walk.last_hash or GENESIS_HASH
     if actual != manifest["sha256"]:
-        return audit.ChainReport(
+        return ChainReport(
             False,
             walk.count,
             head,
@@ -1049,8 +491,8 @@ def verify_export(path: str | os.PathLike, *, check_database: bool = True) -> au
     if check_database:
         disagreement = _database_disagrees(manifest, walk)
         if disagreement:
-            return audit.ChainReport(False, walk.count, head, *disagreement)
-    return audit.ChainReport(True, walk.count, head)
+            return ChainReport(False, walk.count, head, *disagreement)
+    return ChainReport(True, walk.count, head)
 
 
 def _manifest_mismatch(walk: _Walk, manifest: dict[str, Any]) -> bool:
@@ -1120,8 +562,8 @@ def _after(walk: _Walk) -> str:
     return f"after entry #{walk.last_sequence}" if walk.last_sequence else "before its first entry"
 
 
-def _broken(sequence: int | None, reason: str) -> audit.ChainReport:
-    return audit.ChainReport(False, 0, audit.GENESIS_HASH, sequence, reason)
+def _broken(sequence: int | None, reason: str) -> ChainReport:
+    return ChainReport(False, 0, GENESIS_HASH, sequence, reason)
 
 
 # --- verifying the database -----------------------------------------------------------------
@@ -1152,8 +594,9 @@ class _DatabaseWalk:
         return self.after + 1 if self.last_sequence is not None else None
 
 
-def verify_database(*, parallel: bool = True) -> audit.ChainReport:
-    """audit.verify_database: walk the whole chain by sequence; name the first bad entry.
+def verify_database(*, parallel: bool = True) -> ChainReport:
+    """Walk the whole chain by sequence; name the first entry whose hash, sequence or link is
+    wrong, or notice entries removed from the end (the chain head records more).
 
     Each entry's hash is recomputed from a values_list row (no model instance, no payload dict:
     the canonical JSON is spliced from the columns, as for an export), then its sequence and
@@ -1166,10 +609,10 @@ def verify_database(*, parallel: bool = True) -> audit.ChainReport:
     workers could not see its uncommitted entries). The web pages pass parallel=False: a web
     server's worker process is no place to fork from.
     """
-    return _verify_database_after(0, audit.GENESIS_HASH, parallel=parallel)
+    return _verify_database_after(0, GENESIS_HASH, parallel=parallel)
 
 
-def _verify_database_after(after: int, after_hash: str, *, parallel: bool) -> audit.ChainReport:
+def _verify_database_after(after: int, after_hash: str, *, parallel: bool) -> ChainReport:
     """The chain from entry `after` + 1 on, given that entry `after` has hash `after_hash`."""
     walk = _parallel_database_walk(after, after_hash) if parallel else None
     if walk is None:
@@ -1189,9 +632,9 @@ def _verify_database_after(after: int, after_hash: str, *, parallel: bool) -> au
         head_hash = walk.last_hash if walk.last_hash is not None else head_hash
         head = AuditChainHead.objects.get(pk=1)
     if walk.reason:
-        return audit.ChainReport(False, count, head_hash, walk.bad_sequence, walk.reason)
+        return ChainReport(False, count, head_hash, walk.bad_sequence, walk.reason)
     if head.last_sequence != count or head.last_hash != head_hash:
-        return audit.ChainReport(
+        return ChainReport(
             False,
             count,
             head_hash,
@@ -1199,7 +642,7 @@ def _verify_database_after(after: int, after_hash: str, *, parallel: bool) -> au
             f"the chain head records entry {head.last_sequence}, but the log ends at {count}: "
             "entries at the end were removed",
         )
-    return audit.ChainReport(True, count, head_hash)
+    return ChainReport(True, count, head_hash)
 
 
 def _walk_database(
@@ -1208,34 +651,23 @@ def _walk_database(
     """Walk the entries after `after` (up to `through`, or the end) by sequence; stop at the first
     bad one. `after_hash` None: a part of the log, its first entry's link left to the caller.
 
-    Each entry is checked as audit.verify_database always checked it, in the same order: its
-    hash (audit.compute_hash of its content), then its sequence (one more than the entry
+    Each entry is checked as verify_database always checked it, in the same order: its
+    hash (format.compute_hash of its content), then its sequence (one more than the entry
     before's), then its prev_hash (the entry before's hash).
     """
     events = AuditEvent.objects.using(using) if using else AuditEvent.objects.all()
-    if after:  # from the start: every row, whatever its sequence, as audit.verify_database did
+    if after:  # from the start: every row, whatever its sequence, as verify_database always did
         events = events.filter(sequence__gt=after)
     if through is not None:
         events = events.filter(sequence__lte=through)
-    rows, iso, canonical = _rows_of(events)
+    rows, iso, canonical = stored_rows(events)
     walk = _DatabaseWalk(after, first_prev=after_hash)
     count, previous, previous_hash = 0, after, after_hash
-    s, sha256 = _json_string, hashlib.sha256
     for row in rows:
         count += 1
-        (sequence, created_at, username, name, action, meaning, model, version, source, target,
-         request_id, details, prev_hash, hash_) = row  # fmt: skip
+        sequence, prev_hash, hash_ = row[0], row[12], row[13]
         try:
-            # _hash_texts, spliced from the row's values without the texts tuple between.
-            body = (
-                f'{{"action":{s(action)},"actor_name":{s(name)},"actor_username":{s(username)},'
-                f'"created_at":{s(iso(created_at))},"details":{canonical(details)},'
-                f'"from_stage":{s(source)},"meaning":{s(meaning)},"model_name":{s(model)},'
-                f'"prev_hash":{s(prev_hash)},"request_id":{_json_int(request_id)},'
-                f'"sequence":{_json_int(sequence)},"to_stage":{s(target)},'
-                f'"version":{_json_int(version)}}}'
-            )
-            recomputed = sha256(body.encode()).hexdigest()
+            recomputed = hash_of_values(row, iso, canonical)
         except (TypeError, ValueError, AttributeError):
             # a value Django could not have written (on SQLite, say, a created_at that is no date)
             recomputed = None
@@ -1258,15 +690,6 @@ def _walk_database(
     if previous != after:
         walk.last_sequence, walk.last_hash = previous, previous_hash
     return walk
-
-
-def _json_int(value: Any) -> str:
-    """An integer column as canonical JSON spells it (null for NULL); anything else is refused."""
-    if value is None:
-        return "null"
-    if type(value) is not int:
-        raise TypeError("not an integer")  # on SQLite a column can hold any type
-    return str(value)
 
 
 def _parallel_database_walk(after: int, after_hash: str) -> _DatabaseWalk | None:

@@ -1,0 +1,36 @@
+"""The append-only, hash-chained audit log, as the rest of the project uses it.
+
+A module a job: `actions` (every action recorded), `format` (the canonical row, its hash), `log`
+(recording), `filters`, `exports` (files, manifests), `verify` (files and the database), `views` and
+`urls` (auditors' pages; not imported here: recording needs no templates), `triggers` (append-only).
+"""
+
+from promotions.audit.actions import AuditAction
+from promotions.audit.format import GENESIS_HASH, canonical_json, compute_hash, payload_of, utc_iso
+from promotions.audit.log import (
+    acting_through_token,
+    audit_context_middleware,
+    chain_head,
+    printed_name,
+    record,
+    record_denied,
+)
+from promotions.audit.verify import ChainReport, verify_database, verify_export
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditAction",
+    "ChainReport",
+    "acting_through_token",
+    "audit_context_middleware",
+    "canonical_json",
+    "chain_head",
+    "compute_hash",
+    "payload_of",
+    "printed_name",
+    "record",
+    "record_denied",
+    "utc_iso",
+    "verify_database",
+    "verify_export",
+]

@@ -1,0 +1,37 @@
+"""Every action the audit log records, in one place.
+
+`log.record()` refuses any other, so an entry's action is always one the auditors' filter offers.
+The database column stays a plain CharField: entries written before an action was retired keep
+their value, and adding an action needs no migration.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class AuditAction(models.TextChoices):
+    AUDIT_EXPORTED = "audit.exported"
+    AUTH_DENIED = "auth.denied"
+    AUTH_LOCKED_OUT = "auth.locked_out"
+    AUTH_LOGIN_FAILED = "auth.login_failed"
+    PIPELINE_STOPPED = "pipeline.stopped"
+    PROMOTION_APPLIED = "promotion.applied"
+    PROMOTION_FAILED = "promotion.failed"
+    REGISTRY_DRIFT = "registry.drift"
+    REQUEST_APPROVED = "request.approved"
+    REQUEST_CANCELLED = "request.cancelled"
+    REQUEST_CREATED = "request.created"
+    REQUEST_EVIDENCE_CHANGED = "request.evidence_changed"
+    REQUEST_EXPIRED = "request.expired"
+    REQUEST_RETRIED = "request.retried"
+    REVIEW_APPROVED = "review.approved"
+    REVIEW_REJECTED = "review.rejected"
+    STAGE_CHANGED = "stage.changed"
+    STAGE_CREATED = "stage.created"
+    STAGE_DELETED = "stage.deleted"
+    TOKEN_CREATED = "token.created"
+    TOKEN_REVOKED = "token.revoked"
+    WEBHOOK_CHANGED = "webhook.changed"
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_DELETED = "webhook.deleted"

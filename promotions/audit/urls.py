@@ -1,0 +1,13 @@
+"""URLs of the auditors' pages (`/audit/…`)."""
+
+from django.urls import path
+
+from promotions.audit import views
+
+urlpatterns: list = [
+    path("", views.audit_log, name="audit_log"),
+    path("export.csv", views.audit_export_csv, name="audit_export_csv"),
+    path("export.jsonl", views.audit_export_jsonl, name="audit_export_jsonl"),
+    path("manifest.json", views.audit_manifest, name="audit_manifest"),
+    path("metrics/", views.audit_metrics, name="audit_metrics"),
+]
