@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db.models import Count
+from django.urls import reverse
+
 from promotions import roles
+from promotions.models import AuditEvent, PromotionRequest, Review
+from promotions.policy import decidable_requests
 from registry_sync.models import SyncRun
 
 
@@ -18,8 +23,6 @@ class Frame:
 
 
 def frame_for_user(user) -> Frame:
-    from promotions.policy import decidable_requests
-
     last = SyncRun.objects.filter(finished_at__isnull=False).only("error", "finished_at").first()
     last_good = (
         SyncRun.objects.filter(finished_at__isnull=False, error="").only("finished_at").first()
@@ -37,10 +40,6 @@ def frame_for_user(user) -> Frame:
 
 def stage_history(model) -> dict[str, list[dict]]:
     """Which version held each stage, newest first, from the applied requests."""
-    from django.urls import reverse
-
-    from promotions.models import PromotionRequest
-
     history: dict[str, list[dict]] = {}
     applied = (
         PromotionRequest.objects.filter(version__model=model, status=PromotionRequest.Status.APPLIED)
@@ -106,8 +105,6 @@ def comparison(evidence: dict) -> dict:
 
 
 def request_page(request_id: int):
-    from promotions.models import PromotionRequest
-
     return (
         PromotionRequest.objects.select_related("version__model", "stage", "requested_by")
         .prefetch_related("stage__approver_groups", "reviews")
@@ -117,8 +114,6 @@ def request_page(request_id: int):
 
 
 def request_timeline(request_id: int):
-    from promotions.models import AuditEvent
-
     return list(
         AuditEvent.objects.filter(request_id=request_id)
         .only("sequence", "created_at", "actor_name", "action", "meaning", "details")
@@ -130,9 +125,6 @@ QUEUE_TABS = ("mine", "open", "recent")
 
 
 def queue(user, *, tab: str = "mine", stage: str = "", model: str = "", status: str = ""):
-    from promotions.models import PromotionRequest
-    from promotions.policy import decidable_requests
-
     if tab == "mine":
         requests = decidable_requests(user)
     elif tab == "recent":
@@ -155,10 +147,6 @@ def queue(user, *, tab: str = "mine", stage: str = "", model: str = "", status: 
 
 def with_approvals(rows) -> list:
     """Attach the live approval count to one page of requests, in one query."""
-    from django.db.models import Count
-
-    from promotions.models import Review
-
     rows = list(rows)
     counts = dict(
         Review.objects.filter(request_id__in=[r.pk for r in rows], decision="approve", stale=False)
@@ -172,9 +160,5 @@ def with_approvals(rows) -> list:
 
 
 def status_counts() -> dict[str, int]:
-    from django.db.models import Count
-
-    from promotions.models import PromotionRequest
-
     counts = dict(PromotionRequest.objects.values_list("status").annotate(n=Count("id")).order_by())
     return {value: counts.get(value, 0) for value, _ in PromotionRequest.Status.choices}

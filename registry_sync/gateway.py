@@ -28,6 +28,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.MLFLOW_TIMEOUT
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402
 
 LEGACY_STAGES = ("None", "Staging", "Production", "Archived")
@@ -322,8 +323,6 @@ def get_runs_data(run_ids: list[str], *, batch_size: int = 100) -> dict[str, Run
 
 
 def _all_experiment_ids(client: MlflowClient) -> list[str]:
-    from mlflow.entities import ViewType
-
     ids: list[str] = []
     token = None
     while True:
@@ -344,8 +343,6 @@ def create_run(
     params: dict[str, str],
     tags: dict[str, str] | None = None,
 ) -> str:
-    from mlflow.entities import Metric, Param, RunTag
-
     client = _client()
     try:
         experiment = client.get_experiment_by_name(experiment_name)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django import template
+from django.utils.html import format_html
 
 register = template.Library()
 
@@ -40,6 +41,4 @@ _STATUS_WORDS = {
 @register.filter
 def status_badge(status: str):
     """The status as a word and a colour (never colour alone)."""
-    from django.utils.html import format_html
-
     return format_html('<span class="status status--{}">{}</span>', status, _STATUS_WORDS.get(status, status))
