@@ -26,30 +26,18 @@ def refresh_evidence(sender: type[SyncRun], *, version_ids: frozenset[int], **kw
 
 
 def record_drift_unless_ours(
-    sender: type[RegisteredModel],
-    *,
-    model: RegisteredModel,
-    version: int | None,
-    kind: str,
-    alias: str,
-    before: str,
-    after: str,
-    mlflow_timestamp: int | None,
-    **kwargs,
+    sender: type[RegisteredModel], *, model: RegisteredModel, **change
 ) -> DriftEvent | None:
     """Record a stage or alias change no request of ours made: the mirror's drift event and flag,
-    and the `registry.drift` audit entry. Returns the event (the sync counts it), or None."""
-    if _is_ours(model, version, kind=kind, alias=alias, before=before, after=after):
+    and the `registry.drift` audit entry. Returns the event (the sync counts it), or None.
+
+    `change` carries the binding_changed arguments: version, kind, alias, before, after,
+    mlflow_timestamp.
+    """
+    change.pop("signal", None)
+    if _is_ours(model, **change):
         return None
-    event = drift_event_create(
-        model=model,
-        version=version,
-        kind=kind,
-        alias=alias,
-        before=before,
-        after=after,
-        mlflow_timestamp=mlflow_timestamp,
-    )
+    event = drift_event_create(model=model, **change)
     audit.record(
         action="registry.drift",
         meaning=f"Drift: {model.name} {event.describe()}",
@@ -69,7 +57,7 @@ def record_drift_unless_ours(
 
 
 def _is_ours(
-    model: RegisteredModel, version: int | None, *, kind: str, alias: str, before: str, after: str
+    model: RegisteredModel, version: int | None, *, kind: str, alias: str, before: str, after: str, **_
 ) -> bool:
     if kind == DriftEvent.Kind.STAGE:
         if _applied_by_us(model, version, stage=after):

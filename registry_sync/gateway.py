@@ -191,40 +191,35 @@ def ping() -> None:
         raise _translate(exc) from exc
 
 
-def iter_registered_model_pages(
-    *, name: str | None = None, page_size: int = 1000
-) -> Iterator[list[RegisteredModelInfo]]:
+def _search_pages(search, convert, *, name: str | None, page_size: int) -> Iterator[list]:
+    """Page through one of MlflowClient's searches (models or versions), one model or all."""
     filter_string = f"name = {_quote(name)}" if name else None
     token = None
     while True:
         try:
-            page = _client().search_registered_models(
-                filter_string=filter_string, max_results=page_size, page_token=token
-            )
+            page = search(filter_string=filter_string, max_results=page_size, page_token=token)
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc, name=name) from exc
-        yield [_model_info(m) for m in page]
+        yield [convert(item) for item in page]
         token = page.token
         if not token:
             return
+
+
+def iter_registered_model_pages(
+    *, name: str | None = None, page_size: int = 1000
+) -> Iterator[list[RegisteredModelInfo]]:
+    return _search_pages(
+        lambda **page: _client().search_registered_models(**page), _model_info, name=name, page_size=page_size
+    )
 
 
 def iter_model_version_pages(
     *, name: str | None = None, page_size: int = 10000
 ) -> Iterator[list[ModelVersionInfo]]:
-    filter_string = f"name = {_quote(name)}" if name else None
-    token = None
-    while True:
-        try:
-            page = _client().search_model_versions(
-                filter_string=filter_string, max_results=page_size, page_token=token
-            )
-        except Exception as exc:  # noqa: BLE001
-            raise _translate(exc, name=name) from exc
-        yield [_version_info(v) for v in page]
-        token = page.token
-        if not token:
-            return
+    return _search_pages(
+        lambda **page: _client().search_model_versions(**page), _version_info, name=name, page_size=page_size
+    )
 
 
 def get_model_version(name: str, version: int) -> ModelVersionInfo:
