@@ -6,9 +6,11 @@ preconditions, the pages and the API all ask these same questions here.
 
 from __future__ import annotations
 
+from django.db.models import Q
+
 from promotions.errors import InvalidRequest, UnknownStage
-from promotions.models import Stage
-from registry_sync.models import ModelVersion, RegisteredModel
+from promotions.models import AuditEvent, PromotionRequest, Stage
+from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel
 
 
 def stage_get_by_name(name: str) -> Stage:
@@ -102,3 +104,42 @@ def pipeline_path(*, version: ModelVersion, target: Stage) -> list[Stage]:
                 frontier.append(([stage.name], [*path, stage]))
     where = ", ".join(start) or "no stage"
     raise InvalidRequest(f"The catalog has no path from {where} to {target.name}.")
+
+
+def held_before(*, version: ModelVersion, stage: Stage) -> bool:
+    """Whether the record shows `version` holding `stage` at some time: what makes a request a
+    rollback. A client may ask for a rollback; only this answer grants one.
+
+    The record: our applied promotions (the version promoted, or the holder it replaced), the
+    audit log's `promotion.applied` entries (their previous holders), and the mirror's drift
+    events (the version moved into the stage's MLflow stage or given its alias outside us).
+    """
+    model = version.model
+    if (
+        PromotionRequest.objects.filter(
+            version__model=model, stage=stage, status=PromotionRequest.Status.APPLIED
+        )
+        .filter(Q(version=version) | Q(previous_holder=version.version))
+        .exists()
+    ):
+        return True
+    # A drift event shows the version in the binding before or after the change.
+    number = str(version.version)
+    drifted = Q(pk__in=[])
+    if stage.mlflow_stage:
+        drifted |= Q(kind=DriftEvent.Kind.STAGE, version=version.version) & (
+            Q(after=stage.mlflow_stage) | Q(before=stage.mlflow_stage)
+        )
+    if stage.mlflow_alias:
+        drifted |= Q(kind=DriftEvent.Kind.ALIAS, alias=stage.mlflow_alias) & (
+            Q(after=number) | Q(before=number)
+        )
+    if DriftEvent.objects.filter(drifted, model=model).exists():
+        return True
+    applied = AuditEvent.objects.filter(
+        action="promotion.applied", model_name=model.name, to_stage=stage.name
+    ).values_list("version", "details")
+    return any(
+        number == version.version or version.version in (details or {}).get("previous_holders", [])
+        for number, details in applied.iterator()
+    )

@@ -50,7 +50,8 @@ class PromotionRequestForm(forms.Form):
                 aliases=self.chosen_version.aliases,
                 stages=stages,
             )
-            # A rollback returns a previous holder to its stage, wherever it stands now.
+            # A rollback returns a previous holder to its stage, wherever it stands now; the
+            # filing service checks the record and refuses (and audits) any other "rollback".
             stages = [
                 s
                 for s in stages

@@ -258,3 +258,43 @@ def test_the_model_page_offers_a_rollback_to_the_previous_holder(
     rollback = PromotionRequest.objects.get(status=Status.PENDING)
     assert rollback.evidence["rollback"] is True and rollback.version.version == 3
     assert rollback.stage.required_approvals == 2  # the same approval policy
+
+
+def test_a_forged_rollback_flag_is_refused_and_audited(client, requester, sales):
+    """v6 never held Production: rollback=1 must not skip the catalog's allowed-from rule."""
+    from promotions.models import AuditEvent
+
+    client.force_login(requester)
+    response = client.post(
+        "/requests/new/",
+        {
+            "model": "sales_forecast",
+            "version": "6",
+            "stage": "Production",
+            "justification": "not really a rollback",
+            "rollback": "1",
+        },
+    )
+    assert response.status_code == 422
+    assert "never held Production" in response.content.decode()
+    assert not PromotionRequest.objects.exists()
+    denied = AuditEvent.objects.get(action="auth.denied")
+    assert denied.details["reason"] == "the version never held the stage"
+    assert (denied.model_name, denied.version, denied.to_stage) == ("sales_forecast", 6, "Production")
+
+
+def test_a_version_the_audit_log_shows_in_the_stage_may_be_rolled_back(client, requester, sales):
+    """The record may be the audit log alone: v6 was the previous holder of an applied promotion."""
+    from promotions import audit, catalog
+
+    audit.record(
+        action="promotion.applied",
+        meaning="Applied: promote sales_forecast v4 to Production",
+        model_name="sales_forecast",
+        version=4,
+        to_stage="Production",
+        details={"previous_holders": [6]},
+    )
+    assert catalog.held_before(version=version(sales, 6), stage=stage("Production"))
+    assert not catalog.held_before(version=version(sales, 5), stage=stage("Production"))
+    assert not catalog.held_before(version=version(sales, 6), stage=stage("Staging"))

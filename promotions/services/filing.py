@@ -159,6 +159,19 @@ def promotion_request_create(
         raise UnknownVersion(
             f"Version {version.version} of model '{version.model.name}' was deleted in MLflow."
         )
+    if rollback and not catalog.held_before(version=version, stage=stage):
+        audit.record_denied(
+            actor=requested_by,
+            what=f"roll back {version.model.name} v{version.version} → {stage.name}",
+            reason="the version never held the stage",
+            model_name=version.model.name,
+            version=version.version,
+            to_stage=stage.name,
+        )
+        raise NotAllowed(
+            f"{version.model.name} v{version.version} never held {stage.name}: only a version that "
+            "held a stage can be rolled back to it. File a normal request instead."
+        )
     positions = catalog.version_positions(current_stage=version.current_stage, aliases=version.aliases)
     if stage.name in positions:
         raise InvalidRequest(f"{version.model.name} v{version.version} already holds {stage.name}.")
