@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -123,8 +124,11 @@ def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress, pag
 
     seen_versions: dict[int, set[int]] = {row.pk: set() for row in seen_models.values()}
     for page in gateway.iter_model_version_pages(name=model_name, page_size=page_size or 10000):
+        # Compare and read the runs from MLflow first, then write in one short transaction:
+        # a slow MLflow never holds the database (on SQLite, its one write lock).
+        plan = _plan_version_page(page, seen_models, alias_maps, seen_versions, full=full)
         with transaction.atomic():
-            _sync_version_page(page, seen_models, alias_maps, seen_versions, stats, full=full)
+            _write_version_page(plan, stats)
         stats.versions += len(page)
         if progress:
             progress(stats)
@@ -174,7 +178,23 @@ def _version_aliases(alias_map: dict[str, int], version: int) -> list[str]:
     return sorted(alias for alias, holder in alias_map.items() if holder == version)
 
 
-def _sync_version_page(page, seen_models, alias_maps, seen_versions, stats: SyncStats, *, full: bool) -> None:
+@dataclass
+class _VersionPagePlan:
+    """What one page of versions changes in the mirror, worked out before any write."""
+
+    now: datetime
+    to_create: list[ModelVersion] = field(default_factory=list)
+    to_update: list[ModelVersion] = field(default_factory=list)
+    # (model, stage before, the version as MLflow has it now)
+    stage_changes: list[tuple[RegisteredModel, str, gateway.ModelVersionInfo]] = field(default_factory=list)
+
+
+def _plan_version_page(page, seen_models, alias_maps, seen_versions, *, full: bool) -> _VersionPagePlan:
+    """Compare a page with the mirror and fetch the runs of new or changed versions from MLflow.
+
+    Runs outside any transaction: it reads the mirror and MLflow, and writes nothing but a
+    missing model row (one statement of its own).
+    """
     # A version can belong to a model registered after the model pages were read.
     missing = {info.name for info in page} - set(seen_models)
     if missing:
@@ -186,9 +206,7 @@ def _sync_version_page(page, seen_models, alias_maps, seen_versions, stats: Sync
                 alias_maps.setdefault(info.name, {})
     model_ids = {seen_models[info.name].pk for info in page}
     existing = {(v.model_id, v.version): v for v in ModelVersion.objects.filter(model_id__in=model_ids)}
-    now = timezone.now()
-    to_create: list[ModelVersion] = []
-    to_update: list[ModelVersion] = []
+    plan = _VersionPagePlan(now=timezone.now())
     need_run_data: list[ModelVersion] = []
     for info in page:
         model = seen_models[info.name]
@@ -207,42 +225,48 @@ def _sync_version_page(page, seen_models, alias_maps, seen_versions, stats: Sync
         }
         row = existing.get((model.pk, info.version))
         if row is None:
-            row = ModelVersion(model=model, version=info.version, last_synced_at=now, **values)
-            to_create.append(row)
+            row = ModelVersion(model=model, version=info.version, last_synced_at=plan.now, **values)
+            plan.to_create.append(row)
             need_run_data.append(row)
             continue
         changed = any(getattr(row, key) != value for key, value in values.items())
         if not changed and not full:
             continue
         if row.current_stage != info.current_stage:
-            _announce_stage_change(model, row, info, stats)
+            plan.stage_changes.append((model, row.current_stage, info))
         for key, value in values.items():
             setattr(row, key, value)
         # A changed version may come with new run metrics (an evaluation logged, then a tag set).
         need_run_data.append(row)
         if changed:
-            to_update.append(row)
+            plan.to_update.append(row)
 
     if need_run_data:
-        queued = {id(row) for row in to_update}
+        queued = {id(row) for row in plan.to_update}
         runs = gateway.get_runs_data([row.run_id for row in need_run_data])
         for row in need_run_data:
             data = runs.get(row.run_id)
             if data is not None and (row.metrics != data.metrics or row.params != data.params):
                 row.metrics, row.params = data.metrics, data.params
                 if row.pk and id(row) not in queued:
-                    to_update.append(row)
-    for row in to_update:
-        row.last_synced_at = now
-    if to_create:
-        ModelVersion.objects.bulk_create(to_create, batch_size=WRITE_BATCH)
-        stats.created += len(to_create)
-    if to_update:
+                    plan.to_update.append(row)
+    return plan
+
+
+def _write_version_page(plan: _VersionPagePlan, stats: SyncStats) -> None:
+    for model, before, info in plan.stage_changes:
+        _announce_stage_change(model, before, info, stats)
+    for row in plan.to_update:
+        row.last_synced_at = plan.now
+    if plan.to_create:
+        ModelVersion.objects.bulk_create(plan.to_create, batch_size=WRITE_BATCH)
+        stats.created += len(plan.to_create)
+    if plan.to_update:
         ModelVersion.objects.bulk_update(
-            to_update, [*VERSION_FIELDS, "metrics", "params", "last_synced_at"], batch_size=WRITE_BATCH
+            plan.to_update, [*VERSION_FIELDS, "metrics", "params", "last_synced_at"], batch_size=WRITE_BATCH
         )
-        stats.updated += len(to_update)
-        stats.changed_version_ids.update(row.pk for row in to_update)
+        stats.updated += len(plan.to_update)
+        stats.changed_version_ids.update(row.pk for row in plan.to_update)
 
 
 def _mark_vanished(seen_models, seen_versions, stats: SyncStats, *, model_name: str | None) -> None:
@@ -289,14 +313,14 @@ def _announce_binding_change(model: RegisteredModel, stats: SyncStats, **change)
         stats.drift += 1
 
 
-def _announce_stage_change(model: RegisteredModel, row: ModelVersion, info, stats: SyncStats) -> None:
+def _announce_stage_change(model: RegisteredModel, before: str, info, stats: SyncStats) -> None:
     _announce_binding_change(
         model,
         stats,
         version=info.version,
         kind=DriftEvent.Kind.STAGE,
         alias="",
-        before=row.current_stage,
+        before=before,
         after=info.current_stage,
         mlflow_timestamp=info.last_updated_timestamp,
     )
