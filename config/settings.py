@@ -147,6 +147,13 @@ AXES_COOLOFF_TIME = envint("AXES_COOLOFF_MINUTES", 15, minimum=1) / 60  # hours
 # Lock a user name from one address: a typo-prone colleague elsewhere is not locked out.
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# Behind N reverse proxies (each appending to X-Forwarded-For), set TRUSTED_PROXY_COUNT=N: the
+# client's address is then the entry the outermost proxy added, not the proxy's own address.
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0, minimum=0)
+AXES_CLIENT_IP_CALLABLE = "promotions.auth_events.client_address"
+# The audit log records failed sign-ins for this many user names per address and cool-off
+# window; beyond it, one address's failures are counted under one entry.
+SIGN_IN_AUDIT_NAMES_PER_ADDRESS = envint("SIGN_IN_AUDIT_NAMES_PER_ADDRESS", 20, minimum=1)
 
 # Internationalisation ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

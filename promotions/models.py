@@ -208,6 +208,30 @@ class AuditEvent(models.Model):
         return f"#{self.sequence} {self.action}"
 
 
+class SignInFailureTally(models.Model):
+    """Failed sign-ins per user name and address within the cool-off window.
+
+    The audit log records the first failure of a window and the lock-out; the count of the
+    rest is kept here, so anonymous traffic cannot grow the append-only log without bound.
+    """
+
+    username = models.CharField(max_length=150)
+    ip_address = models.CharField(max_length=64)
+    window_started_at = models.DateTimeField()
+    failures = models.PositiveIntegerField(default=0)
+    locked_out_recorded = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["username", "ip_address"], name="one_sign_in_tally_per_name_address"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username}@{self.ip_address}: {self.failures}"
+
+
 class WorkerHeartbeat(models.Model):
     """Written by a Celery task: proves the broker→worker→database round trip."""
 
