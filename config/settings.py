@@ -290,6 +290,8 @@ WEBHOOK_STUCK_AFTER_SECONDS = envint("WEBHOOK_STUCK_AFTER_SECONDS", 900, minimum
 WEBHOOK_RETRY_CAP_SECONDS = min(
     envint("WEBHOOK_RETRY_CAP_SECONDS", 300, minimum=1), WEBHOOK_STUCK_AFTER_SECONDS // 3
 )
+# Outbound webhooks go to public addresses only, unless internal receivers are meant.
+WEBHOOK_ALLOW_PRIVATE_NETWORKS = envbool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
 WEBHOOK_SWEEP_INTERVAL_SECONDS = envint("WEBHOOK_SWEEP_INTERVAL_SECONDS", 120, minimum=5)
 
 # Beat: every periodic task, in one place ------------------------------------------------------

@@ -12,7 +12,7 @@ import re
 from django import forms
 from django.contrib import admin, messages
 
-from promotions import notifications, policy
+from promotions import notifications, policy, webhook_targets
 from promotions.models import (
     WEBHOOK_EVENTS,
     AuditEvent,
@@ -164,16 +164,25 @@ class WebhookEndpointForm(forms.ModelForm):
     class Meta:
         model = WebhookEndpoint
         fields = ["name", "url", "secret", "events", "is_active"]
-        widgets = {"secret": forms.PasswordInput(render_value=True)}
+        widgets = {"secret": forms.PasswordInput(render_value=False)}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["secret"].required = False
+            self.fields["secret"].help_text = "Leave empty to keep the current secret."
 
     def clean_url(self) -> str:
         url = self.cleaned_data["url"]
-        if not url.lower().startswith(("http://", "https://")):
-            raise forms.ValidationError("Webhooks are sent over http or https only.")
+        if refusal := webhook_targets.url_refusal(url):
+            raise forms.ValidationError(refusal)
         return url
 
     def clean_secret(self) -> str:
         secret = self.cleaned_data["secret"]
+        if not secret and self.instance.pk:
+            # The secret is never sent back to the browser: an empty field keeps the current one.
+            return self.instance.secret
         if len(secret) < 16:
             raise forms.ValidationError("Use a secret of at least 16 characters.")
         return secret

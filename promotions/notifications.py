@@ -29,7 +29,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from promotions import audit, outbox
+from promotions import audit, outbox, webhook_targets
 from promotions.models import (
     WEBHOOK_EVENTS,
     AuditEvent,
@@ -251,16 +251,6 @@ def send_event_email(event: str, request_id: int) -> int:
 # --- webhooks ---------------------------------------------------------------------------------
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    # A receiver that redirects is misconfigured; following it would re-send the signed
-    # body (or drop it, for POST→GET) somewhere nobody configured.
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
 @dataclass(frozen=True)
 class Attempt:
     status: str
@@ -291,13 +281,15 @@ def _post(delivery: OutboundDelivery) -> tuple[int | None, str]:
         },
     )
     try:
-        with _opener.open(http_request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
+        with webhook_targets.opener.open(http_request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
             response.read(1024)
             return response.status, ""
     except urllib.error.HTTPError as exc:
         return exc.code, f"HTTP {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, webhook_targets.TargetRefused):
+            return None, f"Refused: {reason}"[:500]
         return None, f"{type(exc).__name__}: {reason}"[:500]
 
 
@@ -316,7 +308,7 @@ def webhook_deliver(*, delivery_pk: int) -> Attempt | None:
     now = timezone.now()
     if code is not None and 200 <= code < 300:
         attempt = Attempt(Delivery.DELIVERED, code, "")
-    elif attempts >= settings.WEBHOOK_MAX_ATTEMPTS or _permanent(code):
+    elif attempts >= settings.WEBHOOK_MAX_ATTEMPTS or _permanent(code) or error.startswith("Refused: "):
         attempt = Attempt(Delivery.FAILED, code, error)
     else:
         attempt = Attempt(Delivery.RETRYING, code, error, retry_in=_retry_delay(attempts))

@@ -14,6 +14,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DEBUG", "true")
 # The test MLflow server and clients send no usage telemetry (there is no network here anyway).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# The suite's webhook receivers listen on loopback; the tests of the address check turn it on.
+os.environ.setdefault("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
 # The embedded broker and database files belong to `make run`; each test run gets its own,
 # so two runs at once (a developer's and a CI check) never share a queue or a database.
 RUN_ID = os.getpid()

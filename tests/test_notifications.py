@@ -431,3 +431,24 @@ def test_staff_without_the_stage_admin_role_cannot_see_webhooks(client, reviewer
     client.force_login(reviewer)
     assert client.get("/admin/promotions/webhookendpoint/").status_code == 403
     assert client.get("/admin/promotions/outbounddelivery/").status_code == 403
+
+
+def test_a_delivery_to_an_inside_address_is_refused_at_send_time(settings, people, sales, receiver):
+    """An endpoint saved before the check, or a name that resolves inside later (rebinding)."""
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = False
+    target = receiver(200)
+    requester, _, _ = people
+    port = target.url.split(":")[2].split("/")[0]
+    for url, number, target_stage in (
+        (target.url, 5, "Production"),
+        (f"http://localhost:{port}/hook", 6, "Staging"),
+    ):
+        OutboundDelivery.objects.all().delete()
+        WebhookEndpoint.objects.all().delete()
+        endpoint(url, events=["request.created"])
+        file(sales, requester, number=number, target=target_stage)
+        delivery = OutboundDelivery.objects.get()
+        attempt = notifications.webhook_deliver(delivery_pk=delivery.pk)
+        assert attempt.status == OutboundDelivery.Status.FAILED, url  # at once: no retry helps
+        assert "Refused" in attempt.error and "loopback" in attempt.error
+    assert target.calls == []

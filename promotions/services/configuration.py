@@ -7,6 +7,8 @@ writes stages or endpoints.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django import forms
 from django.db import transaction
 
@@ -67,19 +69,28 @@ def stage_delete(*, stage: Stage, actor) -> None:
 
 
 def webhook_endpoint_save(*, form: forms.ModelForm, actor) -> WebhookEndpoint:
-    """Save a validated endpoint form and record which fields changed (the secret by name only)."""
+    """Save a validated endpoint form and record which fields changed.
+
+    The record names the receiver's host, never the full URL (its path and query may carry a
+    token) nor the secret, which is only said to have changed.
+    """
     with transaction.atomic():
         existing = form.instance.pk is not None
+        old_secret = (
+            WebhookEndpoint.objects.filter(pk=form.instance.pk).values_list("secret", flat=True).first()
+            if existing
+            else None
+        )
         endpoint = form.save()
         changed = [name for name in form.changed_data if name != "secret"]
-        if "secret" in form.changed_data:
+        if endpoint.secret != old_secret:
             changed.append("secret (not shown)")
         audit.record(
             action="webhook.changed" if existing else "webhook.created",
             actor=actor,
             meaning=f"Webhook {endpoint.name} {'changed' if existing else 'created'}: " + ", ".join(changed),
             details={
-                "url": endpoint.url,
+                "host": _host(endpoint.url),
                 "events": endpoint.events,
                 "is_active": endpoint.is_active,
                 "changed": changed,
@@ -88,12 +99,19 @@ def webhook_endpoint_save(*, form: forms.ModelForm, actor) -> WebhookEndpoint:
     return endpoint
 
 
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
 def webhook_endpoint_delete(*, endpoint: WebhookEndpoint, actor) -> None:
     with transaction.atomic():
         audit.record(
             action="webhook.deleted",
             actor=actor,
             meaning=f"Webhook {endpoint.name} deleted",
-            details={"url": endpoint.url},
+            details={"host": _host(endpoint.url)},
         )
         endpoint.delete()
