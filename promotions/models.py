@@ -110,6 +110,9 @@ class PromotionRequest(models.Model):
     ci_evidence = models.JSONField(default=dict, blank=True)
     # Promote-through: once this request is applied, file the next step of the pipeline.
     then_stages = models.JSONField(default=list, blank=True)
+    # The stage's approval count when the request was filed: a request is held to the stricter
+    # of this and the stage's current count (lowering the policy cannot push it through).
+    required_approvals_at_filing = models.PositiveIntegerField(null=True, blank=True)
     check_results = models.JSONField(default=list)
     via = models.CharField(max_length=16, default="web")
     created_at = models.DateTimeField()

@@ -74,6 +74,31 @@ def may_decide(user, request: PromotionRequest, *, reviews: list[Review] | None 
     return not any(r.reviewer_id == user.pk and not r.stale for r in reviews)
 
 
+def required_approvals(request: PromotionRequest) -> int:
+    """The stricter of the count the request was filed under and the stage's count now."""
+    return max(request.required_approvals_at_filing or 0, request.stage.required_approvals)
+
+
+def approval_counts(review: Review, request: PromotionRequest) -> bool:
+    """A live approval by someone who may still approve: active, and in the stage's approver
+    groups now. An approver who left (deactivated, or removed from the groups) stops counting."""
+    reviewer = review.reviewer
+    return (
+        review.decision == Review.Decision.APPROVE
+        and not review.stale
+        and reviewer is not None
+        and reviewer.is_active
+        and in_approver_groups(reviewer, request.stage)
+    )
+
+
+def counting_approvals(request: PromotionRequest) -> list[Review]:
+    reviews = Review.objects.filter(
+        request=request, decision=Review.Decision.APPROVE, stale=False
+    ).select_related("reviewer")
+    return [review for review in reviews if approval_counts(review, request)]
+
+
 def may_cancel(user, request: PromotionRequest) -> bool:
     return request.requested_by_id == user.pk or is_stage_admin(user)
 

@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from promotions import audit, catalog, notifications, outbox, policy
 from promotions.errors import TransientApplyError
-from promotions.models import PromotionRequest, Review, Stage
-from promotions.services.lifecycle import audit_context, enqueue_apply, meaning, status_set
+from promotions.models import PromotionRequest, Stage
+from promotions.services.lifecycle import audit_context, enqueue_apply, meaning, request_reopen, status_set
 from registry_sync import gateway
 from registry_sync.models import ModelVersion, RegisteredModel
 
@@ -85,12 +85,13 @@ def _fail(request: PromotionRequest, reason: str, *, permanent: bool = True) -> 
             notifications.notify("promotion.failed", request.pk)
 
 
-def _approvers(request: PromotionRequest) -> list[str]:
-    return list(
-        Review.objects.filter(request=request, decision=Review.Decision.APPROVE, stale=False).values_list(
-            "reviewer_name", flat=True
-        )
-    )
+def _approvers(request: PromotionRequest) -> list[str] | None:
+    """The names of the approvals that count now, or None when too few still count: an approver
+    left (deactivated, or out of the approver groups), or the policy asks for more."""
+    approvals = policy.counting_approvals(request)
+    if len(approvals) < policy.required_approvals(request):
+        return None
+    return [review.reviewer_name for review in approvals]
 
 
 def promotion_apply(*, request_id: int) -> str:
@@ -106,8 +107,17 @@ def promotion_apply(*, request_id: int) -> str:
         _fail(request, f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts")
         return "failed"
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
+    approvers = _approvers(request)
+    if approvers is None:
+        with transaction.atomic():
+            request_reopen(
+                request,
+                old=Status.APPLYING,
+                reason=f"{len(policy.counting_approvals(request))} of the "
+                f"{policy.required_approvals(request)} approvals needed still count",
+            )
+        return "reopened"
     try:
-        approvers = _approvers(request)
         outcome = _apply_to_registry(request, approvers)
     except gateway.RegistryUnavailable as exc:
         reason = str(exc)

@@ -81,9 +81,8 @@ def review_approve(
             raise InvalidRequest(
                 "Checks must pass before this request can be approved. Failing: " + "; ".join(failing)
             )
-        approvals = Review.objects.filter(
-            request=locked, decision=Review.Decision.APPROVE, stale=False
-        ).count()
+        approvals = len(policy.counting_approvals(locked))
+        required = policy.required_approvals(locked)
         audit.record(
             action="review.approved",
             actor=reviewer,
@@ -92,15 +91,13 @@ def review_approve(
                 "comment": comment,
                 "evidence_sha256": locked.evidence_sha256,
                 "approvals": approvals,
-                "required": locked.stage.required_approvals,
+                "required": required,
                 "via": via,
             },
             **audit_context(locked),
         )
-        if approvals >= locked.stage.required_approvals:
-            request_approve_for_apply(
-                locked, actor=reviewer, reason=f"{approvals} of {locked.stage.required_approvals} approvals"
-            )
+        if approvals >= required:
+            request_approve_for_apply(locked, actor=reviewer, reason=f"{approvals} of {required} approvals")
         else:
             PromotionRequest.objects.filter(pk=locked.pk).update(updated_at=now)
     locked.refresh_from_db()

@@ -207,6 +207,7 @@ def promotion_request_create(
                 evidence_sha256=evidence_digest(evidence),
                 ci_evidence=dict(ci_evidence or {}),
                 then_stages=list(then_stages or []),
+                required_approvals_at_filing=stage.required_approvals,
                 check_results=evidence["checks"],
                 via=via,
                 created_at=now,

@@ -88,3 +88,22 @@ def enqueue_apply(request_id: int) -> bool:
         return False
     PromotionRequest.objects.filter(pk=request_id).update(enqueued_at=timezone.now())
     return True
+
+
+def request_reopen(request: PromotionRequest, *, old: str | tuple[str, ...], reason: str) -> bool:
+    """Back to pending (approved or applying → pending): its approvals no longer suffice.
+
+    The reason is kept on the request for its page; False when someone else moved it first.
+    """
+    now = timezone.now()
+    if not status_set(
+        request.pk, old, Status.PENDING, now=now, decided_at=None, enqueued_at=None, last_error=reason
+    ):
+        return False
+    audit.record(
+        action="request.reopened",
+        meaning=meaning("Waiting for approvals again", request) + f": {reason}",
+        details={"reason": reason},
+        **audit_context(request),
+    )
+    return True
