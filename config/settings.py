@@ -294,6 +294,14 @@ WEBHOOK_RETRY_CAP_SECONDS = min(
 )
 WEBHOOK_SWEEP_INTERVAL_SECONDS = envint("WEBHOOK_SWEEP_INTERVAL_SECONDS", 120, minimum=5)
 
+# Health --------------------------------------------------------------------------------------
+# Anonymous callers learn only ok/degraded; the details (which part is down and why) need a
+# staff session or `Authorization: Bearer $HEALTHZ_TOKEN`. Empty: no token grants them.
+HEALTHZ_TOKEN = envstr("HEALTHZ_TOKEN", "")
+# One set of checks serves every caller for this long, so a flood of probes is not a flood of
+# broker connections and MLflow calls.
+HEALTHZ_CACHE_SECONDS = envint("HEALTHZ_CACHE_SECONDS", 5, minimum=0)
+
 # Beat: every periodic task, in one place ------------------------------------------------------
 HEARTBEAT_INTERVAL_SECONDS = 60
 CELERY_BEAT_SCHEDULE = {
