@@ -243,13 +243,22 @@ MLFLOW_WEBHOOK_SECRET = envstr("MLFLOW_WEBHOOK_SECRET", "")
 SYNC_INTERVAL_SECONDS = envint("SYNC_INTERVAL_SECONDS", 60, minimum=5)
 
 # Logging -------------------------------------------------------------------------------------
+# Every line passes through config.redact before it is written: an error text may carry a URL
+# with its password, or a configured token.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "config.redact.RedactingFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own handlers (installed before these settings are read) would write its
+        # records unredacted before they reach the root's: its records go through the root only.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.db.backends": {"level": "INFO"},
+        "axes": {"level": "WARNING"},
+    },
 }
 
 # Promotions ----------------------------------------------------------------------------------
@@ -293,6 +302,14 @@ WEBHOOK_RETRY_CAP_SECONDS = min(
 # Outbound webhooks go to public addresses only, unless internal receivers are meant.
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = envbool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
 WEBHOOK_SWEEP_INTERVAL_SECONDS = envint("WEBHOOK_SWEEP_INTERVAL_SECONDS", 120, minimum=5)
+
+# Health --------------------------------------------------------------------------------------
+# Anonymous callers learn only ok/degraded; the details (which part is down and why) need a
+# staff session or `Authorization: Bearer $HEALTHZ_TOKEN`. Empty: no token grants them.
+HEALTHZ_TOKEN = envstr("HEALTHZ_TOKEN", "")
+# One set of checks serves every caller for this long, so a flood of probes is not a flood of
+# broker connections and MLflow calls.
+HEALTHZ_CACHE_SECONDS = envint("HEALTHZ_CACHE_SECONDS", 5, minimum=0)
 
 # Beat: every periodic task, in one place ------------------------------------------------------
 HEARTBEAT_INTERVAL_SECONDS = 60

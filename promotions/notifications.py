@@ -10,6 +10,7 @@ configured timeout, and never the request that caused the event.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import smtplib
@@ -29,6 +30,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from config.redact import redact, url_password
 from promotions import audit, outbox, webhook_targets
 from promotions.models import (
     WEBHOOK_EVENTS,
@@ -285,12 +287,18 @@ def _post(delivery: OutboundDelivery) -> tuple[int | None, str]:
             response.read(1024)
             return response.status, ""
     except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code} {exc.reason}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return exc.code, redact(f"HTTP {exc.code} {exc.reason}", also=_secrets_of(delivery.endpoint))
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        # An endpoint's URL may carry credentials, and the error may quote them (http.client's
+        # "nonnumeric port: 'password@host'", for one).
         reason = getattr(exc, "reason", None) or exc
         if isinstance(reason, webhook_targets.TargetRefused):
-            return None, f"Refused: {reason}"[:500]
-        return None, f"{type(exc).__name__}: {reason}"[:500]
+            return None, redact(f"Refused: {reason}", also=_secrets_of(delivery.endpoint))[:500]
+        return None, redact(f"{type(exc).__name__}: {reason}", also=_secrets_of(delivery.endpoint))[:500]
+
+
+def _secrets_of(endpoint: WebhookEndpoint) -> tuple[str, str]:
+    return url_password(endpoint.url), endpoint.secret
 
 
 def _permanent(code: int | None) -> bool:

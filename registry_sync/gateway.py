@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import requests
 from django.conf import settings
 
+from config.redact import redact
+
 # Our callers retry with their own policy (Celery backoff, the next sync run); MLflow's
 # built-in retry loop would otherwise hold a web request or a worker for minutes when the
 # server is down. Both stay overridable from the environment.
@@ -109,7 +111,8 @@ def _registry():
 
 
 def tracking_uri() -> str:
-    return settings.MLFLOW_TRACKING_URI
+    """The registry's address as it may be shown: without the credentials a URL may carry."""
+    return redact(settings.MLFLOW_TRACKING_URI)
 
 
 def _http_status(exc: MlflowException) -> int | None:
@@ -121,8 +124,17 @@ def _http_status(exc: MlflowException) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _translate(exc: Exception, *, name: str | None = None, version: int | None = None):
-    """Map an MLflow or HTTP failure to one of our exceptions (returned, for `raise ... from`)."""
+def _translate(exc: Exception, *, name: str | None = None, version: int | None = None) -> RegistryError:
+    """Map an MLflow or HTTP failure to one of our exceptions (returned, for `raise ... from`).
+
+    Its text is redacted here, once: it is stored (sync runs, a request's last error, the audit
+    log), logged and shown, and MLflow's messages may quote the URL with its credentials.
+    """
+    error = _classify(exc, name=name, version=version)
+    return type(error)(redact(str(error)))
+
+
+def _classify(exc: Exception, *, name: str | None, version: int | None) -> RegistryError:
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return RegistryUnavailable(f"MLflow at {tracking_uri()} is not answering: {type(exc).__name__}")
     if not isinstance(exc, MlflowException):

@@ -20,6 +20,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from config.redact import redact
 from registry_sync import gateway
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun
 from registry_sync.signals import binding_changed, versions_changed
@@ -91,7 +92,7 @@ def sync_registry(
     try:
         _sync(stats, model_name=model_name, full=full, progress=progress, page_size=page_size)
     except gateway.RegistryError as exc:
-        error = str(exc) or type(exc).__name__
+        error = redact(str(exc)) or type(exc).__name__
         logger.warning("Registry sync failed: %s", error)
     run.finished_at = timezone.now()
     run.models_seen, run.versions_seen = stats.models, stats.versions

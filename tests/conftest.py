@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.core.cache import cache
 from django.test import TransactionTestCase
 
 from bench.common import free_port, stop_process_group
@@ -62,6 +63,12 @@ def _restore_chain_head(connection):
 
 
 TransactionTestCase._fixture_teardown = _teardown_with_triggers_lifted
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """/healthz keeps its checks for a few seconds; each test sees the parts as it set them."""
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -329,11 +336,14 @@ def mlflow_proxy(registry, settings):
 
 
 class broker_unreachable:  # noqa: N801 - used as a context manager
-    """Point the publishing side at a closed port, then restore the real broker."""
+    """Point the publishing side at a closed port (or at `url`), then restore the real broker."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url
 
     def __enter__(self):
         self.saved = celery_app.conf.broker_write_url
-        self._reset(f"redis://127.0.0.1:{free_port()}/0")
+        self._reset(self.url or f"redis://127.0.0.1:{free_port()}/0")
         return self
 
     def __exit__(self, *exc):

@@ -315,7 +315,7 @@ def test_the_command_writes_the_file_and_its_manifest(tmp_path, history, fmt, ca
     assert f"Wrote {last.sequence} entries" in capsys.readouterr().out
     recorded = AuditEvent.objects.order_by("-sequence").first()
     assert recorded.action == "audit.exported" and recorded.actor_name == "system"
-    assert recorded.details["via"] == "command line" and recorded.details["format"] == fmt
+    assert recorded.details["via"] == "cli" and recorded.details["format"] == fmt
     assert verify(path) == ""
 
 

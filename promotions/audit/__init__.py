@@ -5,6 +5,7 @@ A module a job: `actions` (every action recorded), `format` (the canonical row, 
 `urls` (auditors' pages; not imported here: recording needs no templates), `triggers` (append-only).
 """
 
+from config.operator import acting_from_cli
 from promotions.audit.actions import AuditAction
 from promotions.audit.format import GENESIS_HASH, canonical_json, compute_hash, payload_of, utc_iso
 from promotions.audit.log import (
@@ -21,6 +22,7 @@ __all__ = [
     "GENESIS_HASH",
     "AuditAction",
     "ChainReport",
+    "acting_from_cli",
     "acting_through_token",
     "audit_context_middleware",
     "canonical_json",

@@ -14,6 +14,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from config.operator import cli_operator
 from promotions.audit.actions import AuditAction
 from promotions.audit.format import canonical_json, compute_hash, payload_of
 from promotions.models import AuditChainHead, AuditEvent
@@ -82,6 +83,10 @@ def record(
     details = details or {}
     if (token := _api_token.get()) is not None:
         details = {**details, "api_token": token}
+    if (operator := cli_operator()) is not None:
+        # Whoever holds the database credentials may act as anyone from the command line: the
+        # entry names the account and machine it really came from.
+        details = {**details, "via": "cli", "cli": operator}
     details = json.loads(canonical_json(details))
     with transaction.atomic():
         head = AuditChainHead.objects.select_for_update().get(pk=1)

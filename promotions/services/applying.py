@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from config.redact import redact
 from promotions import audit, catalog, notifications, outbox, policy
 from promotions.errors import TransientApplyError
 from promotions.models import PromotionRequest, Stage
@@ -72,6 +73,8 @@ def _claim(request_id: int) -> PromotionRequest | None:
 
 
 def _fail(request: PromotionRequest, reason: str, *, permanent: bool = True) -> None:
+    # The reason lands in the immutable audit log: nothing that could be a credential may reach it.
+    reason = redact(reason)
     now = timezone.now()
     with transaction.atomic():
         changed = status_set(request.pk, Status.APPLYING, Status.FAILED, now=now, last_error=reason[:2000])
@@ -120,7 +123,7 @@ def promotion_apply(*, request_id: int) -> str:
     try:
         outcome = _apply_to_registry(request, approvers)
     except gateway.RegistryUnavailable as exc:
-        reason = str(exc)
+        reason = redact(str(exc))
         if request.attempts >= settings.PROMOTION_MAX_ATTEMPTS:
             _fail(request, f"MLflow unreachable after {request.attempts} attempts: {reason}")
             return "failed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from promotions import tokens
+from promotions import audit, tokens
 from promotions.errors import PromotionError
 
 
@@ -16,6 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--name", default="", help="What the token is for (default: 'API token').")
 
+    @audit.acting_from_cli()
     def handle(self, *args, **options):
         user = get_user_model().objects.filter(username=options["username"], is_active=True).first()
         if user is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from promotions import audit
 from promotions.audit import exports, filters
 
 
@@ -25,6 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--action", help="e.g. review.approved, promotion.applied.")
         parser.add_argument("--text", help="Words the entry's meaning contains.")
 
+    @audit.acting_from_cli()
     def handle(self, *args, **options):
         try:
             audit_filter = filters.parse_filter(options)
@@ -38,7 +40,7 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot write {options['output']}: {exc.strerror or exc}") from None
         # Recorded after the file is written: a failed write exported nothing. The entry's
         # sequence is past the cut, so it is never inside the export it records.
-        exports.record_export(actor=None, cut=cut, fmt=fmt, via="command line")
+        exports.record_export(actor=None, cut=cut, fmt=fmt, via="cli")
         span = f"#{manifest['first_sequence']}–#{manifest['last_sequence']}" if manifest["rows"] else "none"
         scope = "complete" if manifest["complete"] else f"filtered: {audit_filter.describe()}"
         self.stdout.write(

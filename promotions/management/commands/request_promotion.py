@@ -17,7 +17,7 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from promotions import catalog, services
+from promotions import audit, catalog, services
 from promotions.errors import InvalidRequest, PromotionError
 from promotions.models import AuditEvent, PromotionRequest
 
@@ -67,6 +67,7 @@ class Command(BaseCommand):
             "--timeout", type=float, default=3600, help="Seconds --wait waits (default 3600)."
         )
 
+    @audit.acting_from_cli()
     def handle(self, *args, **options):
         if options["all_passing"]:
             for flag in ("version", "through", "wait"):

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.core.management.base import BaseCommand, CommandError
 
-from promotions import roles
+from promotions import audit, roles
 from registry_sync import gateway
 from registry_sync.models import SyncRun
 from registry_sync.services import SyncFailed, format_summary, sync_registry, wait_for_registry
@@ -71,6 +71,7 @@ class Command(BaseCommand):
             help="Seed even with DEBUG off: creates accounts with a published password.",
         )
 
+    @audit.acting_from_cli()
     def handle(self, *args, **options):
         if not settings.DEBUG and not options["demo_on_production"]:
             raise CommandError(

@@ -13,6 +13,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--export", help="Verify an exported file against its manifest instead.")
 
+    @audit.acting_from_cli()
     def handle(self, *args, **options):
         if options["export"]:
             report = audit.verify_export(options["export"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from config.operator import acting_from_cli
 from registry_sync.models import SyncRun
 from registry_sync.services import SyncFailed, format_summary, sync_registry
 
@@ -15,6 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--model", help="Sync only this registered model.")
         parser.add_argument("--full", action="store_true", help="Re-read every version's run data too.")
 
+    @acting_from_cli()
     def handle(self, *args, **options):
         def progress(stats):
             self.stdout.write(
