@@ -11,7 +11,8 @@ import ipaddress
 
 from django.conf import settings
 
-from promotions.services import sign_in
+from promotions import audit
+from promotions.services import people, sign_in
 
 
 def client_address(request) -> str:
@@ -46,3 +47,41 @@ def on_locked_out(sender, request=None, username=None, ip_address=None, **kwargs
     sign_in.sign_in_lockout_record(
         username=str(username or "")[:150], ip_address=str(ip_address or _address(request))[:64]
     )
+
+
+# --- roles and accounts -----------------------------------------------------------------------
+
+
+def on_groups_changed(sender, instance, action, reverse, model, pk_set, **kwargs) -> None:
+    """User ↔ group membership changed (from either side, by any path): put it on the record."""
+    if action == "pre_clear":
+        # After the clear nothing says what was there: remember it now.
+        instance._groups_cleared = list(
+            instance.user_set.all() if reverse else instance.groups.all()  # noqa: SLF001
+        )
+        return
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    others = (
+        getattr(instance, "_groups_cleared", [])
+        if action == "post_clear"
+        else list(model.objects.filter(pk__in=pk_set or ()))
+    )
+    added = action == "post_add"
+    for other in others:
+        user, group = (other, instance) if reverse else (instance, other)
+        people.user_group_changed(user=user, group=group, added=added, actor=audit.current_user())
+
+
+def remember_activation(sender, instance, update_fields=None, **kwargs) -> None:
+    if instance.pk is None or (update_fields is not None and "is_active" not in update_fields):
+        return
+    instance._was_active = sender.objects.filter(pk=instance.pk).values_list("is_active", flat=True).first()
+
+
+def on_user_saved(sender, instance, created, **kwargs) -> None:
+    was = getattr(instance, "_was_active", None)
+    if created or was is None or was == instance.is_active:
+        return
+    instance._was_active = instance.is_active
+    people.user_activation_changed(user=instance, active=instance.is_active, actor=audit.current_user())

@@ -30,8 +30,21 @@ def acting_through_token(token) -> None:
     _api_token.set({"id": token.pk, "name": token.name, "prefix": token.prefix})
 
 
+# The signed-in user of the web request being served: changes made through Django's own
+# machinery (the admin saving a user's groups fires model signals, not our services) are
+# recorded with the person who made them.
+_request_user: ContextVar[Any] = ContextVar("audit_request_user", default=None)
+
+
+def current_user():
+    """The signed-in user of the request being served, or None (a command, a task, a shell)."""
+    user = _request_user.get()
+    return user if getattr(user, "is_authenticated", False) else None
+
+
 def audit_context_middleware(get_response):
-    """Let each request start with no API token named, and take its own away as it ends.
+    """Let each request start with no API token named and its own user known, and take both
+    away as it ends.
 
     Not `copy_context().run(...)`: Django keeps its database connections in context variables
     too, and a connection opened in a copied context escapes the end-of-request clean-up.
@@ -39,9 +52,11 @@ def audit_context_middleware(get_response):
 
     def middleware(request):
         before = _api_token.set(None)
+        user_before = _request_user.set(getattr(request, "user", None))
         try:
             return get_response(request)
         finally:
+            _request_user.reset(user_before)
             _api_token.reset(before)
 
     return middleware

@@ -1,0 +1,67 @@
+"""Who holds a role, on the record: group membership and activation of user accounts.
+
+Changes come from anywhere (the admin, a shell, a script): the receivers in auth_events call
+these on Django's model signals. A reviewer who leaves (deactivated, or out of a group) stops
+counting at once: their live approvals go stale, and an approved request they were needed for
+waits for approvals again. The apply re-checks too, for whatever slips between.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import Group
+from django.db import transaction
+
+from promotions import audit, policy
+from promotions.models import PromotionRequest, Review
+from promotions.services.lifecycle import request_reopen
+
+Status = PromotionRequest.Status
+
+
+def user_group_changed(*, user, group: Group, added: bool, actor) -> None:
+    verb = "added to" if added else "removed from"
+    with transaction.atomic():
+        audit.record(
+            action="user.group_added" if added else "user.group_removed",
+            actor=actor,
+            meaning=f"{audit.printed_name(user)} ({user.get_username()}) {verb} {group.name}",
+            details={"username": user.get_username(), "group": group.name},
+        )
+        if not added:
+            approvals_recheck(user=user)
+
+
+def user_activation_changed(*, user, active: bool, actor) -> None:
+    with transaction.atomic():
+        audit.record(
+            action="user.activated" if active else "user.deactivated",
+            actor=actor,
+            meaning=f"{audit.printed_name(user)} ({user.get_username()}) "
+            + ("activated" if active else "deactivated"),
+            details={"username": user.get_username()},
+        )
+        if not active:
+            approvals_recheck(user=user)
+
+
+def approvals_recheck(*, user) -> int:
+    """Mark stale the live approvals of `user` that no longer count; reopen what needed them."""
+    reviews = Review.objects.filter(
+        reviewer=user,
+        decision=Review.Decision.APPROVE,
+        stale=False,
+        request__status__in=(Status.PENDING, Status.APPROVED),
+    ).select_related("request__stage", "request__version__model", "reviewer")
+    stale = 0
+    for review in reviews:
+        request = review.request
+        if policy.approval_counts(review, request):
+            continue
+        reason = f"{review.reviewer_name} may no longer approve requests to {request.stage.name}"
+        Review.objects.filter(pk=review.pk).update(stale=True, stale_reason=reason[:500])
+        stale += 1
+        if request.status == Status.APPROVED and len(policy.counting_approvals(request)) < (
+            policy.required_approvals(request)
+        ):
+            request_reopen(request, old=Status.APPROVED, reason=reason)
+    return stale
