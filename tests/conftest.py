@@ -50,6 +50,9 @@ def _teardown_with_triggers_lifted(self):
         finally:
             audit_triggers.install(connection)
             _restore_chain_head(connection)
+            # Here, not in the next test: that may be inside its transaction, where the owner
+            # role (whose triggers the migration's catalog code re-installs) cannot step in.
+            _restore_catalog()
 
 
 def _restore_chain_head(connection):
