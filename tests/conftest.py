@@ -203,6 +203,8 @@ def subprocess_env(**extra) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": settings.MLFLOW_TRACKING_URI,
         "PYTHONUNBUFFERED": "1",
     }
+    # Workers and commands are the application: its role only (the owner URL names another database).
+    env.pop("DATABASE_OWNER_URL", None)
     env.update(extra)
     return env
 
