@@ -6,6 +6,8 @@ kombu's SQLite broker, and a local MLflow server on 127.0.0.1:5000.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from pathlib import Path
 
 import dj_database_url
@@ -126,6 +128,32 @@ def _database_from_env() -> dict:
 
 
 DATABASES = {"default": _database_from_env()}
+
+
+def _database_owner_from_env() -> dict | None:
+    """DATABASE_OWNER_URL: the role that owns the tables, used by `migrate` and
+    `create_database_roles` only (promotions/database_roles.py). Not a database alias: nothing
+    else may reach the database as the owner."""
+    url = envstr("DATABASE_OWNER_URL", "")
+    if not url:
+        return None
+    try:
+        owner = dj_database_url.parse(url)
+    except (ValueError, KeyError, dj_database_url.UnknownSchemeError) as exc:
+        raise ImproperlyConfigured(f"DATABASE_OWNER_URL is not a database URL: {exc}") from None
+    default = DATABASES["default"]
+    if owner.get("ENGINE") != "django.db.backends.postgresql" or default["ENGINE"] != owner["ENGINE"]:
+        raise ImproperlyConfigured("DATABASE_OWNER_URL needs PostgreSQL in both it and DATABASE_URL.")
+    if owner.get("NAME") != default["NAME"]:
+        raise ImproperlyConfigured("DATABASE_OWNER_URL must name the database DATABASE_URL names.")
+    if not owner.get("USER") or owner["USER"] == default.get("USER"):
+        raise ImproperlyConfigured("DATABASE_OWNER_URL must name another role than DATABASE_URL.")
+    return owner
+
+
+DATABASE_OWNER = _database_owner_from_env()
+# The role the owner grants the application's privileges to, after every migrate.
+DATABASE_APP_ROLE = (DATABASES["default"].get("USER") or "") if DATABASE_OWNER else ""
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Auth ----------------------------------------------------------------------------------------
@@ -275,6 +303,46 @@ PROMOTION_RETRY_CAP_SECONDS = min(
 )
 EXPIRE_INTERVAL_SECONDS = envint("EXPIRE_INTERVAL_SECONDS", 300, minimum=5)
 
+# Audit log keys -----------------------------------------------------------------------------
+# With a key, the chain head, periodic seals and every export manifest carry an HMAC-SHA256 the
+# database never holds (docs/security.md); without one, the log is verified unsigned.
+AUDIT_SIGNING_KEY_MIN_LENGTH = 32
+
+
+def _audit_key_id(secret: str) -> str:
+    # A name for a key that gives nothing of it away, so rotation works without naming keys.
+    return "k" + hmac.new(secret.encode(), b"audit-signing-key-id", hashlib.sha256).hexdigest()[:12]
+
+
+def _audit_old_keys_from_env() -> dict[str, str]:
+    keys = {}
+    for item in envlist("AUDIT_SIGNING_KEYS_OLD", []):
+        key_id, sep, secret = item.partition(":")
+        if not sep or not key_id or len(secret) < AUDIT_SIGNING_KEY_MIN_LENGTH:
+            raise ImproperlyConfigured(
+                "AUDIT_SIGNING_KEYS_OLD must be a comma separated list of KEY_ID:SECRET, each "
+                f"secret at least {AUDIT_SIGNING_KEY_MIN_LENGTH} characters."
+            )
+        keys[key_id] = secret
+    return keys
+
+
+AUDIT_SIGNING_KEY = envstr("AUDIT_SIGNING_KEY", "")
+if AUDIT_SIGNING_KEY and len(AUDIT_SIGNING_KEY) < AUDIT_SIGNING_KEY_MIN_LENGTH:
+    raise ImproperlyConfigured(
+        f"AUDIT_SIGNING_KEY must be at least {AUDIT_SIGNING_KEY_MIN_LENGTH} characters."
+    )
+AUDIT_SIGNING_KEY_ID = (
+    envstr("AUDIT_SIGNING_KEY_ID", _audit_key_id(AUDIT_SIGNING_KEY)) if AUDIT_SIGNING_KEY else ""
+)
+AUDIT_SIGNING_KEYS_OLD = _audit_old_keys_from_env()
+if AUDIT_SIGNING_KEY_ID in AUDIT_SIGNING_KEYS_OLD:
+    raise ImproperlyConfigured(f"AUDIT_SIGNING_KEYS_OLD reuses the current key id {AUDIT_SIGNING_KEY_ID!r}.")
+# A seal every this many entries (by record()), and by beat every so many seconds: entries after
+# the last seal are covered only by the chain head's MAC.
+AUDIT_SEAL_EVERY = envint("AUDIT_SEAL_EVERY", 100, minimum=1)
+AUDIT_SEAL_INTERVAL_SECONDS = envint("AUDIT_SEAL_INTERVAL_SECONDS", 300, minimum=10)
+
 # JSON API, notifications and webhooks --------------------------------------------------------
 # django-ninja as an app only for its vendored Swagger UI (templates and static files): the docs
 # page at /api/docs then loads no script from a CDN and runs under the site's strict CSP.
@@ -329,4 +397,6 @@ CELERY_BEAT_SCHEDULE = {
         "task": "promotions.sweep_deliveries",
         "schedule": float(WEBHOOK_SWEEP_INTERVAL_SECONDS),
     },
+    # Does nothing without AUDIT_SIGNING_KEY, or when nothing was recorded since the last seal.
+    "seal-audit-log": {"task": "promotions.seal_audit_log", "schedule": float(AUDIT_SEAL_INTERVAL_SECONDS)},
 }

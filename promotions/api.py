@@ -418,7 +418,11 @@ class ModelOut(Schema):
 
 class AuditEventOut(Schema):
     sequence: int
-    created_at: datetime
+    # Text, not a datetime: the JSON encoder would round it to milliseconds, and the hash covers
+    # this exact spelling (format.utc_iso), so a client can recompute every entry's hash.
+    created_at: str = Field(
+        description="UTC, microseconds, exactly as hashed: 2026-03-01T09:00:00.123456+00:00"
+    )
     actor_username: str
     actor_name: str
     action: str

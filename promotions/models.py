@@ -175,10 +175,18 @@ class Review(models.Model):
 
 
 class AuditChainHead(models.Model):
-    """One row: the last sequence number and hash. Locking it serialises appends."""
+    """One row: the last sequence number and hash. Locking it serialises appends.
+
+    With AUDIT_SIGNING_KEY, `mac` is the key's MAC of (last_sequence, last_hash): a tail cut off
+    with the head moved back to match cannot be given a MAC that checks. A trigger refuses to
+    move the head backwards at all (audit/triggers.py).
+    """
 
     last_sequence = models.BigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)
+    # db_default too: the head is also written by raw SQL (the test harness's restore after a flush)
+    key_id = models.CharField(max_length=64, blank=True, default="", db_default="")
+    mac = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     def __str__(self) -> str:
         return f"audit head #{self.last_sequence}"
@@ -233,6 +241,26 @@ class SignInFailureTally(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username}@{self.ip_address}: {self.failures}"
+
+
+class AuditSeal(models.Model):
+    """The chain head at one moment, under the signing key's MAC (audit.log.seal); append-only.
+
+    A log rewritten with recomputed hashes no longer has, at a sealed sequence, the hash sealed
+    there; one cut short no longer has the sealed sequence at all.
+    """
+
+    sequence = models.BigIntegerField(db_index=True)
+    hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    key_id = models.CharField(max_length=64)
+    mac = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"seal of #{self.sequence}"
 
 
 class WorkerHeartbeat(models.Model):

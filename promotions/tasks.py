@@ -8,7 +8,7 @@ import socket
 from celery import shared_task
 from django.utils import timezone
 
-from promotions import services
+from promotions import audit, services
 from promotions.errors import TransientApplyError
 from promotions.models import WorkerHeartbeat
 from promotions.services.lifecycle import APPLY_TASK
@@ -53,3 +53,10 @@ def sweep_requests() -> int:
 @shared_task(name="promotions.expire_requests")
 def expire_requests() -> int:
     return services.requests_expire()
+
+
+@shared_task(name="promotions.seal_audit_log")
+def seal_audit_log() -> int | None:
+    """Seal the audit chain head under AUDIT_SIGNING_KEY (nothing without one)."""
+    sealed = audit.seal()
+    return sealed.sequence if sealed is not None else None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,7 +21,7 @@ from django.test import TransactionTestCase
 from bench.common import free_port, stop_process_group
 from bench.common import mlflow_server as running_mlflow_server
 from config.celery import app as celery_app
-from promotions import roles
+from promotions import database_roles, roles
 from promotions.audit import triggers as audit_triggers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,16 +41,19 @@ _original_teardown = TransactionTestCase._fixture_teardown
 
 
 def _teardown_with_triggers_lifted(self):
-    from django.db import connections
+    from django.db import connection
 
-    for alias in self._databases_names(include_mirrors=False):
-        audit_triggers.remove(connections[alias])
-    try:
-        _original_teardown(self)
-    finally:
-        for alias in self._databases_names(include_mirrors=False):
-            audit_triggers.install(connections[alias])
-            _restore_chain_head(connections[alias])
+    # Where the suite runs as the restricted application role, only the owner may lift them.
+    with database_roles.connected_as_owner(connection):
+        audit_triggers.remove(connection)
+        try:
+            _original_teardown(self)
+        finally:
+            audit_triggers.install(connection)
+            _restore_chain_head(connection)
+            # Here, not in the next test: that may be inside its transaction, where the owner
+            # role (whose triggers the migration's catalog code re-installs) cannot step in.
+            _restore_catalog()
 
 
 def _restore_chain_head(connection):
@@ -63,6 +67,32 @@ def _restore_chain_head(connection):
 
 
 TransactionTestCase._fixture_teardown = _teardown_with_triggers_lifted
+
+
+# --- the two PostgreSQL roles (DATABASE_OWNER_URL) -------------------------------------------
+# As in production, the owner creates the test database and migrates it (the migrate command
+# grants the application role its privileges); the tests then run as the application role, and
+# the owner drops the database at the end.
+
+
+_owner_connection = ExitStack()  # the owner role's turns at the test database's connection
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    from django.db import connection
+
+    _owner_connection.enter_context(database_roles.connected_as_owner(connection))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    from django.db import connection
+
+    _owner_connection.close()  # the database exists and is migrated: the application role now
+    yield
+    # pytest-django's own django_db_setup drops the test database after this: as the owner.
+    _owner_connection.enter_context(database_roles.connected_as_owner(connection))
 
 
 @pytest.fixture(autouse=True)
@@ -180,6 +210,8 @@ def subprocess_env(**extra) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": settings.MLFLOW_TRACKING_URI,
         "PYTHONUNBUFFERED": "1",
     }
+    # Workers and commands are the application: its role only (the owner URL names another database).
+    env.pop("DATABASE_OWNER_URL", None)
     env.update(extra)
     return env
 

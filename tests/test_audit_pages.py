@@ -11,8 +11,8 @@ from django.test.utils import CaptureQueriesContext
 
 from promotions import audit
 from promotions.audit import filters, verify
-from promotions.audit import triggers as audit_triggers
 from promotions.models import AuditEvent
+from tests.tampering import tamper, tampering_db
 
 pytestmark = pytest.mark.django_db
 
@@ -251,31 +251,17 @@ def test_the_chain_line_says_it_verifies(client, auditor):
     assert "✓ The chain verifies" in body
 
 
+@tampering_db
 def test_the_chain_line_names_the_first_broken_entry(client, auditor):
     events = [audit.record(action="registry.drift", meaning=f"entry {i}") for i in range(3)]
-    audit_triggers.remove(connection)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s",
-                [events[1].sequence],
-            )
-    finally:
-        audit_triggers.install(connection)
+    tamper_meaning(events[1].sequence)
     client.force_login(auditor)
     body = client.get("/audit/").content.decode()
     assert f"✗ The chain is broken at entry #{events[1].sequence}: its hash does not match" in body
 
 
 def tamper_meaning(sequence: int) -> None:
-    audit_triggers.remove(connection)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [sequence]
-            )
-    finally:
-        audit_triggers.install(connection)
+    tamper("UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [sequence])
 
 
 def walks_of(queries) -> list[str]:
@@ -304,6 +290,7 @@ def test_after_one_full_walk_the_line_walks_only_new_entries(client, auditor):
     assert f"✓ The chain verifies: {newest.sequence} entries" in body
 
 
+@tampering_db
 def test_a_new_entry_edited_behind_the_databases_back_is_still_caught(client, auditor):
     audit.record(action="registry.drift", meaning="entry 0")
     client.force_login(auditor)

@@ -2,7 +2,8 @@
 
 A module a job: `actions` (every action recorded), `format` (the canonical row, its hash), `log`
 (recording), `filters`, `exports` (files, manifests), `verify` (files and the database), `views` and
-`urls` (auditors' pages; not imported here: recording needs no templates), `triggers` (append-only).
+`urls` (auditors' pages; not imported here: recording needs no templates), `triggers` (append-only),
+`signing` (the keyed MACs of the chain head, seals and manifests).
 """
 
 from config.operator import acting_from_cli
@@ -16,6 +17,7 @@ from promotions.audit.log import (
     printed_name,
     record,
     record_denied,
+    seal,
 )
 from promotions.audit.verify import ChainReport, verify_database, verify_export
 
@@ -34,6 +36,7 @@ __all__ = [
     "printed_name",
     "record",
     "record_denied",
+    "seal",
     "utc_iso",
     "verify_database",
     "verify_export",

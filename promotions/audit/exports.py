@@ -19,7 +19,10 @@ Both formats hold the columns `EXPORT_COLUMNS`, one event a row, by sequence asc
 The manifest `FILE.manifest.json` holds format, rows, first/last sequence, `chain_head` (hash of
 the file's last row), `database_head` (sequence and hash of the chain head the export was cut
 at), `chain_origin` (hash of entry #1: which log this is), `sha256` of the file's bytes, the
-filter, `complete` (no filter: the chain links are checkable) and `generated_at`.
+filter, `complete` (no filter: the chain links are checkable) and `generated_at`. With
+AUDIT_SIGNING_KEY it also holds `signature`: {algorithm: HMAC-SHA256, key_id, mac}, the MAC over
+`format.canonical_json` of the manifest without `signature` (audit/signing.py), so a manifest
+rewritten to match a rewritten file is caught by anyone holding the key.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from promotions.audit.format import (
     string_token,
     utc_iso,
 )
-from promotions.audit.log import record
+from promotions.audit.log import record, seal
+from promotions.audit.signing import sign_manifest
 from promotions.models import AuditChainHead, AuditEvent
 
 EXPORT_FORMATS = ("csv", "jsonl")
@@ -91,13 +95,17 @@ def export_filename(cut: ExportCut, *, fmt: str) -> str:
 
 
 def record_export(*, actor, cut: ExportCut, fmt: str, via: str) -> AuditEvent:
-    return record(
+    event = record(
         action=AuditAction.AUDIT_EXPORTED,
         actor=actor,
         meaning=f"Exported the audit log as {fmt.upper()} ({cut.filter.describe()}), "
         f"entries up to #{cut.through}",
         details={"format": fmt, "filter": cut.filter.as_dict(), "through": cut.through, "via": via},
     )
+    # An export leaves the building: seal the log as it stood, so the copy and the database can
+    # be held against each other later even if the seals after it are lost.
+    seal()
+    return event
 
 
 def _export_rows(cut: ExportCut) -> tuple[Iterator[tuple], Callable[[Any], str], Callable[[Any], str]]:
@@ -247,7 +255,7 @@ def build_manifest(cut: ExportCut, *, fmt: str, tally: ExportTally) -> dict[str,
     }
     if fmt == "csv":
         manifest["csv_formula_escape"] = CSV_FORMULA_ESCAPE
-    return manifest
+    return sign_manifest(manifest)
 
 
 def manifest_for(cut: ExportCut, *, fmt: str) -> dict[str, Any]:

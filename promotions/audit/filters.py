@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from promotions.audit.actions import AuditAction
+from promotions.audit.format import canonical_json, payload_of, utc_iso
 from promotions.models import AuditEvent, Stage
 
 FILTER_FIELDS = ("since", "until", "model", "stage", "actor", "action", "text")
@@ -177,4 +178,7 @@ def log_page(
         older = rows[-1].sequence if more_older else None
     for event in rows:
         event.details_text = json.dumps(event.details, indent=2, sort_keys=True, ensure_ascii=False)
+        # The exact values the hash covers, so a reader of the page can recompute it.
+        event.hashed_json = canonical_json(payload_of(event))
+        event.created_iso = utc_iso(event.created_at)
     return LogPage(events=rows, newer_after=newer, older_before=older)

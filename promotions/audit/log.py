@@ -3,21 +3,29 @@
 Each entry's hash is `format.compute_hash` of the entry (everything an export carries) and the
 previous entry's hash. `record()` must run inside the transaction of the change it records; it
 takes a row lock on the chain head, so concurrent writers queue instead of forking the chain.
+
+With AUDIT_SIGNING_KEY (audit/signing.py), record() also keeps the chain head's MAC and writes a
+seal every AUDIT_SEAL_EVERY entries; `seal()` (beat, and every export) seals the head between.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from contextvars import ContextVar
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from config.operator import cli_operator
+from promotions.audit import signing
 from promotions.audit.actions import AuditAction
-from promotions.audit.format import canonical_json, compute_hash, payload_of
-from promotions.models import AuditChainHead, AuditEvent
+from promotions.audit.format import canonical_json, compute_hash, payload_of, utc_iso
+from promotions.models import AuditChainHead, AuditEvent, AuditSeal
+
+logger = logging.getLogger(__name__)
 
 # The API token a request acts through, set by the API's authentication for the rest of that
 # request (audit_context_middleware keeps it from outliving the request): every entry recorded
@@ -123,8 +131,59 @@ def record(
         )
         event.hash = compute_hash(payload_of(event))
         event.save(force_insert=True)
-        AuditChainHead.objects.filter(pk=1).update(last_sequence=event.sequence, last_hash=event.hash)
+        key = signing.current_key()
+        AuditChainHead.objects.filter(pk=1).update(
+            last_sequence=event.sequence, last_hash=event.hash, **_head_mac(key, event.sequence, event.hash)
+        )
+        if key is not None and event.sequence % settings.AUDIT_SEAL_EVERY == 0:
+            _write_seal(key, event.sequence, event.hash)
     return event
+
+
+def _head_mac(key: signing.SigningKey | None, sequence: int, hash_: str) -> dict[str, str]:
+    """The chain head's key_id and mac columns for (sequence, hash_); empty without a key."""
+    if key is None:
+        return {"key_id": "", "mac": ""}
+    message = signing.head_message(sequence=sequence, hash_=hash_, key_id=key.key_id)
+    return {"key_id": key.key_id, "mac": signing.mac_of(key, message)}
+
+
+def _write_seal(key: signing.SigningKey, sequence: int, hash_: str) -> AuditSeal:
+    created_at = timezone.now()
+    message = signing.seal_message(
+        sequence=sequence, hash_=hash_, created_at=utc_iso(created_at), key_id=key.key_id
+    )
+    seal_row = AuditSeal.objects.create(
+        sequence=sequence,
+        hash=hash_,
+        created_at=created_at,
+        key_id=key.key_id,
+        mac=signing.mac_of(key, message),
+    )
+    # A copy outside the database: whoever can delete seals there cannot reach the log shipper.
+    logger.info("audit seal: entry #%s hash %s key %s mac %s", sequence, hash_, key.key_id, seal_row.mac)
+    return seal_row
+
+
+def seal() -> AuditSeal | None:
+    """Seal the chain head now (and give the head its MAC under the current key, if it lacks one).
+
+    None without a key, or when the newest seal already covers the head: a quiet log does not
+    grow a seal every few minutes.
+    """
+    key = signing.current_key()
+    if key is None:
+        return None
+    with transaction.atomic():
+        head = AuditChainHead.objects.select_for_update().get(pk=1)
+        wanted = _head_mac(key, head.last_sequence, head.last_hash)
+        if (head.key_id, head.mac) != (wanted["key_id"], wanted["mac"]):
+            # The key was just configured or rotated: the same head, under the key in use now.
+            AuditChainHead.objects.filter(pk=1).update(**wanted)
+        newest = AuditSeal.objects.order_by("-id").values_list("sequence", "key_id").first()
+        if head.last_sequence == 0 or newest == (head.last_sequence, key.key_id):
+            return None
+        return _write_seal(key, head.last_sequence, head.last_hash)
 
 
 def record_denied(*, actor, what: str, reason: str, **context: Any) -> None:

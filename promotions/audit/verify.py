@@ -17,14 +17,16 @@ import multiprocessing
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.core.cache import cache
 from django.db import DatabaseError, connections
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from promotions.audit import signing
 from promotions.audit.exports import CSV_HEADER, EXPORT_FORMATS, csv_line, jsonl_line, manifest_path
 from promotions.audit.format import (
     EXPORT_COLUMNS,
@@ -34,8 +36,9 @@ from promotions.audit.format import (
     hash_of_texts,
     hash_of_values,
     stored_rows,
+    utc_iso,
 )
-from promotions.models import AuditChainHead, AuditEvent
+from promotions.models import AuditChainHead, AuditEvent, AuditSeal
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class ChainReport:
     head_hash: str
     first_bad_sequence: int | None = None
     reason: str = ""
+    # How far the keyed evidence reaches ("signed …", "unsigned …"): said, not part of the verdict.
+    note: str = field(default="", compare=False)
 
 
 # --- the audit page's view of the chain ---------------------------------------------------------
@@ -450,7 +455,7 @@ def verify_export(path: str | os.PathLike, *, check_database: bool = True) -> Ch
         return _broken(None, f"there is no manifest {manifest_file.name} beside the export")
     except (OSError, ValueError) as exc:
         return _broken(None, f"the manifest {manifest_file.name} is not readable JSON ({exc})")
-    problem = _manifest_problem(manifest)
+    problem = _manifest_problem(manifest) or signing.manifest_signature_problem(manifest)
     if problem:
         return _broken(None, problem)
     fmt, complete, announced = manifest["format"], manifest["complete"], manifest["rows"]
@@ -492,7 +497,14 @@ def verify_export(path: str | os.PathLike, *, check_database: bool = True) -> Ch
         disagreement = _database_disagrees(manifest, walk)
         if disagreement:
             return ChainReport(False, walk.count, head, *disagreement)
-    return ChainReport(True, walk.count, head)
+    return ChainReport(True, walk.count, head, note=_export_note(manifest))
+
+
+def _export_note(manifest: dict[str, Any]) -> str:
+    signature = manifest.get("signature")
+    if not signing.is_signing():
+        return signing.describe() + ("; the manifest's signature was not checked" if signature else "")
+    return f"manifest signature checks (key id {signature['key_id']})"
 
 
 def _manifest_mismatch(walk: _Walk, manifest: dict[str, Any]) -> bool:
@@ -642,7 +654,79 @@ def _verify_database_after(after: int, after_hash: str, *, parallel: bool) -> Ch
             f"the chain head records entry {head.last_sequence}, but the log ends at {count}: "
             "entries at the end were removed",
         )
-    return ChainReport(True, count, head_hash)
+    bad_sequence, reason, note = _check_keyed_evidence(head, count)
+    if reason:
+        return ChainReport(False, count, head_hash, bad_sequence, reason, note)
+    return ChainReport(True, count, head_hash, note=note)
+
+
+def _check_keyed_evidence(head: AuditChainHead, count: int) -> tuple[int | None, str, str]:
+    """(bad sequence, reason, note): the chain head's MAC and every seal, under the configured keys.
+
+    A chain that checks can still be a rewrite, its hashes recomputed by whoever could write the
+    database; this is what such a rewrite cannot fake without the key. The head's MAC catches
+    entries cut off the end (or replaced) with the head moved to match; each seal, an entry at or
+    before a sealed sequence that is no longer the one sealed, or no longer there. Seals first:
+    the oldest seal a rewrite broke is nearest the entry it changed.
+    """
+    if not signing.is_signing():
+        unchecked = AuditSeal.objects.count()
+        return None, "", signing.describe() + (f"; {unchecked} seal(s) not checked" if unchecked else "")
+    entry_hash = AuditEvent.objects.filter(sequence=OuterRef("sequence")).values("hash")[:1]
+    seals = (
+        AuditSeal.objects.order_by("id")
+        .annotate(entry_hash=Subquery(entry_hash))
+        .values_list("id", "sequence", "hash", "created_at", "key_id", "mac", "entry_hash")
+    )
+    sealed, sealed_through = 0, 0
+    for seal_id, sequence, hash_, created_at, key_id, mac, stored_hash in seals.iterator():
+        sealed += 1
+        when = utc_iso(created_at)
+        message = signing.seal_message(sequence=sequence, hash_=hash_, created_at=when, key_id=key_id)
+        problem = signing.mac_problem(message, mac)
+        if problem:
+            return sequence, f"seal {seal_id} of entry #{sequence} does not check: {problem}", ""
+        if stored_hash is None:
+            return (
+                sequence,
+                f"seal {seal_id} (made {when}) vouches for entry #{sequence}, which no longer exists: "
+                "entries at the end were removed",
+                "",
+            )
+        if stored_hash != hash_:
+            return (
+                sequence,
+                f"seal {seal_id} (made {when}) vouches for hash {hash_} at entry #{sequence}, which "
+                f"now has {stored_hash}: the log was rewritten and its hashes recomputed",
+                "",
+            )
+        sealed_through = max(sealed_through, sequence)
+    if head.mac:
+        message = signing.head_message(sequence=head.last_sequence, hash_=head.last_hash, key_id=head.key_id)
+        problem = signing.mac_problem(message, head.mac)
+        if problem:
+            return (
+                head.last_sequence,
+                f"the chain head (entry #{head.last_sequence}) does not check: {problem}; the head "
+                "row was rewritten (entries at the end removed or replaced)",
+                "",
+            )
+    if not head.mac and head.last_sequence:
+        if sealed:
+            return (
+                head.last_sequence,
+                "the chain head carries no MAC though the log is sealed: the head row was rewritten",
+                "",
+            )
+        return (
+            None,
+            "",
+            f"{signing.describe()}; nothing signed yet (the key is new: the next entry or seal signs)",
+        )
+    note = f"{signing.describe()}: the chain head's MAC checks; {sealed} seal(s) check"
+    if sealed_through:
+        note += f", the newest through entry #{sealed_through}"
+    return None, "", note
 
 
 def _walk_database(

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("promotions", "0004_api_tokens_webhooks"),
+        ("promotions", "0006_audit_seal"),
     ]
 
     operations = [

@@ -19,6 +19,8 @@ class Command(BaseCommand):
             report = audit.verify_export(options["export"])
         else:
             report = audit.verify_database()
+        if report.note:
+            self.stdout.write(f"Keys: {report.note}.")
         if not report.ok:
             if report.first_bad_sequence is None:
                 # a problem with the file or its manifest as a whole, not with one entry
