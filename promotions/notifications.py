@@ -31,7 +31,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from config.redact import redact, url_password
-from promotions import audit, outbox, webhook_targets
+from promotions import audit, outbox, roles, webhook_targets
 from promotions.models import (
     WEBHOOK_EVENTS,
     AuditEvent,
@@ -248,6 +248,49 @@ def event_email_send(*, event: str, request_id: int) -> int:
 )
 def send_event_email(event: str, request_id: int) -> int:
     return event_email_send(event=event, request_id=request_id)
+
+
+# --- the catalog's policy, lowered -------------------------------------------------------------
+
+POLICY_EMAIL_TASK = "promotions.send_policy_lowered_email"
+
+
+def policy_lowered_notify(*, stage_name: str, lowered: list[str], actor_id: int | None) -> None:
+    """After commit: tell the other stage admins and the auditors that a stage asks for less."""
+    transaction.on_commit(lambda: outbox.publish(POLICY_EMAIL_TASK, [stage_name, lowered, actor_id]))
+
+
+def policy_lowered_email_send(*, stage_name: str, lowered: list[str], actor_id: int | None) -> int:
+    users = get_user_model().objects.filter(
+        is_active=True, groups__name__in=(roles.STAGE_ADMINS, roles.AUDITORS)
+    )
+    addresses = sorted({u.email for u in users.exclude(pk=actor_id) if u.email})
+    if not addresses:
+        return 0
+    actor = get_user_model().objects.filter(pk=actor_id).first()
+    who = audit.printed_name(actor)
+    subject = f"[promotions] {stage_name}: policy lowered by {who}"
+    body = (
+        f"{who} changed the stage {stage_name} so that it asks for less:\n\n"
+        + "".join(f"  - {line}\n" for line in lowered)
+        + f"\nThe change is in the audit log: {settings.SITE_URL}{reverse('audit_log')}"
+        + "?action=stage.changed\n"
+    )
+    return send_mass_mail(
+        [(subject, body, settings.DEFAULT_FROM_EMAIL, [address]) for address in addresses],
+        fail_silently=False,
+    )
+
+
+@shared_task(
+    name=POLICY_EMAIL_TASK,
+    autoretry_for=(OSError, smtplib.SMTPException),
+    retry_backoff=5,
+    retry_jitter=True,
+    max_retries=3,
+)
+def send_policy_lowered_email(stage_name: str, lowered: list[str], actor_id: int | None) -> int:
+    return policy_lowered_email_send(stage_name=stage_name, lowered=lowered, actor_id=actor_id)
 
 
 # --- webhooks ---------------------------------------------------------------------------------

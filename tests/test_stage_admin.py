@@ -99,3 +99,57 @@ def test_the_default_catalog(db):
     assert [s.name for s in stages["Production"].allowed_from.all()] == ["Staging"]
     assert stages["Production"].required_approvals == 2 and stages["Production"].archive_existing
     assert not stages["Archived"].allowed_from.exists() and not stages["Archived"].allow_from_none
+
+
+def test_lowering_a_policy_is_flagged_and_mailed_to_the_other_admins_and_auditors(
+    admin_client, stage_admin, auditor, mailoutbox, django_capture_on_commit_callbacks
+):
+    from tests.conftest import make_user
+
+    other_admin = make_user("sally", "Stage admins", email="sally@example.com")
+    auditor.email, stage_admin.email = "alice@example.com", "sam@example.com"
+    auditor.save()
+    stage_admin.save()
+    production = Stage.objects.get(name="Production")
+    data = form(
+        name="Production",
+        mlflow_stage="Production",
+        mlflow_alias="",
+        required_approvals="1",
+        archive_existing="on",
+        allowed_from=[str(Stage.objects.get(name="Staging").pk)],
+        checks="",
+        position="20",
+    )
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = admin_client.post(f"/admin/promotions/stage/{production.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    event = AuditEvent.objects.get(action="stage.changed")
+    assert "approvals needed 2 → 1" in event.details["lowered"]
+    assert len(callbacks) == 1  # the e-mail task is published after commit
+
+    from promotions import notifications
+
+    sent = notifications.policy_lowered_email_send(
+        stage_name="Production", lowered=event.details["lowered"], actor_id=stage_admin.pk
+    )
+    assert sent == 2
+    assert sorted(m.to[0] for m in mailoutbox) == ["alice@example.com", "sally@example.com"]
+    assert "approvals needed 2 → 1" in mailoutbox[0].body
+    assert other_admin.is_active
+
+
+def test_raising_a_policy_is_not_flagged(admin_client):
+    production = Stage.objects.get(name="Production")
+    data = form(
+        name="Production",
+        mlflow_stage="Production",
+        mlflow_alias="",
+        required_approvals="3",
+        archive_existing="on",
+        allowed_from=[str(Stage.objects.get(name="Staging").pk)],
+        checks="metric accuracy >= 0.95",
+        position="20",
+    )
+    assert admin_client.post(f"/admin/promotions/stage/{production.pk}/change/", data).status_code == 302
+    assert "lowered" not in AuditEvent.objects.get(action="stage.changed").details

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from django import forms
 from django.db import transaction
 
-from promotions import audit
+from promotions import audit, notifications
 from promotions.models import Stage, WebhookEndpoint
 
 STAGE_FIELDS = (
@@ -49,15 +49,40 @@ def stage_save(*, form: forms.ModelForm, actor) -> Stage:
         changes = {k: {"before": before.get(k), "after": v} for k, v in after.items() if before.get(k) != v}
         if existing and not changes:
             return stage
+        lowered = policy_lowered(before, after) if existing else []
         audit.record(
             action="stage.changed" if existing else "stage.created",
             actor=actor,
             meaning=f"Stage {stage.name} {'changed' if existing else 'created'}: "
             + ", ".join(sorted(changes)),
             to_stage=stage.name,
-            details={"changes": changes},
+            details={"changes": changes, **({"lowered": lowered} if lowered else {})},
         )
+        if lowered:
+            notifications.policy_lowered_notify(
+                stage_name=stage.name, lowered=lowered, actor_id=getattr(actor, "pk", None)
+            )
     return stage
+
+
+def policy_lowered(before: dict, after: dict) -> list[str]:
+    """What a stage change lets through that it did not before, in words (empty: nothing)."""
+    lowered = []
+    if after["required_approvals"] < before["required_approvals"]:
+        lowered.append(f"approvals needed {before['required_approvals']} → {after['required_approvals']}")
+    dropped = sorted(set(before["checks"].splitlines()) - set(after["checks"].splitlines()))
+    lowered += [f"check removed: {rule}" for rule in dropped if rule.strip()]
+    opened = sorted(set(after["approver_groups"]) - set(before["approver_groups"]))
+    lowered += [f"approver group added: {name}" for name in opened]
+    if before["allowed_from"] and set(after["allowed_from"]) != set(before["allowed_from"]):
+        if not after["allowed_from"] or set(after["allowed_from"]) - set(before["allowed_from"]):
+            lowered.append(
+                f"reachable from {', '.join(after['allowed_from']) or 'any stage'} "
+                f"(was {', '.join(before['allowed_from'])})"
+            )
+    if after["allow_from_none"] and not before["allow_from_none"]:
+        lowered.append("reachable from no stage")
+    return lowered
 
 
 def stage_delete(*, stage: Stage, actor) -> None:
