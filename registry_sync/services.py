@@ -134,7 +134,15 @@ def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress, pag
 
 
 def _sync_model_page(page: list[gateway.RegisteredModelInfo], stats: SyncStats) -> list[RegisteredModel]:
-    existing = {m.name: m for m in RegisteredModel.objects.filter(name__in=[info.name for info in page])}
+    # Concurrent syncs of one model (webhook, beat, a filing) take turns on its row: the second
+    # reads what the first wrote instead of announcing the same change again. Locked in pk order,
+    # so two syncs of overlapping pages cannot deadlock.
+    existing = {
+        m.name: m
+        for m in RegisteredModel.objects.select_for_update()
+        .filter(name__in=[info.name for info in page])
+        .order_by("pk")
+    }
     now = timezone.now()
     to_create, to_update = [], []
     for info in page:
@@ -159,7 +167,9 @@ def _sync_model_page(page: list[gateway.RegisteredModelInfo], stats: SyncStats) 
         if old_aliases != info.aliases:
             _announce_alias_changes(row, old_aliases, info, stats)
     if to_create:
-        RegisteredModel.objects.bulk_create(to_create, batch_size=WRITE_BATCH)
+        # A model nobody has mirrored yet has no row to lock: a concurrent sync may insert it
+        # first, and then its row is the one read back below.
+        RegisteredModel.objects.bulk_create(to_create, batch_size=WRITE_BATCH, ignore_conflicts=True)
         existing.update(
             {m.name: m for m in RegisteredModel.objects.filter(name__in=[m.name for m in to_create])}
         )
@@ -185,6 +195,11 @@ def _sync_version_page(page, seen_models, alias_maps, seen_versions, stats: Sync
                 seen_versions.setdefault(row.pk, set())
                 alias_maps.setdefault(info.name, {})
     model_ids = {seen_models[info.name].pk for info in page}
+    # The model rows are the page's lock (see _sync_model_page): a concurrent sync of the same
+    # model waits here, then finds the versions this one created instead of inserting them again.
+    list(
+        RegisteredModel.objects.select_for_update().filter(pk__in=model_ids).order_by("pk").values_list("pk")
+    )
     existing = {(v.model_id, v.version): v for v in ModelVersion.objects.filter(model_id__in=model_ids)}
     now = timezone.now()
     to_create: list[ModelVersion] = []
