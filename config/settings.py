@@ -293,6 +293,10 @@ LOGGING = {
 PROMOTION_MAX_ATTEMPTS = envint("PROMOTION_MAX_ATTEMPTS", 5, minimum=1)
 PROMOTION_SWEEP_INTERVAL_SECONDS = envint("PROMOTION_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
 PROMOTION_STUCK_AFTER_SECONDS = envint("PROMOTION_STUCK_AFTER_SECONDS", 300, minimum=1)
+# An apply attempt holds its request for this long and renews the hold every third of it while
+# it works: another attempt takes over only after the holder stopped renewing (crashed, frozen).
+# Shorter recovers a dead worker sooner; it must stay well above a database round trip.
+PROMOTION_LEASE_SECONDS = envint("PROMOTION_LEASE_SECONDS", 60, minimum=1)
 # A stage or alias change a sync sees is ours, not drift, when a request for it was approved,
 # applying or applied within this window: longer tolerates a slower sync, and hides more drift.
 PROMOTION_DRIFT_WINDOW_SECONDS = envint("PROMOTION_DRIFT_WINDOW_SECONDS", 3600, minimum=1)

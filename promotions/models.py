@@ -123,6 +123,15 @@ class PromotionRequest(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
+    # The apply attempt holding an applying request: a fresh token per claim, renewed while
+    # the attempt works. Another attempt takes over only once the lease has expired, and every
+    # MLflow write is fenced by the token, so a slow attempt is never applied twice.
+    lease_token = models.CharField(max_length=32, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # What held the target when an attempt read MLflow, before its first write
+    # ({"stage": [versions], "alias": [versions]}): a retry after a crash finds MLflow already
+    # moved and records these instead of nobody.
+    observed_holders = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

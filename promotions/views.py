@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling, reswap, retarget
 
 from promotions import catalog, policy, selectors, services
-from promotions.errors import PromotionError
+from promotions.errors import AlreadyDecided, PromotionError
 from promotions.forms import DecisionForm, PromotionRequestForm
 from promotions.models import PromotionRequest, Stage
 from registry_sync import selectors as mirror
@@ -84,7 +84,14 @@ def queue_bulk(request: HttpRequest) -> HttpResponse:
     for promotion in PromotionRequest.objects.filter(pk__in=ids).select_related("version__model", "stage"):
         try:
             if decision == "approve":
-                services.review_approve(request=promotion, reviewer=request.user, comment=comment)
+                # An approval is of the evidence the reviewer saw: each row sends its digest,
+                # and the service refuses a request whose evidence changed since.
+                seen = request.POST.get(f"evidence_{promotion.pk}", "")
+                if not seen:
+                    raise AlreadyDecided("The page did not say which evidence you saw; review it again.")
+                services.review_approve(
+                    request=promotion, reviewer=request.user, comment=comment, evidence_sha256=seen
+                )
             else:
                 services.review_reject(request=promotion, reviewer=request.user, comment=comment)
             done.append(f"#{promotion.pk}")

@@ -139,7 +139,15 @@ def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress, pag
 
 
 def _sync_model_page(page: list[gateway.RegisteredModelInfo], stats: SyncStats) -> list[RegisteredModel]:
-    existing = {m.name: m for m in RegisteredModel.objects.filter(name__in=[info.name for info in page])}
+    # Concurrent syncs of one model (webhook, beat, a filing) take turns on its row: the second
+    # reads what the first wrote instead of announcing the same change again. Locked in pk order,
+    # so two syncs of overlapping pages cannot deadlock.
+    existing = {
+        m.name: m
+        for m in RegisteredModel.objects.select_for_update()
+        .filter(name__in=[info.name for info in page])
+        .order_by("pk")
+    }
     now = timezone.now()
     to_create, to_update = [], []
     for info in page:
@@ -164,7 +172,9 @@ def _sync_model_page(page: list[gateway.RegisteredModelInfo], stats: SyncStats) 
         if old_aliases != info.aliases:
             _announce_alias_changes(row, old_aliases, info, stats)
     if to_create:
-        RegisteredModel.objects.bulk_create(to_create, batch_size=WRITE_BATCH)
+        # A model nobody has mirrored yet has no row to lock: a concurrent sync may insert it
+        # first, and then its row is the one read back below.
+        RegisteredModel.objects.bulk_create(to_create, batch_size=WRITE_BATCH, ignore_conflicts=True)
         existing.update(
             {m.name: m for m in RegisteredModel.objects.filter(name__in=[m.name for m in to_create])}
         )
@@ -255,6 +265,37 @@ def _plan_version_page(page, seen_models, alias_maps, seen_versions, *, full: bo
 
 
 def _write_version_page(plan: _VersionPagePlan, stats: SyncStats) -> None:
+    """Write a planned page, inside its transaction.
+
+    The model rows are the page's lock (see _sync_model_page): a concurrent sync of the same
+    model waits here; what it wrote meanwhile is then left out of this plan: versions it created
+    are not inserted again, and a stage change it already mirrored is not announced twice.
+    """
+    model_ids = sorted(
+        {row.model_id for row in [*plan.to_create, *plan.to_update]}
+        | {m.pk for m, _, _ in plan.stage_changes}
+    )
+    if not model_ids:
+        return
+    list(
+        RegisteredModel.objects.select_for_update().filter(pk__in=model_ids).order_by("pk").values_list("pk")
+    )
+    if plan.to_create or plan.stage_changes:
+        numbers = {row.version for row in plan.to_create} | {
+            info.version for _, _, info in plan.stage_changes
+        }
+        now_stage = dict(
+            ((model_id, number), stage)
+            for model_id, number, stage in ModelVersion.objects.filter(
+                model_id__in=model_ids, version__in=numbers
+            ).values_list("model_id", "version", "current_stage")
+        )
+        plan.to_create = [row for row in plan.to_create if (row.model_id, row.version) not in now_stage]
+        plan.stage_changes = [
+            (model, before, info)
+            for model, before, info in plan.stage_changes
+            if now_stage.get((model.pk, info.version)) == before
+        ]
     for model, before, info in plan.stage_changes:
         _announce_stage_change(model, before, info, stats)
     for row in plan.to_update:

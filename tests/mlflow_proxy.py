@@ -1,9 +1,10 @@
 """A loopback HTTP proxy in front of the real test MLflow server.
 
 It forwards everything unchanged, and lets a test make MLflow refuse credentials (403),
-fail (503), or hold a call (to kill a worker while it is inside the MLflow write). It also
-counts the writes that reach MLflow. It stands in for faults we cannot cause in MLflow
-itself; every answer it forwards comes from the real server.
+fail (503), or hold a call (to kill a worker while it is inside the MLflow write, or to keep an
+apply inside one call for longer than its lease). It also counts the writes that reach MLflow.
+It stands in for faults we cannot cause in MLflow itself; every answer it forwards comes from
+the real server.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ class MlflowProxy:
         self.upstream = upstream.rstrip("/")
         self.mode = "pass"  # pass | deny | down
         self.hold_paths: tuple[str, ...] = ()
+        # Hold only calls with this method ("POST": the alias write, not the alias read).
+        self.hold_method: str | None = None
+        # A held call that is released is dropped, never reaching MLflow: the worker died
+        # before its write was sent.
+        self.drop_held = False
         self.held = threading.Event()  # set when a held call arrived
         self.release = threading.Event()
         self.calls: list[tuple[str, str]] = []
@@ -41,9 +47,16 @@ class MlflowProxy:
                     )
                 if proxy.mode == "down":
                     return self._reply(503, b"Service Unavailable")
-                if any(path.endswith(p) for p in proxy.hold_paths):
+                if any(path.endswith(p) for p in proxy.hold_paths) and proxy.hold_method in (
+                    None,
+                    self.command,
+                ):
                     proxy.held.set()
                     proxy.release.wait(120)
+                    if proxy.drop_held:
+                        with proxy._lock:
+                            proxy.calls.remove((self.command, path))  # it never reached MLflow
+                        return self._reply(503, b"Service Unavailable")
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
                 }

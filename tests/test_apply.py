@@ -1,9 +1,12 @@
 """Applying approved requests to MLflow: once, with provenance, or failed with a reason."""
 
 import threading
+import time
+from datetime import timedelta
 
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from promotions import services
 from promotions.errors import TransientApplyError
@@ -382,3 +385,86 @@ def test_a_version_that_became_a_prompt_is_not_promoted(
     assert request.last_error == f"Version 2 of model '{model_name}' no longer exists in MLflow."
     assert mlflow_proxy.writes(TRANSITION) == 0
     assert client.get_model_version(model_name, "1").current_stage == "Production"
+
+
+def _in_thread(function, outcomes: list):
+    """Run `function` in a thread with its own database connection, as a second worker would."""
+
+    def run():
+        try:
+            outcomes.append(function())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_apply_slower_than_its_lease_is_never_taken_over(
+    mlflow_proxy, registry, model_name, requester, reviewer, reviewer2, settings
+):
+    settings.PROMOTION_STUCK_AFTER_SECONDS = 1
+    settings.PROMOTION_LEASE_SECONDS = 1
+    registry_with_production(registry.client(), model_name)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    mlflow_proxy.hold_paths = (TRANSITION,)
+    outcomes, swept, second = [], None, None
+
+    slow = _in_thread(lambda: services.promotion_apply(request_id=request.pk), outcomes)
+    try:
+        assert mlflow_proxy.held.wait(30)
+        time.sleep(2.5)  # the transition is in flight for longer than the lease and the stuck time
+        swept = services.requests_sweep()
+        # what the sweeper's message would do, if it had published one: a second worker tries
+        second = _in_thread(lambda: services.promotion_apply(request_id=request.pk), outcomes)
+        second.join(10)
+    finally:
+        mlflow_proxy.release.set()
+        slow.join(60)
+        if second is not None:
+            second.join(60)
+
+    assert swept == []
+    assert sorted(outcomes) == ["applied", "skipped (applying)"]
+    assert mlflow_proxy.writes(TRANSITION) == 1
+    assert mlflow_proxy.writes("model-versions/set-tag") == 4
+    assert applied_events(request).count() == 1
+    request.refresh_from_db()
+    assert request.status == Status.APPLIED and request.attempts == 1
+    assert (request.lease_token, request.lease_expires_at) == ("", None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_attempt_taken_over_after_its_lease_expired_writes_nothing(
+    mlflow_proxy, registry, model_name, requester, reviewer, reviewer2
+):
+    production = Stage.objects.get(name="Production")
+    production.checks = "metric accuracy >= 0.5"  # a read (the run) between the version read and the write
+    production.save()
+    registry_with_production(registry.client(), model_name)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    mlflow_proxy.hold_paths = ("/runs/get",)
+    outcomes = []
+
+    stale = _in_thread(lambda: services.promotion_apply(request_id=request.pk), outcomes)
+    try:
+        assert mlflow_proxy.held.wait(30)
+        # The attempt froze (a paused process, a long GC) past its lease: nobody renewed it.
+        past = timezone.now() - timedelta(hours=1)
+        PromotionRequest.objects.filter(pk=request.pk).update(updated_at=past, lease_expires_at=past)
+        mlflow_proxy.hold_paths = ()
+        assert services.requests_sweep() == [request.pk]
+        assert services.promotion_apply(request_id=request.pk) == "applied"
+    finally:
+        mlflow_proxy.release.set()  # the frozen attempt wakes up with what it read before
+        stale.join(60)
+
+    assert outcomes == ["lost the lease"]
+    assert mlflow_proxy.writes(TRANSITION) == 1
+    assert mlflow_proxy.writes("model-versions/set-tag") == 4
+    request.refresh_from_db()
+    assert request.status == Status.APPLIED and request.attempts == 2
+    assert applied_events(request).count() == 1
+    assert not AuditEvent.objects.filter(action="promotion.failed", request_id=request.pk).exists()

@@ -6,7 +6,7 @@ from django.core.management import call_command
 
 from promotions import services
 from promotions.models import AuditEvent, PromotionRequest, Stage
-from registry_sync.models import SyncRun
+from registry_sync.models import ModelVersion, SyncRun
 from registry_sync.services import sync_registry
 from tests.apply_helpers import approved_request, registry_with_production
 from tests.conftest import broker_unreachable, wait_until
@@ -162,3 +162,68 @@ def test_promote_through_files_each_step_after_the_one_before(
         services.review_approve(request=second, reviewer=person)
     wait_for_status(second, Status.APPLIED, worker=celery_worker)
     assert registry.client().get_model_version(model_name, "1").current_stage == "Production"
+
+
+def test_a_retry_after_a_crash_records_the_holders_the_crashed_attempt_saw(
+    mlflow_proxy, model_name, requester, reviewer, reviewer2, worker_factory, registry, settings
+):
+    settings.PROMOTION_STUCK_AFTER_SECONDS = 3  # as the workers have it (WORKER_ENV)
+    client = registry.client()
+    registry_with_production(client, model_name)
+    mlflow_proxy.hold_paths = (TRANSITION,)
+    first = worker_factory()
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+
+    assert mlflow_proxy.held.wait(60), first.log()[-3000:]
+    first.kill()  # the transition (archiving v1) lands in MLflow; our commit never happens
+    mlflow_proxy.hold_paths = ()
+    mlflow_proxy.release.set()
+    wait_until(lambda: client.get_model_version(model_name, "1").current_stage == "Archived", timeout=30)
+
+    second = worker_factory()
+    wait_until(lambda: services.requests_sweep() == [request.pk], timeout=30, message="the lease to expire")
+    wait_for_status(request, Status.APPLIED, Status.FAILED, worker=second)
+
+    assert request.status == Status.APPLIED
+    event = AuditEvent.objects.get(action="promotion.applied", request_id=request.pk)
+    assert event.details["already_in_place"] is True
+    assert (event.details["previous_holders"], event.details["archived"]) == ([1], [1])
+    # the mirror shows what MLflow did: v1 archived, one Production version
+    assert ModelVersion.objects.get(model__name=model_name, version=1).current_stage == "Archived"
+    assert sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name).drift == 0
+
+
+def test_a_crash_between_the_stage_and_the_alias_is_completed_on_retry(
+    mlflow_proxy, model_name, requester, reviewer, reviewer2, worker_factory, registry, settings
+):
+    settings.PROMOTION_STUCK_AFTER_SECONDS = 3  # as the workers have it (WORKER_ENV)
+    production = Stage.objects.get(name="Production")
+    production.mlflow_alias = "champion"  # bound to both: the legacy stage and the alias
+    production.save()
+    client = registry.client()
+    registry_with_production(client, model_name)
+    client.set_registered_model_alias(model_name, "champion", "1")
+    mlflow_proxy.hold_paths, mlflow_proxy.hold_method = ("/registered-models/alias",), "POST"
+    mlflow_proxy.drop_held = True  # the alias write never leaves the dying worker
+    first = worker_factory()
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+
+    assert mlflow_proxy.held.wait(60), first.log()[-3000:]
+    first.kill()  # after the transition, before the alias
+    mlflow_proxy.hold_paths = ()
+    mlflow_proxy.release.set()
+    assert client.get_model_version(model_name, "2").current_stage == "Production"
+    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+
+    second = worker_factory()
+    wait_until(lambda: services.requests_sweep() == [request.pk], timeout=30, message="the lease to expire")
+    wait_for_status(request, Status.APPLIED, Status.FAILED, worker=second)
+
+    assert request.status == Status.APPLIED, request.last_error
+    assert client.get_model_version_by_alias(model_name, "champion").version == "2"
+    assert mlflow_proxy.writes(TRANSITION) == 1
+    assert mlflow_proxy.writes("/registered-models/alias") == 1
+    event = AuditEvent.objects.get(action="promotion.applied", request_id=request.pk)
+    assert event.details["written"] == ["alias"]
+    assert (event.details["previous_holders"], event.details["archived"]) == ([1], [1])
+    assert sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name).drift == 0

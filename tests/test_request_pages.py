@@ -188,6 +188,17 @@ def test_the_queue_lists_what_waits_for_the_reviewer(client, reviewer, pending):
     assert 'id="queue-badge"' in body
 
 
+def bulk_approval(queue_page, requests, *, comment: str) -> dict:
+    """The bulk form as the queue page filled it: the ticked requests and the digests it showed."""
+    body = queue_page.content.decode()
+    data = {"decision": "approve", "comment": comment, "request_ids": [r.pk for r in requests]}
+    for r in requests:
+        field = f'name="evidence_{r.pk}" value="'
+        assert field in body
+        data[f"evidence_{r.pk}"] = body.split(field, 1)[1].split('"', 1)[0]
+    return data
+
+
 def test_bulk_approve_records_one_decision_each(client, requester, reviewer, sales):
     first = services.promotion_request_create(
         version=version(sales, 5), stage=stage("Production"), requested_by=requester, justification="a"
@@ -196,13 +207,45 @@ def test_bulk_approve_records_one_decision_each(client, requester, reviewer, sal
         version=version(sales, 6), stage=stage("Staging"), requested_by=requester, justification="b"
     )
     client.force_login(reviewer)
-    client.post(
-        "/queue/bulk/", {"decision": "approve", "comment": "batch", "request_ids": [first.pk, second.pk]}
-    )
+    client.post("/queue/bulk/", bulk_approval(client.get("/"), [first, second], comment="batch"))
     assert Review.objects.filter(comment="batch").count() == 2
     assert AuditEvent.objects.filter(action="review.approved").count() == 2
     second.refresh_from_db()
     assert second.status == Status.APPROVED
+
+
+def test_bulk_approve_refuses_a_request_whose_evidence_changed_since_the_page_was_shown(
+    client, requester, reviewer, sales
+):
+    first = services.promotion_request_create(
+        version=version(sales, 5), stage=stage("Production"), requested_by=requester, justification="a"
+    )
+    other = mirror_model(versions={1: {"current_stage": "None"}})
+    second = services.promotion_request_create(
+        version=version(other, 1), stage=stage("Staging"), requested_by=requester, justification="b"
+    )
+    client.force_login(reviewer)
+    form = bulk_approval(client.get("/"), [first, second], comment="batch")
+    # while the reviewer reads the queue, a sync brings new metrics for v5
+    changed = version(sales, 5)
+    changed.metrics = {"accuracy": 0.5, "rmse": 30.0}
+    changed.save()
+    assert services.requests_refresh_evidence(version_ids={changed.pk}) == 1
+
+    response = client.post("/queue/bulk/", form, follow=True)
+
+    body = response.content.decode()
+    assert f"#{first.pk}: The evidence changed since you loaded the page" in body
+    assert not Review.objects.filter(request=first).exists()
+    assert Review.objects.filter(request=second, comment="batch").count() == 1
+
+
+def test_bulk_approve_refuses_a_request_sent_without_the_digest_it_showed(
+    client, requester, reviewer, pending
+):
+    client.force_login(reviewer)
+    client.post("/queue/bulk/", {"decision": "approve", "request_ids": [pending.pk]})
+    assert not Review.objects.filter(request=pending).exists()
 
 
 def test_a_decision_updates_the_queue_badge_out_of_band(client, reviewer, pending):

@@ -19,7 +19,7 @@ def remove_triggers(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("promotions", "0004_api_tokens_webhooks"),
+        ("promotions", "0005_apply_lease"),
     ]
 
     operations = [

@@ -7,11 +7,14 @@ the binding in place and writes nothing twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -23,18 +26,31 @@ from promotions.services.lifecycle import audit_context, enqueue_apply, meaning,
 from registry_sync import gateway
 from registry_sync.models import ModelVersion, RegisteredModel
 
+logger = logging.getLogger(__name__)
 Status = PromotionRequest.Status
 
 
+def _abandoned(now: datetime) -> Q:
+    """Applying requests whose attempt stopped renewing its lease: the only ones to take over.
+
+    A request claimed before leases existed has none; it counts as abandoned once quiet for
+    PROMOTION_STUCK_AFTER_SECONDS, as it did then.
+    """
+    stuck_before = now - timedelta(seconds=settings.PROMOTION_STUCK_AFTER_SECONDS)
+    return Q(status=Status.APPLYING, lease_expires_at__lt=now) | Q(
+        status=Status.APPLYING, lease_expires_at__isnull=True, updated_at__lt=stuck_before
+    )
+
+
 def requests_sweep(*, now=None) -> list[int]:
-    """Re-enqueue approved requests nobody picked up, and applying ones with no live attempt."""
+    """Re-enqueue approved requests nobody picked up, and applying ones whose lease expired."""
     now = now or timezone.now()
     stuck_before = now - timedelta(seconds=settings.PROMOTION_STUCK_AFTER_SECONDS)
     ids = list(
         PromotionRequest.objects.filter(
             Q(status=Status.APPROVED, enqueued_at__isnull=True)
             | Q(status=Status.APPROVED, enqueued_at__lt=stuck_before)
-            | Q(status=Status.APPLYING, updated_at__lt=stuck_before)
+            | _abandoned(now)
         ).values_list("pk", flat=True)[:500]
     )
     for request_id in ids:
@@ -56,28 +72,99 @@ def retry_delay(attempts: int) -> float:
     )
 
 
-def _claim(request_id: int) -> PromotionRequest | None:
-    """approved → applying (or take over an abandoned applying); None when not ours to do."""
+class _LeaseLost(Exception):
+    """Another attempt took the request over: this one must write nothing more."""
+
+
+def _lease_until(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.PROMOTION_LEASE_SECONDS)
+
+
+# Leaving `applying` ends the lease: the row no longer names an attempt that holds it.
+LEASE_ENDED = {"lease_token": "", "lease_expires_at": None}
+
+
+class _Lease:
+    """One attempt's hold on an applying request, renewed while the attempt works.
+
+    `fence()` is the check right before each MLflow write: one conditional UPDATE that renews
+    the lease only if this attempt still holds it. While the attempt runs, a heartbeat thread
+    renews it every third of PROMOTION_LEASE_SECONDS, because a single MLflow call can outlast
+    the lease and a write already sent can no longer be fenced.
+    """
+
+    def __init__(self, request_id: int, token: str):
+        self.request_id, self.token = request_id, token
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def renew(self, **fields) -> bool:
+        return bool(
+            PromotionRequest.objects.filter(
+                pk=self.request_id, status=Status.APPLYING, lease_token=self.token
+            ).update(lease_expires_at=_lease_until(timezone.now()), **fields)
+        )
+
+    def fence(self, **fields) -> None:
+        if not self.renew(**fields):
+            raise _LeaseLost
+
+    def __enter__(self) -> _Lease:
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.request_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _heartbeat(self) -> None:
+        try:
+            while not self._stop.wait(settings.PROMOTION_LEASE_SECONDS / 3):
+                try:
+                    if not self.renew():
+                        return  # taken over or finished: nothing left to hold
+                except DatabaseError as exc:
+                    # A missed renewal is not fatal: the next one may land before expiry.
+                    logger.warning("Request #%s: lease renewal failed: %s", self.request_id, exc)
+        finally:
+            connections.close_all()  # this thread's own connections only
+
+
+def _claim(request_id: int) -> tuple[PromotionRequest, _Lease] | None:
+    """approved → applying with a fresh lease, or take over an applying request whose lease
+    expired; None when not ours to do."""
     now = timezone.now()
-    stuck_before = now - timedelta(seconds=settings.PROMOTION_STUCK_AFTER_SECONDS)
+    token = uuid.uuid4().hex
+    lease = {"lease_token": token, "lease_expires_at": _lease_until(now)}
     claimed = PromotionRequest.objects.filter(pk=request_id, status=Status.APPROVED).update(
-        status=Status.APPLYING, attempts=F("attempts") + 1, updated_at=now
+        status=Status.APPLYING, attempts=F("attempts") + 1, updated_at=now, **lease
     )
     if not claimed:
-        claimed = PromotionRequest.objects.filter(
-            pk=request_id, status=Status.APPLYING, updated_at__lt=stuck_before
-        ).update(attempts=F("attempts") + 1, updated_at=now)
+        claimed = PromotionRequest.objects.filter(_abandoned(now), pk=request_id).update(
+            attempts=F("attempts") + 1, updated_at=now, **lease
+        )
     if not claimed:
         return None
-    return PromotionRequest.objects.select_related("version__model", "stage").get(pk=request_id)
+    request = PromotionRequest.objects.select_related("version__model", "stage").get(pk=request_id)
+    return request, _Lease(request_id, token)
 
 
-def _fail(request: PromotionRequest, reason: str, *, permanent: bool = True) -> None:
+def _fail(request: PromotionRequest, lease: _Lease, reason: str, *, permanent: bool = True) -> None:
     # The reason lands in the immutable audit log: nothing that could be a credential may reach it.
     reason = redact(reason)
     now = timezone.now()
     with transaction.atomic():
-        changed = status_set(request.pk, Status.APPLYING, Status.FAILED, now=now, last_error=reason[:2000])
+        changed = status_set(
+            request.pk,
+            Status.APPLYING,
+            Status.FAILED,
+            now=now,
+            held_by=lease.token,
+            last_error=reason[:2000],
+            **LEASE_ENDED,
+        )
         if changed:
             audit.record(
                 action="promotion.failed",
@@ -102,53 +189,81 @@ def promotion_apply(*, request_id: int) -> str:
 
     Raises TransientApplyError when MLflow is unreachable and attempts remain.
     """
-    request = _claim(request_id)
-    if request is None:
+    claim = _claim(request_id)
+    if claim is None:
         current = PromotionRequest.objects.filter(pk=request_id).values_list("status", flat=True).first()
         return f"skipped ({current or 'missing'})"
+    request, lease = claim
+    with lease:
+        try:
+            return _apply_claimed(request, lease)
+        except _LeaseLost:
+            logger.warning("Request #%s: taken over by another attempt; this one wrote no more", request_id)
+            return "lost the lease"
+
+
+def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
     if request.attempts > settings.PROMOTION_MAX_ATTEMPTS:
-        _fail(request, f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts")
+        _fail(request, lease, f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts")
         return "failed"
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
     approvers = _approvers(request)
     if approvers is None:
         with transaction.atomic():
-            request_reopen(
+            reopened = request_reopen(
                 request,
                 old=Status.APPLYING,
+                held_by=lease.token,
                 reason=f"{len(policy.counting_approvals(request))} of the "
                 f"{policy.required_approvals(request)} approvals needed still count",
             )
+        if not reopened:
+            raise _LeaseLost
         return "reopened"
     try:
-        outcome = _apply_to_registry(request, approvers)
+        outcome = _apply_to_registry(request, approvers, lease)
     except gateway.RegistryUnavailable as exc:
         reason = redact(str(exc))
         if request.attempts >= settings.PROMOTION_MAX_ATTEMPTS:
-            _fail(request, f"MLflow unreachable after {request.attempts} attempts: {reason}")
+            _fail(request, lease, f"MLflow unreachable after {request.attempts} attempts: {reason}")
             return "failed"
-        status_set(request.pk, Status.APPLYING, Status.APPROVED, last_error=reason[:2000])
+        if not status_set(
+            request.pk,
+            Status.APPLYING,
+            Status.APPROVED,
+            held_by=lease.token,
+            last_error=reason[:2000],
+            **LEASE_ENDED,
+        ):
+            raise _LeaseLost from None
         raise TransientApplyError(reason, request.attempts) from None
     except gateway.RegistryPermissionDenied as exc:
-        _fail(request, str(exc))
+        _fail(request, lease, str(exc))
         return "failed"
     except (gateway.VersionNotFound, gateway.ModelNotFound):
-        _fail(request, f"Version {number} of model '{model_name}' no longer exists in MLflow.")
+        _fail(request, lease, f"Version {number} of model '{model_name}' no longer exists in MLflow.")
         return "failed"
     except gateway.RegistryRejected as exc:
-        _fail(request, f"MLflow refused the change: {exc}")
+        _fail(request, lease, f"MLflow refused the change: {exc}")
         return "failed"
     except _PreconditionFailed as exc:
-        _fail(request, str(exc))
+        _fail(request, lease, str(exc))
         return "failed"
 
     now = timezone.now()
     with transaction.atomic():
         changed = status_set(
-            request.pk, Status.APPLYING, Status.APPLIED, now=now, applied_at=now, last_error=""
+            request.pk,
+            Status.APPLYING,
+            Status.APPLIED,
+            now=now,
+            held_by=lease.token,
+            applied_at=now,
+            last_error="",
+            **LEASE_ENDED,
         )
         if not changed:
-            return "lost the claim"
+            raise _LeaseLost
         _update_mirror(request, outcome)
         audit.record(
             action="promotion.applied",
@@ -157,6 +272,7 @@ def promotion_apply(*, request_id: int) -> str:
                 "previous_holders": outcome.previous_holders,
                 "archived": outcome.archived,
                 "already_in_place": outcome.already_in_place,
+                "written": outcome.written,
                 "approved_by": approvers,
                 "attempts": request.attempts,
                 "binding": stage.binding_label,
@@ -177,6 +293,9 @@ class _Outcome:
     archived: list[int]
     already_in_place: bool
     live: gateway.ModelVersionInfo | None = None
+    # The halves of the binding this attempt wrote ("stage", "alias"); a retry after a crash
+    # between the two writes names only the one that was missing.
+    written: list[str] = field(default_factory=list)
 
 
 def _read_candidate(
@@ -199,12 +318,13 @@ def _read_candidate(
     raise gateway.VersionNotFound(f"Version {number} of model '{model_name}' does not exist in MLflow.")
 
 
-def _apply_to_registry(request: PromotionRequest, approvers: list[str]) -> _Outcome:
+def _apply_to_registry(request: PromotionRequest, approvers: list[str], lease: _Lease) -> _Outcome:
     """Check the preconditions against MLflow, then bind the stage and tag the version.
 
     MLflow calls: the reads of `_read_candidate` (one, or two when the catalog has alias
     stages), the run when a check needs its metrics, the previous alias holder for an alias
-    target, then the transition and/or alias move and the four provenance tags.
+    target, then the transition and/or alias move and the four provenance tags. Each write is
+    fenced by the lease (SQL, no MLflow call): an attempt taken over writes nothing more.
     """
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
     stages = list(Stage.objects.prefetch_related("allowed_from"))
@@ -217,12 +337,56 @@ def _apply_to_registry(request: PromotionRequest, approvers: list[str]) -> _Outc
         "promotion.approved_by": ",".join(approvers) or "automatic",
         "promotion.applied_at": audit.utc_iso(timezone.now()),
     }
-    if catalog.holds_target(stage, current_stage=live.current_stage, aliases=live.aliases):
-        # A crash after the MLflow write and before our commit: finish without a second move,
-        # writing the provenance tags if the crash came before them.
+    # What an earlier attempt of this request saw before it began writing, if one did.
+    observed = request.observed_holders or {}
+    missing = {
+        "stage": bool(stage.mlflow_stage) and live.current_stage != stage.mlflow_stage,
+        "alias": bool(stage.mlflow_alias) and stage.mlflow_alias not in live.aliases,
+    }
+    if not any(missing.values()):
+        # A crash after the MLflow writes and before our commit: finish without a second move,
+        # writing the provenance tags if the crash came before them. The holders are the ones
+        # the crashed attempt saw: MLflow no longer shows them.
         if live.tags.get("promotion.request_id") != tags["promotion.request_id"]:
+            lease.fence()
             gateway.set_version_tags(model_name, number, tags)
-        return _Outcome(previous_holders=[], archived=[], already_in_place=True, live=live)
+        return _outcome(stage, observed.get("stage", []), observed.get("alias", []), written=[], live=live)
+
+    # A half this request set out to write and now finds in place is its own work: an attempt
+    # crashed between the stage and the alias. That attempt passed the catalog rules and the
+    # checks before writing; stopping now would leave the stage half bound, so finish it.
+    resuming = any(not missing[half] for half in observed.get("writing", ()))
+    if not resuming:
+        _check_preconditions(request, live, stages)
+
+    previous_stage = observed.get("stage", [])
+    if missing["stage"] or "stage" not in observed:
+        previous_stage = [
+            v.version for v in versions or () if v.current_stage == stage.mlflow_stage and v.version != number
+        ]
+    previous_alias = observed.get("alias", [])
+    if missing["alias"]:
+        holder = gateway.get_version_by_alias(model_name, stage.mlflow_alias)
+        previous_alias = [holder.version] if holder is not None and holder.version != number else []
+    writing = [half for half, needed in missing.items() if needed]
+    # Kept before the first write, so a retry after a crash can record who held the target.
+    lease.fence(observed_holders={"stage": previous_stage, "alias": previous_alias, "writing": writing})
+    if missing["stage"]:
+        gateway.transition_stage(
+            model_name, number, stage.mlflow_stage, archive_existing=stage.archive_existing
+        )
+    if missing["alias"]:
+        lease.fence()
+        gateway.set_alias(model_name, stage.mlflow_alias, number)
+    lease.fence()
+    gateway.set_version_tags(model_name, number, tags)
+    return _outcome(stage, previous_stage, previous_alias, written=writing, live=live)
+
+
+def _check_preconditions(
+    request: PromotionRequest, live: gateway.ModelVersionInfo, stages: list[Stage]
+) -> None:
+    stage, model_name, number = request.stage, request.version.model.name, request.version.version
     positions = catalog.version_positions(
         current_stage=live.current_stage, aliases=live.aliases, stages=stages
     )
@@ -240,25 +404,22 @@ def _apply_to_registry(request: PromotionRequest, approvers: list[str]) -> _Outc
     if failing:
         raise _PreconditionFailed("Checks no longer pass: " + "; ".join(failing))
 
-    previous, archived = [], []
-    if stage.mlflow_stage:
-        previous = [
-            v.version for v in versions or () if v.current_stage == stage.mlflow_stage and v.version != number
-        ]
-        if live.current_stage != stage.mlflow_stage:
-            gateway.transition_stage(
-                model_name, number, stage.mlflow_stage, archive_existing=stage.archive_existing
-            )
-            if stage.archive_existing:
-                archived = previous
-    if stage.mlflow_alias and stage.mlflow_alias not in live.aliases:
-        holder = gateway.get_version_by_alias(model_name, stage.mlflow_alias)
-        if holder is not None and holder.version not in previous:
-            previous.append(holder.version)
-        gateway.set_alias(model_name, stage.mlflow_alias, number)
-    gateway.set_version_tags(model_name, number, tags)
+
+def _outcome(
+    stage: Stage,
+    previous_stage: list[int],
+    previous_alias: list[int],
+    *,
+    written: list[str],
+    live: gateway.ModelVersionInfo,
+) -> _Outcome:
     return _Outcome(
-        previous_holders=sorted(previous), archived=sorted(archived), already_in_place=False, live=live
+        previous_holders=sorted({*previous_stage, *previous_alias}),
+        # MLflow archives the legacy stage's holders with the transition itself.
+        archived=sorted(previous_stage) if stage.mlflow_stage and stage.archive_existing else [],
+        already_in_place=not written,
+        live=live,
+        written=written,
     )
 
 

@@ -55,15 +55,26 @@ def request_lock(request_id: int) -> PromotionRequest:
     )
 
 
-def status_set(request_id: int, old: str | tuple[str, ...], new: str, *, now=None, **fields) -> bool:
+def status_set(
+    request_id: int,
+    old: str | tuple[str, ...],
+    new: str,
+    *,
+    now=None,
+    held_by: str | None = None,
+    **fields,
+) -> bool:
     """Compare-and-set: move the request from `old` (one status or several) to `new`, with
-    `fields`; False when another actor moved it first."""
+    `fields`; False when another actor moved it first.
+
+    `held_by` is an apply attempt's lease token: the change is made only while that attempt
+    still holds the request, so an attempt that was taken over changes nothing.
+    """
     old = (old,) if isinstance(old, str) else old
-    return bool(
-        PromotionRequest.objects.filter(pk=request_id, status__in=old).update(
-            status=new, updated_at=now or timezone.now(), **fields
-        )
-    )
+    rows = PromotionRequest.objects.filter(pk=request_id, status__in=old)
+    if held_by is not None:
+        rows = rows.filter(lease_token=held_by)
+    return bool(rows.update(status=new, updated_at=now or timezone.now(), **fields))
 
 
 def request_approve_for_apply(request: PromotionRequest, *, actor, reason: str) -> None:
@@ -90,14 +101,26 @@ def enqueue_apply(request_id: int) -> bool:
     return True
 
 
-def request_reopen(request: PromotionRequest, *, old: str | tuple[str, ...], reason: str) -> bool:
+def request_reopen(
+    request: PromotionRequest, *, old: str | tuple[str, ...], reason: str, held_by: str | None = None
+) -> bool:
     """Back to pending (approved or applying → pending): its approvals no longer suffice.
 
-    The reason is kept on the request for its page; False when someone else moved it first.
+    The reason is kept on the request for its page; False when someone else moved it first (or,
+    with `held_by`, when that apply attempt no longer holds the request).
     """
     now = timezone.now()
     if not status_set(
-        request.pk, old, Status.PENDING, now=now, decided_at=None, enqueued_at=None, last_error=reason
+        request.pk,
+        old,
+        Status.PENDING,
+        now=now,
+        held_by=held_by,
+        decided_at=None,
+        enqueued_at=None,
+        last_error=reason,
+        lease_token="",
+        lease_expires_at=None,
     ):
         return False
     audit.record(
