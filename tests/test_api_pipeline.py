@@ -2,18 +2,16 @@
 outbound webhooks to a local receiver and e-mail written by the worker."""
 
 import json
-import threading
 import time
 from email import message_from_bytes, policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.test import Client
 
+from bench.common import QuietHandler, serve_in_thread, stop_serving, wait_until
 from promotions import tokens
 from promotions.models import AuditEvent, OutboundDelivery, PromotionRequest, Stage, WebhookEndpoint
 from registry_sync.webhooks import sign
-from tests.conftest import wait_until
 from tests.registry_helpers import make_version
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -122,10 +120,7 @@ class Receiver:
         self.calls = []
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.calls.append((dict(self.headers), body))
@@ -136,14 +131,11 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, url = serve_in_thread(Handler)
+        self.url = f"{url}/"
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop_serving(self.server)
 
 
 def test_the_worker_sends_signed_webhooks_and_mail_and_a_hanging_target_blocks_nothing(

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
+from bench.common import ROOT, free_port, wait_until
 from promotions import services, tokens
 from promotions.models import PromotionRequest, Stage
-from tests.conftest import PYTHON, ROOT, free_port, wait_until
+from tests.conftest import PYTHON
 from tests.registry_helpers import make_version
 
 pytestmark = pytest.mark.django_db(transaction=True)

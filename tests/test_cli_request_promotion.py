@@ -6,8 +6,9 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from bench.common import ROOT
 from promotions.models import PromotionRequest
-from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.conftest import PYTHON, subprocess_env
 from tests.registry_helpers import make_version, stage
 
 

@@ -3,8 +3,8 @@
 import pytest
 from django.utils import timezone
 
+from bench.common import free_port
 from promotions.models import WorkerHeartbeat
-from tests.conftest import free_port
 
 
 @pytest.mark.django_db

@@ -5,15 +5,14 @@ receiving side is a real HTTP server on 127.0.0.1 and Django's locmem mail backe
 """
 
 import json
-import threading
 import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
+from bench.common import QuietHandler, serve_in_thread, stop_serving
 from promotions import notifications, roles, services
 from promotions.models import OutboundDelivery, PromotionRequest, WebhookEndpoint
 from registry_sync.webhooks import sign
@@ -33,10 +32,7 @@ class Receiver:
         self.calls = []
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.calls.append((dict(self.headers), body))
@@ -54,14 +50,11 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, url = serve_in_thread(Handler)
+        self.url = f"{url}/hook"
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop_serving(self.server)
 
 
 @pytest.fixture
