@@ -12,7 +12,7 @@ from django.http import StreamingHttpResponse
 from promotions import audit
 from promotions.audit import verify as audit_verify
 from promotions.models import AuditEvent
-from tests.factories import note_acceptance
+from tests.factories import audit_history, note_acceptance, sales_forecast_review
 
 pytestmark = pytest.mark.django_db
 
@@ -37,38 +37,11 @@ COLUMNS = [
 @pytest.fixture
 def history(requester, reviewer):
     """Entries with the awkward content real logs have: commas, quotes, non-ASCII, nulls."""
-    events = [
-        audit.record(
-            action="request.created",
-            actor=requester,
-            meaning='Requested: promote sales_forecast v5 to Production, "Q3" retrain',
-            model_name="sales_forecast",
-            version=5,
-            from_stage="Staging",
-            to_stage="Production",
-            request_id=41,
-            details={"justification": "Zoë's retrain; +2.1 pt", "metrics": {"accuracy": 0.931}},
-        ),
-        audit.record(
-            action="review.approved",
-            actor=reviewer,
-            meaning="Approved: promote sales_forecast v5 to Production",
-            model_name="sales_forecast",
-            version=5,
-            from_stage="Staging",
-            to_stage="Production",
-            request_id=41,
-            details={"comment": "metrics fine", "approvals": 1, "required": 2},
-        ),
+    return [
+        *sales_forecast_review(requester, reviewer),
         audit.record(action="registry.drift", meaning="churn v12 moved to Staging without a request"),
+        *audit_history(4, model_name="churn", version=12, to_stage="Staging"),
     ]
-    events += [
-        audit.record(
-            action="registry.drift", meaning=f"entry {i}", model_name="churn", version=12, to_stage="Staging"
-        )
-        for i in range(4)
-    ]
-    return events
 
 
 def download(client, url: str) -> bytes:
@@ -574,10 +547,9 @@ def test_a_number_cell_that_smuggles_json_is_refused(tmp_path, history):
 def test_a_large_file_is_accepted_in_parts_even_with_newlines_inside_cells(
     tmp_path, history, verification, fmt
 ):
-    for i in range(30):
-        audit.record(
-            action="registry.drift", meaning=f'line one\nline "two", {i}\r\n' * (i % 3), details={"i": i}
-        )
+    audit_history(
+        30, meaning=lambda i: f'line one\nline "two", {i}\r\n' * (i % 3), details=lambda i: {"i": i}
+    )
     path, _ = export(tmp_path, fmt)
     assert verify(path) == ""
     assert verification in ([], [True])  # in parts: the workers' walk is what accepted it

@@ -7,10 +7,9 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 from promotions import audit
-from promotions.audit import triggers as audit_triggers
 from promotions.audit import verify
 from promotions.models import AuditEvent
-from tests.factories import note_acceptance
+from tests.factories import audit_history, note_acceptance, tamper
 
 pytestmark = pytest.mark.django_db
 
@@ -58,15 +57,6 @@ def test_the_orm_cannot_edit_an_entry_either():
         AuditEvent.objects.filter(pk=event.pk).update(meaning="edited")
 
 
-def tamper(sql, params=()):
-    audit_triggers.remove(connection)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-    finally:
-        audit_triggers.install(connection)
-
-
 class Walks(list):
     """What each walk in parts answered: True when its parts all checked and joined up, False
     when it doubted and the one-process walk ran instead."""
@@ -93,7 +83,8 @@ def walks(request, monkeypatch) -> Walks:
 
 
 def entries(n: int) -> list[AuditEvent]:
-    return [audit.record(action="registry.drift", meaning=f"entry {i}", details={"i": i}) for i in range(n)]
+    """n entries that differ in their details as well as in their meaning."""
+    return audit_history(n, details=lambda i: {"i": i})
 
 
 def verify_command() -> str:

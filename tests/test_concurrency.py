@@ -8,7 +8,7 @@ from django.db import connection, connections
 from promotions import audit, services
 from promotions.errors import PromotionError
 from promotions.models import AuditEvent, PromotionRequest, Review
-from tests.factories import mirror_model, stage, version
+from tests.factories import audit_history, mirror_model, stage, version
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -88,11 +88,7 @@ def test_concurrent_audit_writers_never_fork_or_skip_the_chain():
     before = AuditEvent.objects.count()
 
     def writer(n):
-        def write():
-            for i in range(15):
-                audit.record(action="registry.drift", meaning=f"writer {n} entry {i}")
-
-        return write
+        return lambda: audit_history(15, meaning=lambda i: f"writer {n} entry {i}")
 
     run_together(*[writer(n) for n in range(4)])
 
