@@ -171,13 +171,18 @@ def test_an_unreachable_server_exits_3():
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--version", "x"], {}, "invalid int value"),
-        (["--evidence-file", "/nonexistent.json"], {}, "Cannot read the evidence file"),
-        (["--evidence-file", "{tmp}/bad.json"], {}, "is not JSON"),
-        (["--evidence-file", "{tmp}/list.json"], {}, "must hold a JSON object"),
-        ([], {"PROMOTE_TOKEN": ""}, "Set PROMOTE_TOKEN"),
-        ([], {"PROMOTE_URL": ""}, "Set PROMOTE_URL"),
-        ([], {"PROMOTE_URL": "ftp://example.com"}, "is not an http(s) URL"),
+        pytest.param(["--version", "x"], {}, "invalid int value", id="a version that is no number"),
+        pytest.param(
+            ["--evidence-file", "/nonexistent.json"],
+            {},
+            "Cannot read the evidence file",
+            id="a missing evidence file",
+        ),
+        pytest.param(["--evidence-file", "{tmp}/bad.json"], {}, "is not JSON", id="bad JSON"),
+        pytest.param(["--evidence-file", "{tmp}/list.json"], {}, "must hold a JSON object", id="a JSON list"),
+        pytest.param([], {"PROMOTE_TOKEN": ""}, "Set PROMOTE_TOKEN", id="no token"),
+        pytest.param([], {"PROMOTE_URL": ""}, "Set PROMOTE_URL", id="no URL"),
+        pytest.param([], {"PROMOTE_URL": "ftp://example.com"}, "is not an http(s) URL", id="an ftp URL"),
     ],
 )
 def test_bad_input_exits_2_before_calling_anyone(args, env, message, tmp_path):
