@@ -12,49 +12,16 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from bench.common import QuietHandler, serve_in_thread, stop_serving
 from promotions import notifications, roles, services
 from promotions.models import OutboundDelivery, PromotionRequest, WebhookEndpoint
 from registry_sync.webhooks import sign
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.django_db
 Delivery = OutboundDelivery.Status
 SECRET = "s3cret-for-tests-only"
-
-
-class Receiver:
-    """A webhook target: answers with the next scripted status (or hangs), records each call."""
-
-    def __init__(self, script=(200,)):
-        self.script = list(script)
-        self.calls = []
-        receiver = self
-
-        class Handler(QuietHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers), body))
-                step = receiver.script.pop(0) if len(receiver.script) > 1 else receiver.script[0]
-                if step == "hang":
-                    time.sleep(3)
-                    step = 200
-                if step == "redirect":
-                    self.send_response(302)
-                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
-                    self.end_headers()
-                    return
-                self.send_response(step)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-        self.server, url = serve_in_thread(Handler)
-        self.url = f"{url}/hook"
-
-    def close(self):
-        stop_serving(self.server)
 
 
 @pytest.fixture
