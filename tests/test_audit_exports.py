@@ -374,22 +374,18 @@ def test_a_dropped_row_is_named(tmp_path, history, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize(
+    ("flags", "swapped"),
+    [
+        pytest.param((), (3, 4), id="the whole log"),
+        pytest.param(("--model", "churn"), (3, 5), id="a filtered export"),
+    ],
+)
 @pytest.mark.usefixtures("verification")
-def test_reordered_rows_are_named(tmp_path, history, fmt):
-    path, _ = export(tmp_path, fmt)
+def test_reordered_rows_are_named(tmp_path, history, fmt, flags, swapped):
+    path, _ = export(tmp_path, fmt, *flags)
     lines = lines_of(path)
-    a, b = row_index(lines, fmt, history[3].sequence), row_index(lines, fmt, history[4].sequence)
-    lines[a], lines[b] = lines[b], lines[a]
-    write_lines(path, lines)
-    assert f"broken at entry #{history[4].sequence}: sequence {history[4].sequence} follows" in verify(path)
-
-
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-@pytest.mark.usefixtures("verification")
-def test_reordered_rows_of_a_filtered_export_are_named(tmp_path, history, fmt):
-    path, _ = export(tmp_path, fmt, "--model", "churn")
-    lines = lines_of(path)
-    a, b = row_index(lines, fmt, history[3].sequence), row_index(lines, fmt, history[5].sequence)
+    a, b = (row_index(lines, fmt, history[n].sequence) for n in swapped)
     lines[a], lines[b] = lines[b], lines[a]
     write_lines(path, lines)
     assert f"broken at entry #{history[4].sequence}: sequence {history[4].sequence} follows" in verify(path)
