@@ -734,15 +734,19 @@ def half_capacity(results: list[SizeResult]) -> float:
     return max(0.2, round(2 * largest.c_ours.seconds / largest.c_ours.promotions, 2))
 
 
+def requests_on_new_models(ctx: Context, size: Size, set_label: str, *, approve: bool) -> list[int]:
+    """A new set of models in MLflow, mirrored, with a request filed for each promotion."""
+    names = model_names(ctx, size, set_label)
+    populate(ctx, names, size.stages)
+    sync_mirror()
+    return file_requests(ctx, items_for(names, size.stages), approve=approve)
+
+
 def run_latency(ctx: Context, models: int, stages: int, interval: float) -> Latency:
     """Approve one request every `interval` s while a concurrency-8 worker runs."""
     from promotions.models import PromotionRequest
 
-    size = Size(models, stages)
-    names = model_names(ctx, size, "latency")
-    populate(ctx, names, stages)
-    sync_mirror()
-    ids = file_requests(ctx, items_for(names, stages), approve=False)
+    ids = requests_on_new_models(ctx, Size(models, stages), "latency", approve=False)
     requests = list(PromotionRequest.objects.filter(pk__in=ids).select_related("version__model", "stage"))
     log(f"latency: {len(ids)} pending requests; approving one every {interval:.2f} s")
     with running_worker(ctx, 8) as worker:
@@ -773,10 +777,7 @@ def run_breakdown(ctx: Context, models: int, stages: int, server: ServerLog) -> 
     from promotions import services
 
     size = Size(models, stages)
-    names = model_names(ctx, size, "profile")
-    populate(ctx, names, stages)
-    sync_mirror()
-    ids = file_requests(ctx, items_for(names, stages), approve=True)
+    ids = requests_on_new_models(ctx, size, "profile", approve=True)
     purge_queue(ctx)
     bare_names = model_names(ctx, size, "profile-bare")
     populate(ctx, bare_names, stages)
