@@ -52,7 +52,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -70,7 +69,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BIN, ROOT, fmt_seconds, mlflow_server, stop_process_group  # noqa: E402
+from bench.common import (  # noqa: E402
+    fmt_seconds,
+    mlflow_server,
+    setup_django,
+    start_celery_worker,
+    stop_process_group,
+    wait_for_process,
+)
 
 TARGET_B = 1.15
 TARGET_C = 0.85
@@ -423,25 +429,20 @@ def choose_broker(requested: str | None, tmp: Path) -> str:
         return f"sqla+sqlite:///{tmp / 'broker.sqlite3'}"
 
 
-def setup_django(*, database_url: str, broker: str, mlflow_url: str, queue: str) -> None:
-    os.environ.update(
-        {
-            "DEBUG": "true",
-            "DATABASE_URL": database_url,
-            "CELERY_BROKER_URL": broker,
-            "MLFLOW_TRACKING_URI": mlflow_url,
-            "DJANGO_SETTINGS_MODULE": "config.settings",
+def setup_django_with_own_queue(
+    *, tmp: Path, database_url: str, broker: str, mlflow_url: str, queue: str
+) -> None:
+    setup_django(
+        tmp,
+        mlflow_url=mlflow_url,
+        database_url=database_url,
+        broker_url=broker,
+        extra_env={
             "PROMOTION_STUCK_AFTER_SECONDS": "86400",  # no worker takes over another's claim
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
-        }
+        },
     )
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     from config.celery import app
 
     # Our own queue: other developers' workers on the same broker neither take nor give tasks.
@@ -591,43 +592,28 @@ def running_worker(ctx: Context, concurrency: int) -> Iterator[RunningWorker]:
         log(f"purged {purged} task(s) the approvals had enqueued")
     ctx.workers += 1
     log_path = ctx.tmp / f"worker-{ctx.workers}-c{concurrency}.log"
-    handle = open(log_path, "wb")  # noqa: SIM115 - closed below, after the process
-    process = subprocess.Popen(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "bench.apply:worker_app",  # config.celery.app, publishing to our queue (see below)
-            "worker",
-            "--pool",
-            "threads",
-            "--concurrency",
-            str(concurrency),
-            "--queues",
-            ctx.queue,
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname",
-            f"bench-apply-{uuid.uuid4().hex[:6]}@%h",
-        ],
-        cwd=ROOT,
+    process = start_celery_worker(
+        "bench.apply:worker_app",  # config.celery.app, publishing to our queue (see worker_app)
+        log_path=log_path,
         env={**os.environ, "BENCH_APPLY_QUEUE": ctx.queue},
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        concurrency=concurrency,
+        name="bench-apply",
+        options=("--queues", ctx.queue),
     )
     try:
         marker = f"bench-apply-{uuid.uuid4().hex}"
         record_heartbeat.apply_async(args=[marker], retry=False)
-        deadline = time.monotonic() + 90
-        while not WorkerHeartbeat.objects.filter(marker=marker).exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the worker did not start (exit {process.poll()}):\n{tail}")
-            time.sleep(0.1)
+        wait_for_process(
+            process,
+            lambda: WorkerHeartbeat.objects.filter(marker=marker).exists(),
+            what="the worker",
+            timeout=90,
+            interval=0.1,
+            log_path=log_path,
+        )
         yield RunningWorker(log_path, process.pid)
     finally:
         stop_process_group(process)
-        handle.close()
 
 
 def wait_applied(ids: list[int], log_path: Path, timeout: float) -> None:
@@ -748,15 +734,19 @@ def half_capacity(results: list[SizeResult]) -> float:
     return max(0.2, round(2 * largest.c_ours.seconds / largest.c_ours.promotions, 2))
 
 
+def requests_on_new_models(ctx: Context, size: Size, set_label: str, *, approve: bool) -> list[int]:
+    """A new set of models in MLflow, mirrored, with a request filed for each promotion."""
+    names = model_names(ctx, size, set_label)
+    populate(ctx, names, size.stages)
+    sync_mirror()
+    return file_requests(ctx, items_for(names, size.stages), approve=approve)
+
+
 def run_latency(ctx: Context, models: int, stages: int, interval: float) -> Latency:
     """Approve one request every `interval` s while a concurrency-8 worker runs."""
     from promotions.models import PromotionRequest
 
-    size = Size(models, stages)
-    names = model_names(ctx, size, "latency")
-    populate(ctx, names, stages)
-    sync_mirror()
-    ids = file_requests(ctx, items_for(names, stages), approve=False)
+    ids = requests_on_new_models(ctx, Size(models, stages), "latency", approve=False)
     requests = list(PromotionRequest.objects.filter(pk__in=ids).select_related("version__model", "stage"))
     log(f"latency: {len(ids)} pending requests; approving one every {interval:.2f} s")
     with running_worker(ctx, 8) as worker:
@@ -787,10 +777,7 @@ def run_breakdown(ctx: Context, models: int, stages: int, server: ServerLog) -> 
     from promotions import services
 
     size = Size(models, stages)
-    names = model_names(ctx, size, "profile")
-    populate(ctx, names, stages)
-    sync_mirror()
-    ids = file_requests(ctx, items_for(names, stages), approve=True)
+    ids = requests_on_new_models(ctx, size, "profile", approve=True)
     purge_queue(ctx)
     bare_names = model_names(ctx, size, "profile-bare")
     populate(ctx, bare_names, stages)
@@ -1008,7 +995,9 @@ def main() -> None:
             database_url = args.database_url or f"sqlite:///{tmp / 'bench.sqlite3'}"
             queue = f"bench-apply-{run_id}"
             log(f"broker: {broker}; database: {database_url}")
-            setup_django(database_url=database_url, broker=broker, mlflow_url=url, queue=queue)
+            setup_django_with_own_queue(
+                tmp=tmp, database_url=database_url, broker=broker, mlflow_url=url, queue=queue
+            )
             TIMER.install()
             experiment_id = new_client(url).create_experiment(f"bench-apply-{run_id}")
             ctx = Context(url, tmp, run_id, queue, broker, database_url, experiment_id, load_at_start=load())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,16 +17,18 @@ from django.contrib.auth.models import Group, User
 from django.core.cache import cache
 from django.test import TransactionTestCase
 
-from bench.common import free_port, stop_process_group
+from bench.common import (
+    free_port,
+    kill_process_group,
+    start_celery_worker,
+    stop_process_group,
+)
 from bench.common import mlflow_server as running_mlflow_server
 from config.celery import app as celery_app
 from promotions import database_roles, roles
 from promotions.audit import triggers as audit_triggers
 
-ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-BIN = Path(PYTHON).parent
-
 
 TEST_BROKER_URL = settings.CELERY_BROKER_URL
 # Personas are created in almost every test; a slow password hash is no part of what we test.
@@ -223,29 +224,13 @@ class Worker:
         self.log_path = tmp / "worker.log"
 
     def start(self, *, concurrency: int = 2, **env) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                str(BIN / "celery"),
-                "-A",
-                "config",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(concurrency),
-                "--without-gossip",
-                "--without-mingle",
-                "--hostname",
-                f"test-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            cwd=ROOT,
+        self.process = start_celery_worker(
+            "config",
+            log_path=self.log_path,
             env=subprocess_env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            concurrency=concurrency,
+            name="test",
+            options=("--loglevel", "INFO"),
         )
 
     def stop(self) -> None:
@@ -253,9 +238,8 @@ class Worker:
             stop_process_group(self.process)
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, 9)
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            kill_process_group(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -299,16 +283,6 @@ def worker_factory(mlflow_server, transactional_db, tmp_path):
 @pytest.fixture
 def celery_worker(worker_factory):
     return worker_factory()
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
 # --- personas ---------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""Mirror rows for tests that do not need MLflow itself."""
+"""Mirror rows and audit histories for tests that do not need MLflow itself."""
 
 from __future__ import annotations
 
 import uuid
 
-from promotions.models import Stage
+from django.contrib.auth.models import User
+
+from promotions import audit
+from promotions.models import AuditEvent, Stage
 from registry_sync.models import ModelVersion, RegisteredModel
 
 
@@ -42,3 +45,46 @@ def note_acceptance(monkeypatch, module, name: str, answers: list) -> None:
         return walk
 
     monkeypatch.setattr(module, name, spy)
+
+
+def audit_history(count: int, *, action: str = "registry.drift", **fields) -> list[AuditEvent]:
+    """`count` audit entries recorded one after another, meaning "entry 0", "entry 1", … unless told.
+
+    A field given as a function is called with the entry's place in the run, e.g.
+    `details=lambda i: {"i": i}`; any other value is the same in every entry.
+    """
+    fields = {"meaning": lambda i: f"entry {i}", **fields}
+    return [
+        audit.record(
+            action=action, **{name: value(i) if callable(value) else value for name, value in fields.items()}
+        )
+        for i in range(count)
+    ]
+
+
+def sales_forecast_review(requester: User, reviewer: User) -> list[AuditEvent]:
+    """Request #41, sales_forecast v5 Staging → Production, filed and approved once, with the
+    awkward content real logs have: commas, quotes, non-ASCII."""
+    move = {
+        "model_name": "sales_forecast",
+        "version": 5,
+        "from_stage": "Staging",
+        "to_stage": "Production",
+        "request_id": 41,
+    }
+    return [
+        audit.record(
+            action="request.created",
+            actor=requester,
+            meaning='Requested: promote sales_forecast v5 to Production, "Q3" retrain',
+            details={"justification": "Zoë's retrain; +2.1 pt", "metrics": {"accuracy": 0.931}},
+            **move,
+        ),
+        audit.record(
+            action="review.approved",
+            actor=reviewer,
+            meaning="Approved: promote sales_forecast v5 to Production",
+            details={"comment": "metrics fine", "approvals": 1, "required": 2},
+            **move,
+        ),
+    ]

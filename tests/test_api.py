@@ -5,6 +5,7 @@ import json
 import pytest
 from django.test import Client
 
+from bench.common import free_port
 from promotions import services, tokens
 from promotions.models import ApiToken, AuditEvent, PromotionRequest, Review
 from tests.factories import mirror_model, stage, version
@@ -479,8 +480,6 @@ def test_every_operation_is_in_the_table():
 
 @pytest.fixture
 def walked(requester, reviewer, auditor, outsider, settings):
-    from tests.conftest import free_port
-
     settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"  # the mirror as it is
     model = mirror_model("walked", {1: {"current_stage": "None"}, 2: {"current_stage": "None"}})
     request = services.promotion_request_create(

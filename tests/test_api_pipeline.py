@@ -2,19 +2,18 @@
 outbound webhooks to a local receiver and e-mail written by the worker."""
 
 import json
-import threading
 import time
 from email import message_from_bytes, policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.test import Client
 
+from bench.common import wait_until
 from promotions import tokens
 from promotions.models import AuditEvent, OutboundDelivery, PromotionRequest, Stage, WebhookEndpoint
 from registry_sync.webhooks import sign
-from tests.conftest import wait_until
 from tests.registry_helpers import make_version
+from tests.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 Status = PromotionRequest.Status
@@ -115,43 +114,12 @@ def test_ci_promotes_to_staging_automatically_and_production_waits_for_two_revie
     assert AuditEvent.objects.get(action="request.created", request_id=production_id).details["via"] == "api"
 
 
-class Receiver:
-    """Answers 503 to the first call, then 200; or hangs longer than the worker's timeout."""
-
-    def __init__(self, *, hang=False):
-        self.calls = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers), body))
-                if hang:
-                    time.sleep(4)
-                status = 503 if len(receiver.calls) == 1 else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_the_worker_sends_signed_webhooks_and_mail_and_a_hanging_target_blocks_nothing(
     registry, model_name, requester, gated_staging, worker_factory, tmp_path
 ):
     requester.email = "riley@example.com"
     requester.save()
-    slow, flaky = Receiver(hang=True), Receiver()
+    slow, flaky = Receiver(["hang"]), Receiver([503, 200])
     try:
         WebhookEndpoint.objects.create(name="slow", url=slow.url, secret=SECRET, events=["promotion.applied"])
         WebhookEndpoint.objects.create(

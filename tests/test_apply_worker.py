@@ -4,12 +4,13 @@ import time
 
 from django.core.management import call_command
 
+from bench.common import wait_until
 from promotions import services
 from promotions.models import AuditEvent, PromotionRequest, Stage
 from registry_sync.models import ModelVersion, SyncRun
 from registry_sync.services import sync_registry
 from tests.apply_helpers import approved_request, registry_with_production
-from tests.conftest import broker_unreachable, wait_until
+from tests.conftest import broker_unreachable
 from tests.registry_helpers import make_version
 
 Status = PromotionRequest.Status

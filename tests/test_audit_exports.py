@@ -12,7 +12,7 @@ from django.http import StreamingHttpResponse
 from promotions import audit
 from promotions.audit import verify as audit_verify
 from promotions.models import AuditEvent
-from tests.factories import note_acceptance
+from tests.factories import audit_history, note_acceptance, sales_forecast_review
 
 pytestmark = pytest.mark.django_db
 
@@ -37,38 +37,11 @@ COLUMNS = [
 @pytest.fixture
 def history(requester, reviewer):
     """Entries with the awkward content real logs have: commas, quotes, non-ASCII, nulls."""
-    events = [
-        audit.record(
-            action="request.created",
-            actor=requester,
-            meaning='Requested: promote sales_forecast v5 to Production, "Q3" retrain',
-            model_name="sales_forecast",
-            version=5,
-            from_stage="Staging",
-            to_stage="Production",
-            request_id=41,
-            details={"justification": "Zoë's retrain; +2.1 pt", "metrics": {"accuracy": 0.931}},
-        ),
-        audit.record(
-            action="review.approved",
-            actor=reviewer,
-            meaning="Approved: promote sales_forecast v5 to Production",
-            model_name="sales_forecast",
-            version=5,
-            from_stage="Staging",
-            to_stage="Production",
-            request_id=41,
-            details={"comment": "metrics fine", "approvals": 1, "required": 2},
-        ),
+    return [
+        *sales_forecast_review(requester, reviewer),
         audit.record(action="registry.drift", meaning="churn v12 moved to Staging without a request"),
+        *audit_history(4, model_name="churn", version=12, to_stage="Staging"),
     ]
-    events += [
-        audit.record(
-            action="registry.drift", meaning=f"entry {i}", model_name="churn", version=12, to_stage="Staging"
-        )
-        for i in range(4)
-    ]
-    return events
 
 
 def download(client, url: str) -> bytes:
@@ -401,22 +374,18 @@ def test_a_dropped_row_is_named(tmp_path, history, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize(
+    ("flags", "swapped"),
+    [
+        pytest.param((), (3, 4), id="the whole log"),
+        pytest.param(("--model", "churn"), (3, 5), id="a filtered export"),
+    ],
+)
 @pytest.mark.usefixtures("verification")
-def test_reordered_rows_are_named(tmp_path, history, fmt):
-    path, _ = export(tmp_path, fmt)
+def test_reordered_rows_are_named(tmp_path, history, fmt, flags, swapped):
+    path, _ = export(tmp_path, fmt, *flags)
     lines = lines_of(path)
-    a, b = row_index(lines, fmt, history[3].sequence), row_index(lines, fmt, history[4].sequence)
-    lines[a], lines[b] = lines[b], lines[a]
-    write_lines(path, lines)
-    assert f"broken at entry #{history[4].sequence}: sequence {history[4].sequence} follows" in verify(path)
-
-
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-@pytest.mark.usefixtures("verification")
-def test_reordered_rows_of_a_filtered_export_are_named(tmp_path, history, fmt):
-    path, _ = export(tmp_path, fmt, "--model", "churn")
-    lines = lines_of(path)
-    a, b = row_index(lines, fmt, history[3].sequence), row_index(lines, fmt, history[5].sequence)
+    a, b = (row_index(lines, fmt, history[n].sequence) for n in swapped)
     lines[a], lines[b] = lines[b], lines[a]
     write_lines(path, lines)
     assert f"broken at entry #{history[4].sequence}: sequence {history[4].sequence} follows" in verify(path)
@@ -574,10 +543,9 @@ def test_a_number_cell_that_smuggles_json_is_refused(tmp_path, history):
 def test_a_large_file_is_accepted_in_parts_even_with_newlines_inside_cells(
     tmp_path, history, verification, fmt
 ):
-    for i in range(30):
-        audit.record(
-            action="registry.drift", meaning=f'line one\nline "two", {i}\r\n' * (i % 3), details={"i": i}
-        )
+    audit_history(
+        30, meaning=lambda i: f'line one\nline "two", {i}\r\n' * (i % 3), details=lambda i: {"i": i}
+    )
     path, _ = export(tmp_path, fmt)
     assert verify(path) == ""
     assert verification in ([], [True])  # in parts: the workers' walk is what accepted it

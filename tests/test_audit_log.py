@@ -9,7 +9,7 @@ from django.db import DatabaseError, connection, transaction
 from promotions import audit
 from promotions.audit import verify
 from promotions.models import AuditEvent
-from tests.factories import note_acceptance
+from tests.factories import audit_history, note_acceptance
 from tests.tampering import tamper, tampering_db
 
 pytestmark = pytest.mark.django_db
@@ -88,7 +88,8 @@ def walks(request, monkeypatch) -> Walks:
 
 
 def entries(n: int) -> list[AuditEvent]:
-    return [audit.record(action="registry.drift", meaning=f"entry {i}", details={"i": i}) for i in range(n)]
+    """n entries that differ in their details as well as in their meaning."""
+    return audit_history(n, details=lambda i: {"i": i})
 
 
 def verify_command() -> str:

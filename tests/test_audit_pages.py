@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from promotions import audit
 from promotions.audit import filters, verify
 from promotions.models import AuditEvent
+from tests.factories import audit_history, sales_forecast_review
 from tests.tampering import tamper, tampering_db
 
 pytestmark = pytest.mark.django_db
@@ -32,28 +33,7 @@ def rows_of(body: str) -> list[int]:
 
 def record_history(requester, reviewer):
     """A small, varied log: two models, two stages, two actors."""
-    audit.record(
-        action="request.created",
-        actor=requester,
-        meaning="Requested: promote sales_forecast v5 to Production",
-        model_name="sales_forecast",
-        version=5,
-        from_stage="Staging",
-        to_stage="Production",
-        request_id=41,
-        details={"justification": "Q3 retrain"},
-    )
-    audit.record(
-        action="review.approved",
-        actor=reviewer,
-        meaning="Approved: promote sales_forecast v5 to Production",
-        model_name="sales_forecast",
-        version=5,
-        from_stage="Staging",
-        to_stage="Production",
-        request_id=41,
-        details={"comment": "metrics fine"},
-    )
+    sales_forecast_review(requester, reviewer)
     audit.record(
         action="request.created",
         actor=requester,
@@ -209,8 +189,7 @@ def test_anonymous_visitors_are_sent_to_log_in(client):
 
 
 def test_pages_go_back_by_sequence_without_offset(client, auditor):
-    for i in range(120):
-        audit.record(action="registry.drift", meaning=f"entry {i}")
+    audit_history(120)
     newest = AuditEvent.objects.order_by("-sequence").first().sequence
     client.force_login(auditor)
     first = client.get("/audit/?action=registry.drift").content.decode()
@@ -232,8 +211,7 @@ def test_pages_go_back_by_sequence_without_offset(client, auditor):
 
 @pytest.mark.parametrize("events", [10, 1000])
 def test_the_page_costs_the_same_queries_at_any_size(client, auditor, django_assert_max_num_queries, events):
-    for i in range(events):
-        audit.record(action="registry.drift", meaning=f"entry {i}", model_name="m", details={"i": i})
+    audit_history(events, model_name="m", details=lambda i: {"i": i})
     client.force_login(auditor)
     # the first view walks the chain (one query per 5,000 entries), the cached ones do not
     with django_assert_max_num_queries(12):
@@ -251,17 +229,17 @@ def test_the_chain_line_says_it_verifies(client, auditor):
     assert "✓ The chain verifies" in body
 
 
+def tamper_meaning(sequence: int) -> None:
+    tamper("UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [sequence])
+
+
 @tampering_db
 def test_the_chain_line_names_the_first_broken_entry(client, auditor):
-    events = [audit.record(action="registry.drift", meaning=f"entry {i}") for i in range(3)]
+    events = audit_history(3)
     tamper_meaning(events[1].sequence)
     client.force_login(auditor)
     body = client.get("/audit/").content.decode()
     assert f"✗ The chain is broken at entry #{events[1].sequence}: its hash does not match" in body
-
-
-def tamper_meaning(sequence: int) -> None:
-    tamper("UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [sequence])
 
 
 def walks_of(queries) -> list[str]:
@@ -275,8 +253,7 @@ def walks_of(queries) -> list[str]:
 
 
 def test_after_one_full_walk_the_line_walks_only_new_entries(client, auditor):
-    for i in range(3):
-        audit.record(action="registry.drift", meaning=f"entry {i}")
+    audit_history(3)
     client.force_login(auditor)
     with CaptureQueriesContext(connection) as first:
         client.get("/audit/")

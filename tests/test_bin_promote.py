@@ -6,22 +6,33 @@ import time
 
 import pytest
 
+from bench.common import ROOT, free_port, wait_until
 from promotions import services, tokens
 from promotions.models import PromotionRequest, Stage
-from tests.conftest import PYTHON, ROOT, free_port, wait_until
+from tests.conftest import PYTHON
 from tests.registry_helpers import make_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PROMOTE = str(ROOT / "bin" / "promote")
 
 
-def promote(*args, url, token, timeout=120, **popen):
+def promote(*args, url, token, timeout=120, popen=False, input=None, **env):
+    """Run bin/promote with PROMOTE_URL and PROMOTE_TOKEN set; env adds or overrides variables."""
     # -S: no site-packages at all, so the script may only use the standard library.
-    env = {"PATH": "/usr/bin:/bin", "PROMOTE_URL": url, "PROMOTE_TOKEN": token}
+    environment = {"PATH": "/usr/bin:/bin", "PROMOTE_URL": url, "PROMOTE_TOKEN": token, **env}
     command = [PYTHON, "-I", "-S", PROMOTE, *args]
     if popen:
-        return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return subprocess.run(command, env=env, text=True, capture_output=True, timeout=timeout)
+        return subprocess.Popen(
+            command, env=environment, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    return subprocess.run(
+        command, env=environment, input=input, text=True, capture_output=True, timeout=timeout
+    )
+
+
+def version_1_to(model_name, stage="Staging", *more):
+    """The flags that ask for version 1 of model_name in stage."""
+    return ("--model-name", model_name, "--version", "1", "--stage", stage, *more)
 
 
 def token_for(user):
@@ -39,16 +50,7 @@ def test_it_files_a_request_and_exits_0(live_server, version_1, requester, tmp_p
     evidence.write_text(json.dumps({"tests_passed": True, "ci_run": "https://ci.example/7"}))
 
     result = promote(
-        "--model-name",
-        version_1,
-        "--version",
-        "1",
-        "--stage",
-        "staging",
-        "--justification",
-        "CI run 7",
-        "--evidence-file",
-        str(evidence),
+        *version_1_to(version_1, "staging", "--justification", "CI run 7", "--evidence-file", str(evidence)),
         url=live_server.url,
         token=token_for(requester),
     )
@@ -64,15 +66,7 @@ def test_it_files_a_request_and_exits_0(live_server, version_1, requester, tmp_p
 
 def test_it_waits_and_exits_1_when_the_request_is_rejected(live_server, version_1, requester, reviewer):
     process = promote(
-        "--model-name",
-        version_1,
-        "--version",
-        "1",
-        "--stage",
-        "Staging",
-        "--wait",
-        "--interval",
-        "0.2",
+        *version_1_to(version_1, "Staging", "--wait", "--interval", "0.2"),
         url=live_server.url,
         token=token_for(requester),
         popen=True,
@@ -96,109 +90,79 @@ def test_it_waits_for_an_automatic_stage_and_exits_0_once_applied(
     staging.required_approvals = 0
     staging.checks = "evidence tests_passed == true"
     staging.save()
-    result = subprocess.run(
-        [
-            PYTHON,
-            "-I",
-            "-S",
-            PROMOTE,
-            "--model-name",
-            version_1,
-            "--version",
-            "1",
-            "--stage",
-            "Staging",
-            "--evidence-file",
-            "/dev/stdin",
-            "--wait",
-            "--interval",
-            "0.5",
-            "--timeout",
-            "90",
-        ],
+    result = promote(
+        *version_1_to(version_1),
+        *("--evidence-file", "/dev/stdin", "--wait", "--interval", "0.5", "--timeout", "90"),
         input='{"tests_passed": true}',
-        env={"PROMOTE_URL": live_server.url, "PROMOTE_TOKEN": token_for(requester)},
-        text=True,
-        capture_output=True,
-        timeout=120,
+        url=live_server.url,
+        token=token_for(requester),
     )
     assert result.returncode == 0, result.stderr + celery_worker.log()[-2000:]
     assert result.stdout.strip().endswith("Applied")
     assert registry.client().get_model_version(version_1, "1").current_stage == "Staging"
 
 
-def test_a_bad_or_revoked_token_exits_2_with_the_message(live_server, requester, version_1):
+def unknown_token(requester, outsider):
+    return "prm_not-a-token"
+
+
+def revoked_token(requester, outsider):
     token, raw = tokens.api_token_create(user=requester, name="old")
     tokens.api_token_revoke(token=token, user=requester)
-    for secret in ("prm_not-a-token", raw):
-        result = promote(
-            "--model-name",
-            version_1,
-            "--version",
-            "1",
-            "--stage",
+    return raw
+
+
+def outsiders_token(requester, outsider):
+    return token_for(outsider)
+
+
+def requesters_token(requester, outsider):
+    return token_for(requester)
+
+
+@pytest.mark.parametrize(
+    ("token", "stage", "message"),
+    [
+        pytest.param(
+            unknown_token, "Staging", "HTTP 401: The token is unknown or revoked.", id="an unknown token"
+        ),
+        pytest.param(
+            revoked_token, "Staging", "HTTP 401: The token is unknown or revoked.", id="a revoked token"
+        ),
+        pytest.param(
+            outsiders_token,
             "Staging",
-            url=live_server.url,
-            token=secret,
-        )
-        assert result.returncode == 2
-        assert result.stderr.strip() == "promote: HTTP 401: The token is unknown or revoked."
+            "HTTP 403: You are not allowed to file promotion requests (ask for the Requesters role).",
+            id="a token without the role",
+        ),
+        pytest.param(
+            requesters_token,
+            "Prodution",
+            "Stage 'Prodution' is not in the stage catalog. Known stages: Staging, Production, Archived.",
+            id="an unknown stage, the catalog listed",
+        ),
+    ],
+)
+def test_a_refused_request_exits_2_with_the_servers_message(
+    live_server, requester, outsider, version_1, token, stage, message
+):
+    result = promote(*version_1_to(version_1, stage), url=live_server.url, token=token(requester, outsider))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"promote: {message}"
     assert not PromotionRequest.objects.exists()
-
-
-def test_a_token_without_the_role_exits_2(live_server, outsider, version_1):
-    result = promote(
-        "--model-name",
-        version_1,
-        "--version",
-        "1",
-        "--stage",
-        "Staging",
-        url=live_server.url,
-        token=token_for(outsider),
-    )
-    assert result.returncode == 2
-    assert "HTTP 403: You are not allowed to file promotion requests" in result.stderr
-
-
-def test_an_unknown_stage_exits_2_listing_the_catalog(live_server, requester, version_1):
-    result = promote(
-        "--model-name",
-        version_1,
-        "--version",
-        "1",
-        "--stage",
-        "Prodution",
-        url=live_server.url,
-        token=token_for(requester),
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "promote: Stage 'Prodution' is not in the stage catalog. Known stages: Staging, Production, Archived."
-    )
 
 
 def test_a_duplicate_open_request_exits_1(live_server, requester, version_1):
     token = token_for(requester)
-    args = ("--model-name", version_1, "--version", "1", "--stage", "Staging")
-    assert promote(*args, url=live_server.url, token=token).returncode == 0
-    again = promote(*args, url=live_server.url, token=token)
+    assert promote(*version_1_to(version_1), url=live_server.url, token=token).returncode == 0
+    again = promote(*version_1_to(version_1), url=live_server.url, token=token)
     assert again.returncode == 1
     assert "An open request for" in again.stderr
 
 
 def test_an_unreachable_server_exits_3():
     started = time.monotonic()
-    result = promote(
-        "--model-name",
-        "m",
-        "--version",
-        "1",
-        "--stage",
-        "Staging",
-        url=f"http://127.0.0.1:{free_port()}",
-        token="prm_x",
-    )
+    result = promote(*version_1_to("m"), url=f"http://127.0.0.1:{free_port()}", token="prm_x")
     assert result.returncode == 3
     assert "Cannot reach http://127.0.0.1:" in result.stderr
     assert time.monotonic() - started < 30
@@ -207,13 +171,18 @@ def test_an_unreachable_server_exits_3():
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--version", "x"], {}, "invalid int value"),
-        (["--evidence-file", "/nonexistent.json"], {}, "Cannot read the evidence file"),
-        (["--evidence-file", "{tmp}/bad.json"], {}, "is not JSON"),
-        (["--evidence-file", "{tmp}/list.json"], {}, "must hold a JSON object"),
-        ([], {"PROMOTE_TOKEN": ""}, "Set PROMOTE_TOKEN"),
-        ([], {"PROMOTE_URL": ""}, "Set PROMOTE_URL"),
-        ([], {"PROMOTE_URL": "ftp://example.com"}, "is not an http(s) URL"),
+        pytest.param(["--version", "x"], {}, "invalid int value", id="a version that is no number"),
+        pytest.param(
+            ["--evidence-file", "/nonexistent.json"],
+            {},
+            "Cannot read the evidence file",
+            id="a missing evidence file",
+        ),
+        pytest.param(["--evidence-file", "{tmp}/bad.json"], {}, "is not JSON", id="bad JSON"),
+        pytest.param(["--evidence-file", "{tmp}/list.json"], {}, "must hold a JSON object", id="a JSON list"),
+        pytest.param([], {"PROMOTE_TOKEN": ""}, "Set PROMOTE_TOKEN", id="no token"),
+        pytest.param([], {"PROMOTE_URL": ""}, "Set PROMOTE_URL", id="no URL"),
+        pytest.param([], {"PROMOTE_URL": "ftp://example.com"}, "is not an http(s) URL", id="an ftp URL"),
     ],
 )
 def test_bad_input_exits_2_before_calling_anyone(args, env, message, tmp_path):
@@ -222,10 +191,7 @@ def test_bad_input_exits_2_before_calling_anyone(args, env, message, tmp_path):
     base = {"--model-name": "m", "--version": "1", "--stage": "Staging"}
     base.update(dict(zip(args[::2], [a.format(tmp=tmp_path) for a in args[1::2]], strict=True)))
     flags = [item for pair in base.items() for item in pair]
-    environment = {"PROMOTE_URL": f"http://127.0.0.1:{free_port()}", "PROMOTE_TOKEN": "prm_x", **env}
-    result = subprocess.run(
-        [PYTHON, "-I", "-S", PROMOTE, *flags], env=environment, text=True, capture_output=True, timeout=30
-    )
+    result = promote(*flags, url=f"http://127.0.0.1:{free_port()}", token="prm_x", timeout=30, **env)
     assert result.returncode == 2
     assert message in result.stderr
 

@@ -8,7 +8,7 @@ from django.db import connection, connections
 from promotions import audit, services
 from promotions.errors import PromotionError
 from promotions.models import AuditEvent, PromotionRequest, Review
-from tests.factories import mirror_model, stage, version
+from tests.factories import audit_history, mirror_model, stage, version
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,11 +35,16 @@ def run_together(*functions):
     return outcomes
 
 
-def test_two_reviewers_approving_at_once_change_the_request_once(requester, reviewer, reviewer2):
-    model = mirror_model(versions={1: {"current_stage": "Staging"}})
-    request = services.promotion_request_create(
-        version=version(model, 1), stage=stage("Production"), requested_by=requester, justification="go"
+def filed(requester, *, current_stage, target):
+    """A pending request for version 1 of a new model, now in current_stage."""
+    model = mirror_model(versions={1: {"current_stage": current_stage}})
+    return services.promotion_request_create(
+        version=version(model, 1), stage=stage(target), requested_by=requester, justification="go"
     )
+
+
+def test_two_reviewers_approving_at_once_change_the_request_once(requester, reviewer, reviewer2):
+    request = filed(requester, current_stage="Staging", target="Production")
 
     run_together(
         lambda: services.review_approve(request=request, reviewer=reviewer),
@@ -54,10 +59,7 @@ def test_two_reviewers_approving_at_once_change_the_request_once(requester, revi
 
 
 def test_the_same_reviewer_clicking_twice_records_one_approval(requester, reviewer):
-    model = mirror_model(versions={1: {"current_stage": "Staging"}})
-    request = services.promotion_request_create(
-        version=version(model, 1), stage=stage("Production"), requested_by=requester, justification="go"
-    )
+    request = filed(requester, current_stage="Staging", target="Production")
 
     outcomes = run_together(*[lambda: services.review_approve(request=request, reviewer=reviewer)] * 2)
 
@@ -67,10 +69,7 @@ def test_the_same_reviewer_clicking_twice_records_one_approval(requester, review
 
 
 def test_approve_and_reject_at_once_leave_one_decision(requester, reviewer, reviewer2):
-    model = mirror_model(versions={1: {"current_stage": "None"}})
-    request = services.promotion_request_create(
-        version=version(model, 1), stage=stage("Staging"), requested_by=requester, justification="go"
-    )
+    request = filed(requester, current_stage="None", target="Staging")
 
     run_together(
         lambda: services.review_approve(request=request, reviewer=reviewer),
@@ -88,11 +87,7 @@ def test_concurrent_audit_writers_never_fork_or_skip_the_chain():
     before = AuditEvent.objects.count()
 
     def writer(n):
-        def write():
-            for i in range(15):
-                audit.record(action="registry.drift", meaning=f"writer {n} entry {i}")
-
-        return write
+        return lambda: audit_history(15, meaning=lambda i: f"writer {n} entry {i}")
 
     run_together(*[writer(n) for n in range(4)])
 

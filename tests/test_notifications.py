@@ -5,10 +5,8 @@ receiving side is a real HTTP server on 127.0.0.1 and Django's locmem mail backe
 """
 
 import json
-import threading
 import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -19,49 +17,11 @@ from promotions.models import OutboundDelivery, PromotionRequest, WebhookEndpoin
 from registry_sync.webhooks import sign
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.django_db
 Delivery = OutboundDelivery.Status
 SECRET = "s3cret-for-tests-only"
-
-
-class Receiver:
-    """A webhook target: answers with the next scripted status (or hangs), records each call."""
-
-    def __init__(self, script=(200,)):
-        self.script = list(script)
-        self.calls = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers), body))
-                step = receiver.script.pop(0) if len(receiver.script) > 1 else receiver.script[0]
-                if step == "hang":
-                    time.sleep(3)
-                    step = 200
-                if step == "redirect":
-                    self.send_response(302)
-                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
-                    self.end_headers()
-                    return
-                self.send_response(step)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

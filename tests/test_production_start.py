@@ -10,13 +10,11 @@ import re
 import secrets
 import sqlite3
 import subprocess
-import time
 
 import pytest
 import requests
 
-from bench.common import free_port, stop_process_group
-from tests.conftest import ROOT
+from bench.common import ROOT, answers, free_port, start_process, stop_process_group, wait_for_process
 
 pytestmark = pytest.mark.worker
 
@@ -81,26 +79,23 @@ def test_the_documented_production_start_creates_no_account(mlflow_server, tmp_p
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
 
     log_path = tmp_path / "honcho.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            start, shell=True, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = start_process(start, shell=True, log_path=log_path, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
         https = {"X-Forwarded-Proto": "https"}
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text(errors="replace")
-            output = log_path.read_text(errors="replace")
-            try:
-                answered = requests.get(f"{base}/healthz", timeout=2).status_code in (200, 503)
-            except requests.RequestException:
-                answered = False
+
+        def every_process_is_up() -> bool:
             # Every process of the start is up: the web answers, the worker and beat said so.
-            if answered and " ready." in output and "beat: Starting" in output:
-                break
-            assert time.monotonic() < deadline, output[-3000:]
-            time.sleep(0.5)
+            output = log_path.read_text(errors="replace")
+            return (
+                answers(f"{base}/healthz", statuses=(200, 503))
+                and " ready." in output
+                and "beat: Starting" in output
+            )
+
+        wait_for_process(
+            process, every_process_is_up, what="the production start", interval=0.5, log_path=log_path
+        )
 
         with sqlite3.connect(tmp_path / "production.sqlite3") as db:
             users = db.execute("SELECT username FROM auth_user").fetchall()

@@ -18,10 +18,11 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis.config import SchemathesisConfig
 
+from bench.common import free_port
 from promotions import roles, services, tokens
 from promotions.api import api
 from promotions.models import ApiToken
-from tests.conftest import free_port, make_user
+from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
 
 EXAMPLES_PER_OPERATION = 12

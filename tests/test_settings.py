@@ -4,7 +4,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT
+from bench.common import ROOT
+from tests.conftest import PYTHON
 
 
 def run_check(**env):

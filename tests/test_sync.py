@@ -4,10 +4,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from bench.common import free_port
 from promotions.models import AuditEvent
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun
 from registry_sync.services import SyncFailed, sync_registry
-from tests.conftest import free_port
 from tests.registry_helpers import make_version, make_versions, stage
 
 pytestmark = pytest.mark.django_db

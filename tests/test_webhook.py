@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
+from bench.common import wait_until
 from registry_sync.models import ModelVersion, WebhookDelivery
 from registry_sync.webhooks import sign
-from tests.conftest import wait_until
 from tests.registry_helpers import make_version
 
 SECRET = "whsec-test"

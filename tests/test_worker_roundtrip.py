@@ -2,9 +2,9 @@
 
 import uuid
 
+from bench.common import wait_until
 from promotions.models import WorkerHeartbeat
 from promotions.tasks import record_heartbeat
-from tests.conftest import wait_until
 
 
 def test_a_task_reaches_a_worker_and_its_effect_lands_in_the_database(celery_worker):
