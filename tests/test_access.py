@@ -117,3 +117,123 @@ def test_unknown_ids_are_404_for_everyone_with_a_role(client, reviewer):
     client.force_login(reviewer)
     assert client.get("/requests/999999/").status_code == 404
     assert client.post("/requests/999999/decide/", {"decision": "approve"}).status_code == 404
+
+
+# --- every wrong role, one by one ---------------------------------------------------------------
+
+# url name -> the personas that must be refused (403, or 404 where an id is involved)
+REFUSED = {
+    "request_create": {"auditor", "outsider"},
+    "request_decide": {"requester", "stage_admin", "auditor", "outsider"},
+    "request_cancel": {"reviewer", "auditor", "outsider"},
+    "request_retry": {"requester", "reviewer", "auditor", "outsider"},
+    "audit_log": {"requester", "reviewer", "stage_admin", "outsider"},
+    "audit_export_csv": {"requester", "reviewer", "stage_admin", "outsider"},
+    "audit_export_jsonl": {"requester", "reviewer", "stage_admin", "outsider"},
+    "audit_manifest": {"requester", "reviewer", "stage_admin", "outsider"},
+    "audit_metrics": {"requester", "reviewer", "stage_admin", "outsider"},
+    **{
+        name: {"outsider"}
+        for name in (
+            "queue",
+            "queue_bulk",
+            "request_detail",
+            "request_status",
+            "stage_list",
+            "model_list",
+            "model_detail",
+        )
+    },
+}
+WRONG = sorted((name, who) for name, people in REFUSED.items() for who in people)
+
+
+def test_every_page_says_who_is_refused():
+    assert set(REFUSED) | {"token_list"} == set(PAGES)
+
+
+@pytest.mark.parametrize(("name", "who"), WRONG)
+def test_each_wrong_role_is_refused_and_changes_nothing(client, world, name, who):
+    from promotions.models import AuditEvent, PromotionRequest, Review
+
+    method, needs, _, _ = PAGES[name]
+    request, people = world
+    client.force_login(people[who])
+    before = (Review.objects.count(), PromotionRequest.objects.get(pk=request.pk).status)
+    data = {"decision": "approve", "request_ids": [request.pk], "comment": "x"} if method == "post" else None
+    response = getattr(client, method)(url_for(name, needs, request), data)
+    assert response.status_code in (403, 404), (name, who, response.status_code)
+    assert b"walk" not in response.content
+    assert (Review.objects.count(), PromotionRequest.objects.get(pk=request.pk).status) == before
+    if method == "post":  # a refused action is on the record
+        assert AuditEvent.objects.filter(action="auth.denied").exists() or who == "outsider"
+
+
+def test_bulk_actions_by_a_role_that_may_not_decide_change_nothing(client, world):
+    from promotions.models import PromotionRequest, Review
+
+    request, people = world
+    for who in ("requester", "stage_admin", "auditor"):
+        client.force_login(people[who])
+        client.post(reverse("queue_bulk"), {"decision": "approve", "request_ids": [request.pk]})
+        assert Review.objects.count() == 0, who
+        assert PromotionRequest.objects.get(pk=request.pk).status == "pending"
+
+
+# --- the admin's URLs ---------------------------------------------------------------------------
+
+
+def admin_urls(request_pk: int) -> list[str]:
+    from django.contrib.auth.models import Group
+
+    from promotions.models import AuditEvent, OutboundDelivery, PromotionRequest, Stage, WebhookEndpoint
+
+    urls = ["/admin/"]
+    for model, pk in (
+        (Stage, Stage.objects.values_list("pk", flat=True).first()),
+        (WebhookEndpoint, None),
+        (OutboundDelivery, None),
+        (PromotionRequest, request_pk),
+        (AuditEvent, AuditEvent.objects.values_list("pk", flat=True).first()),
+        (Group, Group.objects.values_list("pk", flat=True).first()),
+    ):
+        meta = model._meta
+        base = f"/admin/{meta.app_label}/{meta.model_name}/"
+        urls += [base, base + "add/"]
+        if pk:
+            urls += [f"{base}{pk}/change/", f"{base}{pk}/delete/", f"{base}{pk}/history/"]
+    return urls
+
+
+@pytest.mark.parametrize("who", ["anonymous", "requester", "reviewer", "auditor", "outsider"])
+def test_the_admin_is_closed_to_everyone_but_staff(client, world, who):
+    request, people = world
+    if who != "anonymous":
+        client.force_login(people[who])
+    for url in admin_urls(request.pk):
+        response = client.get(url)
+        assert response.status_code == 302, (who, url, response.status_code)
+        assert response["Location"].startswith(("/admin/login/", "/accounts/login/")), (who, url)
+
+
+def test_a_stage_admin_in_the_admin_edits_the_catalog_and_nothing_else(client, world):
+    from django.contrib.auth.models import Permission
+
+    request, people = world
+    admin = people["stage_admin"]
+    admin.user_permissions.set(Permission.objects.filter(codename__endswith="_stage"))
+    client.force_login(admin)
+    assert client.get("/admin/promotions/stage/").status_code == 200
+    refused = [
+        "/admin/auth/user/",
+        "/admin/auth/group/",
+        "/admin/promotions/auditevent/add/",
+        "/admin/promotions/promotionrequest/add/",
+        f"/admin/promotions/promotionrequest/{request.pk}/delete/",
+    ]
+    for url in refused:
+        assert client.get(url).status_code == 403, url
+    response = client.post(f"/admin/promotions/promotionrequest/{request.pk}/change/", {"status": "approved"})
+    assert response.status_code == 403
+    request.refresh_from_db()
+    assert request.status == "pending"

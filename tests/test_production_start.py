@@ -121,5 +121,42 @@ def test_the_documented_production_start_creates_no_account(mlflow_server, tmp_p
             )
             assert answer.status_code == 200, (username, answer.status_code)
             assert "sessionid" not in answer.cookies
+
+        # The operator creates the first account as the README says; its session cookie, like
+        # the CSRF cookie, is Secure, HttpOnly and SameSite=Lax outside DEBUG.
+        created = subprocess.run(
+            ".venv/bin/python manage.py createsuperuser --noinput --username boss --email boss@example.com",
+            shell=True,
+            cwd=ROOT,
+            env={**env, "DJANGO_SUPERUSER_PASSWORD": "a-long-operator-password-1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert created.returncode == 0, created.stderr
+        form = requests.get(f"{base}/accounts/login/", headers=https, timeout=5)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+        signed_in = requests.post(
+            f"{base}/accounts/login/",
+            data={"username": "boss", "password": "a-long-operator-password-1", "csrfmiddlewaretoken": token},
+            headers={
+                **https,
+                "Referer": f"https://127.0.0.1:{port}/accounts/login/",
+                "Cookie": f"csrftoken={form.cookies['csrftoken']}",
+            },
+            allow_redirects=False,
+            timeout=5,
+        )
+        assert signed_in.status_code == 302, signed_in.text[:500]
+        cookies = {
+            header.split("=", 1)[0]: header.lower()
+            for header in [
+                *form.raw.headers.getlist("Set-Cookie"),
+                *signed_in.raw.headers.getlist("Set-Cookie"),
+            ]
+        }
+        for name in ("sessionid", "csrftoken"):
+            flags = cookies[name]
+            assert "; secure" in flags and "; httponly" in flags and "samesite=lax" in flags, (name, flags)
     finally:
         stop_process_group(process)
