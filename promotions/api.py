@@ -547,13 +547,9 @@ def request_list(
 ):
     """Requests, newest first."""
     _require_role(request)
-    requests = PromotionRequest.objects.all()
-    if status:
-        requests = requests.filter(status=status)
-    if stage:
-        requests = requests.filter(stage__name__iexact=stage)
-    if model_name:
-        requests = requests.filter(version__model__name=model_name)
+    requests = selectors.requests_filtered(
+        PromotionRequest.objects.all(), status=status or "", stage=stage or "", model_name=model_name or ""
+    )
     if mine:
         requests = requests.filter(requested_by=_user(request))
     page = (

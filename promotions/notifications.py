@@ -239,13 +239,16 @@ def event_email_send(*, event: str, request_id: int) -> int:
     return send_mass_mail(messages, fail_silently=False)
 
 
-@shared_task(
-    name=EMAIL_TASK,
-    autoretry_for=(OSError, smtplib.SMTPException),
-    retry_backoff=5,
-    retry_jitter=True,
-    max_retries=3,
-)
+# E-mail is best effort: a few retries with Celery's own backoff when the mail server stumbles.
+MAIL_TASK_OPTIONS = {
+    "autoretry_for": (OSError, smtplib.SMTPException),
+    "retry_backoff": 5,
+    "retry_jitter": True,
+    "max_retries": 3,
+}
+
+
+@shared_task(name=EMAIL_TASK, **MAIL_TASK_OPTIONS)
 def send_event_email(event: str, request_id: int) -> int:
     return event_email_send(event=event, request_id=request_id)
 
@@ -282,13 +285,7 @@ def policy_lowered_email_send(*, stage_name: str, lowered: list[str], actor_id: 
     )
 
 
-@shared_task(
-    name=POLICY_EMAIL_TASK,
-    autoretry_for=(OSError, smtplib.SMTPException),
-    retry_backoff=5,
-    retry_jitter=True,
-    max_retries=3,
-)
+@shared_task(name=POLICY_EMAIL_TASK, **MAIL_TASK_OPTIONS)
 def send_policy_lowered_email(stage_name: str, lowered: list[str], actor_id: int | None) -> int:
     return policy_lowered_email_send(stage_name=stage_name, lowered=lowered, actor_id=actor_id)
 

@@ -133,15 +133,25 @@ def queue(user, *, tab: str = "mine", stage: str = "", model: str = "", status: 
         )
     else:
         requests = PromotionRequest.objects.filter(status__in=PromotionRequest.OPEN_STATUSES)
-    if stage:
-        requests = requests.filter(stage__name__iexact=stage)
-    if model:
-        requests = requests.filter(version__model__name__icontains=model)
-    if status:
-        requests = requests.filter(status=status)
+    requests = requests_filtered(requests, stage=stage, model_contains=model, status=status)
     requests = requests.select_related("version__model", "stage")
     if tab != "recent":
         requests = requests.order_by("-created_at", "-id")
+    return requests
+
+
+def requests_filtered(
+    requests, *, status: str = "", stage: str = "", model_contains: str = "", model_name: str = ""
+):
+    """The queue's and the API's filters: a status, a stage (any case), part or all of a model's name."""
+    if status:
+        requests = requests.filter(status=status)
+    if stage:
+        requests = requests.filter(stage__name__iexact=stage)
+    if model_contains:
+        requests = requests.filter(version__model__name__icontains=model_contains)
+    if model_name:
+        requests = requests.filter(version__model__name=model_name)
     return requests
 
 
