@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling, reswap, retarget
 
 from promotions import catalog, policy, selectors, services
-from promotions.errors import PromotionError
+from promotions.errors import PromotionError, RegistryUnavailable
 from promotions.forms import DecisionForm, PromotionRequestForm
 from promotions.models import PromotionRequest, Stage
 from registry_sync import selectors as mirror
@@ -109,12 +109,16 @@ def request_create(request: HttpRequest) -> HttpResponse:
     model_name = source.get("model", "")
     version_number = int(source["version"]) if source.get("version", "").isdigit() else None
     rollback = source.get("rollback") == "1"
+    status = 200
     if request.method == "POST":
         form = PromotionRequestForm(
             request.POST, model_name=model_name, version_number=version_number, rollback=rollback
         )
+        status = 422
         if form.is_valid():
             try:
+                # Refreshed from MLflow like the API and the CLI: nothing is filed on the
+                # mirror's word alone.
                 promotion = services.promotion_request_file(
                     model_name=form.cleaned_data["model"],
                     version=form.cleaned_data["version"],
@@ -122,10 +126,10 @@ def request_create(request: HttpRequest) -> HttpResponse:
                     requested_by=request.user,
                     justification=form.cleaned_data["justification"],
                     rollback=rollback,
-                    refresh=False,
                 )
             except PromotionError as exc:
                 form.add_error(None, exc.message)
+                status = exc.http_status if isinstance(exc, RegistryUnavailable) else 422
             else:
                 url = reverse("request_detail", args=[promotion.pk])
                 messages.success(request, f"Request #{promotion.pk} filed.")
@@ -142,7 +146,6 @@ def request_create(request: HttpRequest) -> HttpResponse:
         # Choosing a model or version swaps only the choices: what was typed stays put.
         part = "request-choices" if source.get("part") == "choices" else "request-form"
         template = f"promotions/request_form.html#{part}"
-    status = 422 if request.method == "POST" else 200
     return render(request, template, context, status=status)
 
 
