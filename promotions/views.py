@@ -4,7 +4,7 @@ history. Views parse, call one service or selector, render."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -14,7 +14,13 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from promotions import catalog, policy, selectors, services
 from promotions.errors import PromotionError, RegistryUnavailable
-from promotions.forms import DecisionForm, PromotionRequestForm
+from promotions.forms import (
+    DecisionForm,
+    PromotionRequestForm,
+    parse_number,
+    parse_optional_number,
+    parse_text,
+)
 from promotions.models import PromotionRequest, Stage
 from registry_sync import selectors as mirror
 
@@ -38,6 +44,12 @@ def _require_role(request: HttpRequest) -> None:
         raise PermissionDenied(NO_ROLE)
 
 
+def bad_input(request: HttpRequest, error: ValidationError, *, back: str = "queue") -> HttpResponse:
+    """A value no form of ours sends (a forged link, an edited field): 400, saying which."""
+    context = {"message": " ".join(error.messages), "back_url": reverse(back)}
+    return render(request, "promotions/bad_input.html", context, status=400)
+
+
 @require_GET
 def queue(request: HttpRequest) -> HttpResponse:
     _require_role(request)
@@ -45,11 +57,14 @@ def queue(request: HttpRequest) -> HttpResponse:
     tab = tab if tab in selectors.QUEUE_TABS else "mine"
     status = request.GET.get("status", "")
     status = status if status in PromotionRequest.Status.values else ""
-    filters = {
-        "stage": request.GET.get("stage", "").strip()[:64],
-        "model": request.GET.get("model", "").strip()[:256],
-        "status": status,
-    }
+    try:
+        filters = {
+            "stage": parse_text(request.GET.get("stage", ""), name="stage filter", max_length=64),
+            "model": parse_text(request.GET.get("model", ""), name="model filter", max_length=256),
+            "status": status,
+        }
+    except ValidationError as error:
+        return bad_input(request, error)
     rows = selectors.queue(request.user, tab=tab, **filters)
     page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
     page.object_list = selectors.with_approvals(page.object_list)
@@ -76,7 +91,10 @@ def queue_bulk(request: HttpRequest) -> HttpResponse:
     _require_role(request)
     decision = request.POST.get("decision")
     comment = request.POST.get("comment", "")
-    ids = [int(pk) for pk in request.POST.getlist("request_ids") if pk.isdigit()][:200]
+    try:
+        ids = [parse_number(pk, name="request id") for pk in request.POST.getlist("request_ids")[:200]]
+    except ValidationError as error:
+        return bad_input(request, error)
     if decision not in ("approve", "reject") or not ids:
         messages.error(request, "Select at least one request and a decision.")
         return redirect("queue")
@@ -103,11 +121,17 @@ def request_create(request: HttpRequest) -> HttpResponse:
     if not policy.may_request(request.user):
         if request.method == "POST":
             # An attempt to file is on the record, as it is through the API and the CLI.
-            services.requester_required(request.user, what="file a promotion request from the page")
+            try:
+                services.requester_required(request.user, what="file a promotion request from the page")
+            except PromotionError as exc:
+                raise PermissionDenied(exc.message) from None
         raise PermissionDenied("Only requesters, reviewers and stage admins file promotion requests.")
     source = request.POST if request.method == "POST" else request.GET
-    model_name = source.get("model", "")
-    version_number = int(source["version"]) if source.get("version", "").isdigit() else None
+    try:
+        model_name = parse_text(source.get("model", ""), name="model", max_length=256)
+        version_number = parse_optional_number(source.get("version"), name="version")
+    except ValidationError as error:
+        return bad_input(request, error, back="request_create")
     rollback = source.get("rollback") == "1"
     status = 200
     if request.method == "POST":
@@ -297,7 +321,10 @@ def stage_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
     _require_role(request)
-    query = request.GET.get("q", "").strip()[:256]
+    try:
+        query = parse_text(request.GET.get("q", ""), name="search", max_length=256)
+    except ValidationError as error:
+        return bad_input(request, error, back="model_list")
     page = Paginator(mirror.model_list(query=query), PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"page": page, "query": query, "last_sync": mirror.last_successful_sync()}
     template = "promotions/model_list.html#rows" if request.htmx else "promotions/model_list.html"
