@@ -23,6 +23,7 @@ from registry_sync.models import SyncRun
 from registry_sync.services import sync_registry
 from tests.factories import stage
 from tests.registry_helpers import make_version
+from tests.test_access import PAGES, PUBLIC
 
 pytestmark = pytest.mark.django_db
 
@@ -136,8 +137,6 @@ EXAMPLES = 15
 
 
 def test_every_page_and_its_parameters_are_in_the_table():
-    from tests.test_access import PAGES, PUBLIC
-
     driven = {name.removesuffix("_path") for name, *_ in ENDPOINTS}
     # Logging out takes no parameters, and would sign the persona out for the next example.
     assert set(PAGES) | PUBLIC - {"logout"} <= driven
