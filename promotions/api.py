@@ -6,7 +6,8 @@ goes through the same services as the pages; the API only parses, calls and rend
 
 Errors are `{"code", "message"}` (plus `errors` for field errors): 401 no or bad token, 403 a
 valid token without the role, 404 unknown ids (only ever after the role check, so existence
-never leaks), 409 already decided or duplicate, 413 body too large, 422 malformed or invalid.
+never leaks), 409 already decided or duplicate, 413 body too large, 422 malformed or invalid,
+503 `registry_unavailable` when filing cannot ask MLflow (nothing filed; try again later).
 """
 
 from __future__ import annotations
@@ -560,11 +561,12 @@ def request_list(
     return {"count": requests.count(), "items": [_request_out(p) for p in page]}
 
 
-@api.post("/requests", response={201: RequestOut, **_errors(409, 413)}, tags=["requests"])
+@api.post("/requests", response={201: RequestOut, **_errors(409, 413, 503)}, tags=["requests"])
 def request_create(request, payload: RequestIn):
     """File a request. With a stage that needs no approval and checks that all pass, it comes
     back `approved` and the worker applies it; if a check fails it is refused (422) with the
-    failing checks listed."""
+    failing checks listed. The version is read from MLflow first: when MLflow does not answer,
+    nothing is filed (503, `registry_unavailable`; try again later)."""
     filed = services.promotion_request_file(
         model_name=payload.model_name,
         version=payload.version,
@@ -577,11 +579,12 @@ def request_create(request, payload: RequestIn):
     return Status(201, _reloaded(filed.pk))
 
 
-@api.post("/requests/bulk", response={200: BulkOut, **_errors(413)}, tags=["requests"])
+@api.post("/requests/bulk", response={200: BulkOut, **_errors(413, 503)}, tags=["requests"])
 def request_create_passing(request, payload: BulkIn):
     """File one request per model for its latest version whose checks for `stage` pass and that
     the catalog lets move there. The choice is made from the registry mirror after one sync,
-    so it costs the same few MLflow calls however many models there are."""
+    so it costs the same few MLflow calls however many models there are; when that sync fails,
+    nothing is filed (503, `registry_unavailable`)."""
     services.requester_required(
         _user(request),
         what=f"file requests in bulk → {payload.stage} through the API",

@@ -46,6 +46,13 @@ class NotAllowed(PromotionError):
     http_status = 403
 
 
+class RegistryUnavailable(PromotionError):
+    """MLflow could not be asked, so nothing was filed: worth trying again later."""
+
+    code = "registry_unavailable"
+    http_status = 503
+
+
 class TransientApplyError(Exception):
     """MLflow could not be reached; the task retries with backoff."""
 

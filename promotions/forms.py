@@ -1,10 +1,45 @@
 from __future__ import annotations
 
+import re
+
 from django import forms
 
 from promotions import catalog
 from promotions.models import MAX_TEXT, Stage
 from registry_sync.models import ModelVersion, RegisteredModel
+
+# Row ids and version numbers fit PostgreSQL's integer; ten digits cover them.
+MAX_NUMBER = 2**31 - 1
+# ASCII only: str.isdigit() also accepts "²" and "٣", which int() then refuses.
+_NUMBER = re.compile(r"[0-9]{1,10}")
+
+
+def parse_number(value: object, *, name: str) -> int:
+    """A whole number from 1 to MAX_NUMBER sent by a form or a link; ValidationError says why not."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not _NUMBER.fullmatch(text) or not 1 <= int(text) <= MAX_NUMBER:
+        shown = text[:20] + ("…" if len(text) > 20 else "")
+        raise forms.ValidationError(
+            f"The {name} must be a whole number from 1 to {MAX_NUMBER}, not '{shown}'."
+        )
+    return int(text)
+
+
+def parse_optional_number(value: object, *, name: str) -> int | None:
+    """As parse_number, with None for a value left empty or not sent."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return parse_number(value, name=name)
+
+
+def parse_text(value: object, *, name: str, max_length: int) -> str:
+    """Free text from a query string, trimmed: no NUL (PostgreSQL stores none) and bounded."""
+    text = value.strip() if isinstance(value, str) else ""
+    if "\x00" in text:
+        raise forms.ValidationError(f"The {name} contains a NUL character.")
+    if len(text) > max_length:
+        raise forms.ValidationError(f"The {name} is longer than {max_length} characters.")
+    return text
 
 
 class PromotionRequestForm(forms.Form):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -10,12 +11,17 @@ from django.views.decorators.http import require_http_methods
 
 from promotions import tokens
 from promotions.errors import PromotionError
+from promotions.forms import parse_number
 from promotions.models import ApiToken
 
 
 def _get_token_for_user(request: HttpRequest, raw_id: str) -> ApiToken:
-    # Another user's token is "not found": its existence is none of this user's business.
-    token = ApiToken.objects.filter(pk=raw_id, user=request.user).first() if raw_id.isdigit() else None
+    # Another user's token is "not found": its existence is none of this user's business; an
+    # id that is no number names no token either.
+    try:
+        token = ApiToken.objects.filter(pk=parse_number(raw_id, name="token id"), user=request.user).first()
+    except ValidationError:
+        token = None
     if token is None:
         raise Http404("No such token.")
     return token
@@ -27,7 +33,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
     context = {"new_token": None, "error": "", "name": ""}
     if request.method == "POST":
         if "revoke" in request.POST:
-            token = _get_token_for_user(request, request.POST["revoke"])
+            token = _get_token_for_user(request, request.POST.get("revoke"))
             tokens.api_token_revoke(token=token, user=request.user)
             messages.success(request, f"Token '{token.name}' ({token.prefix}…) is revoked.")
             return redirect("token_list")

@@ -4,7 +4,7 @@ history. Views parse, call one service or selector, render."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -13,8 +13,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling, reswap, retarget
 
 from promotions import catalog, policy, selectors, services
-from promotions.errors import AlreadyDecided, PromotionError
-from promotions.forms import DecisionForm, PromotionRequestForm
+from promotions.errors import AlreadyDecided, PromotionError, RegistryUnavailable
+from promotions.forms import (
+    DecisionForm,
+    PromotionRequestForm,
+    parse_number,
+    parse_optional_number,
+    parse_text,
+)
 from promotions.models import PromotionRequest, Stage
 from registry_sync import selectors as mirror
 
@@ -38,6 +44,12 @@ def _require_role(request: HttpRequest) -> None:
         raise PermissionDenied(NO_ROLE)
 
 
+def bad_input(request: HttpRequest, error: ValidationError, *, back: str = "queue") -> HttpResponse:
+    """A value no form of ours sends (a forged link, an edited field): 400, saying which."""
+    context = {"message": " ".join(error.messages), "back_url": reverse(back)}
+    return render(request, "promotions/bad_input.html", context, status=400)
+
+
 @require_GET
 def queue(request: HttpRequest) -> HttpResponse:
     _require_role(request)
@@ -45,11 +57,14 @@ def queue(request: HttpRequest) -> HttpResponse:
     tab = tab if tab in selectors.QUEUE_TABS else "mine"
     status = request.GET.get("status", "")
     status = status if status in PromotionRequest.Status.values else ""
-    filters = {
-        "stage": request.GET.get("stage", "").strip()[:64],
-        "model": request.GET.get("model", "").strip()[:256],
-        "status": status,
-    }
+    try:
+        filters = {
+            "stage": parse_text(request.GET.get("stage", ""), name="stage filter", max_length=64),
+            "model": parse_text(request.GET.get("model", ""), name="model filter", max_length=256),
+            "status": status,
+        }
+    except ValidationError as error:
+        return bad_input(request, error)
     rows = selectors.queue(request.user, tab=tab, **filters)
     page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
     page.object_list = selectors.with_approvals(page.object_list)
@@ -76,7 +91,10 @@ def queue_bulk(request: HttpRequest) -> HttpResponse:
     _require_role(request)
     decision = request.POST.get("decision")
     comment = request.POST.get("comment", "")
-    ids = [int(pk) for pk in request.POST.getlist("request_ids") if pk.isdigit()][:200]
+    try:
+        ids = [parse_number(pk, name="request id") for pk in request.POST.getlist("request_ids")[:200]]
+    except ValidationError as error:
+        return bad_input(request, error)
     if decision not in ("approve", "reject") or not ids:
         messages.error(request, "Select at least one request and a decision.")
         return redirect("queue")
@@ -110,18 +128,28 @@ def request_create(request: HttpRequest) -> HttpResponse:
     if not policy.may_request(request.user):
         if request.method == "POST":
             # An attempt to file is on the record, as it is through the API and the CLI.
-            services.requester_required(request.user, what="file a promotion request from the page")
+            try:
+                services.requester_required(request.user, what="file a promotion request from the page")
+            except PromotionError as exc:
+                raise PermissionDenied(exc.message) from None
         raise PermissionDenied("Only requesters, reviewers and stage admins file promotion requests.")
     source = request.POST if request.method == "POST" else request.GET
-    model_name = source.get("model", "")
-    version_number = int(source["version"]) if source.get("version", "").isdigit() else None
+    try:
+        model_name = parse_text(source.get("model", ""), name="model", max_length=256)
+        version_number = parse_optional_number(source.get("version"), name="version")
+    except ValidationError as error:
+        return bad_input(request, error, back="request_create")
     rollback = source.get("rollback") == "1"
+    status = 200
     if request.method == "POST":
         form = PromotionRequestForm(
             request.POST, model_name=model_name, version_number=version_number, rollback=rollback
         )
+        status = 422
         if form.is_valid():
             try:
+                # Refreshed from MLflow like the API and the CLI: nothing is filed on the
+                # mirror's word alone.
                 promotion = services.promotion_request_file(
                     model_name=form.cleaned_data["model"],
                     version=form.cleaned_data["version"],
@@ -129,10 +157,10 @@ def request_create(request: HttpRequest) -> HttpResponse:
                     requested_by=request.user,
                     justification=form.cleaned_data["justification"],
                     rollback=rollback,
-                    refresh=False,
                 )
             except PromotionError as exc:
                 form.add_error(None, exc.message)
+                status = exc.http_status if isinstance(exc, RegistryUnavailable) else 422
             else:
                 url = reverse("request_detail", args=[promotion.pk])
                 messages.success(request, f"Request #{promotion.pk} filed.")
@@ -149,7 +177,6 @@ def request_create(request: HttpRequest) -> HttpResponse:
         # Choosing a model or version swaps only the choices: what was typed stays put.
         part = "request-choices" if source.get("part") == "choices" else "request-form"
         template = f"promotions/request_form.html#{part}"
-    status = 422 if request.method == "POST" else 200
     return render(request, template, context, status=status)
 
 
@@ -301,7 +328,10 @@ def stage_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
     _require_role(request)
-    query = request.GET.get("q", "").strip()[:256]
+    try:
+        query = parse_text(request.GET.get("q", ""), name="search", max_length=256)
+    except ValidationError as error:
+        return bad_input(request, error, back="model_list")
     page = Paginator(mirror.model_list(query=query), PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"page": page, "query": query, "last_sync": mirror.last_successful_sync()}
     template = "promotions/model_list.html#rows" if request.htmx else "promotions/model_list.html"

@@ -13,6 +13,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
@@ -115,6 +116,23 @@ def tracking_uri() -> str:
     return redact(settings.MLFLOW_TRACKING_URI)
 
 
+def tracking_host() -> str:
+    """The tracking URI as people may see it: scheme, host and port, never `user:password@`."""
+    parts = urlsplit(settings.MLFLOW_TRACKING_URI)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _without_userinfo(text: str) -> str:
+    # MLflow's messages quote the URL they called, credentials included.
+    return _USERINFO.sub("", text)
+
+
 def _http_status(exc: MlflowException) -> int | None:
     if isinstance(exc, RestException):
         code = exc.get_http_status_code()
@@ -136,15 +154,15 @@ def _translate(exc: Exception, *, name: str | None = None, version: int | None =
 
 def _classify(exc: Exception, *, name: str | None, version: int | None) -> RegistryError:
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return RegistryUnavailable(f"MLflow at {tracking_uri()} is not answering: {type(exc).__name__}")
+        return RegistryUnavailable(f"MLflow at {tracking_host()} is not answering: {type(exc).__name__}")
     if not isinstance(exc, MlflowException):
-        return RegistryUnavailable(f"MLflow call failed: {exc}")
+        return RegistryUnavailable(f"MLflow call failed: {_short(str(exc))}")
     status = _http_status(exc)
     error_code = getattr(exc, "error_code", "")
     message = exc.message if hasattr(exc, "message") else str(exc)
     if status in (401, 403) or error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return RegistryPermissionDenied(
-            f"MLflow at {tracking_uri()} refused the credentials (HTTP {status or 403})."
+            f"MLflow at {tracking_host()} refused the credentials (HTTP {status or 403})."
         )
     if error_code == "RESOURCE_DOES_NOT_EXIST" or status == 404:
         if version is not None:
@@ -153,13 +171,13 @@ def _classify(exc: Exception, *, name: str | None, version: int | None) -> Regis
     if error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE") or (
         status is not None and 400 <= status < 500
     ):
-        return RegistryRejected(message)
+        return RegistryRejected(_without_userinfo(message))
     # Connection refused, timeouts and 5xx all arrive as a generic MlflowException.
-    return RegistryUnavailable(f"MLflow at {tracking_uri()} is not answering: {_short(message)}")
+    return RegistryUnavailable(f"MLflow at {tracking_host()} is not answering: {_short(message)}")
 
 
 def _short(message: str, limit: int = 300) -> str:
-    message = " ".join(message.split())
+    message = " ".join(_without_userinfo(message).split())
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 

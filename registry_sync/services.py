@@ -62,9 +62,12 @@ class SyncStats:
 
 
 class SyncFailed(Exception):
-    def __init__(self, run: SyncRun):
+    """`cause` is the gateway's exception: callers tell "not answering" from "refused"."""
+
+    def __init__(self, run: SyncRun, cause: gateway.RegistryError | None = None):
         super().__init__(run.error)
         self.run = run
+        self.cause = cause
 
 
 def sync_registry(
@@ -88,11 +91,11 @@ def sync_registry(
         trigger=trigger, scope=model_name or "", full=full, started_at=timezone.now()
     )
     stats = SyncStats()
-    error = ""
+    error, cause = "", None
     try:
         _sync(stats, model_name=model_name, full=full, progress=progress, page_size=page_size)
     except gateway.RegistryError as exc:
-        error = redact(str(exc)) or type(exc).__name__
+        error, cause = redact(str(exc)) or type(exc).__name__, exc
         logger.warning("Registry sync failed: %s", error)
     run.finished_at = timezone.now()
     run.models_seen, run.versions_seen = stats.models, stats.versions
@@ -108,7 +111,7 @@ def sync_registry(
     if run.changed_version_ids:
         versions_changed.send(sender=SyncRun, run=run, version_ids=run.changed_version_ids)
     if error:
-        raise SyncFailed(run)
+        raise SyncFailed(run, cause)
     return run
 
 

@@ -1,13 +1,15 @@
 """The JSON API: bearer tokens, the same services and rules as the pages, JSON errors."""
 
 import json
+import uuid
 
 import pytest
 from django.test import Client
 
-from bench.common import free_port
 from promotions import services, tokens
 from promotions.models import ApiToken, AuditEvent, PromotionRequest, Review
+from registry_sync.models import RegisteredModel, SyncRun
+from registry_sync.services import sync_registry
 from tests.factories import mirror_model, stage, version
 from tests.registry_helpers import make_version
 
@@ -468,8 +470,8 @@ WHO = {  # operation → (who may, status for them)
     ("GET", "/api/audit"): ("auditor", 200),
 }
 BODIES = {
-    "/api/requests": {"model_name": "walked", "version": 2, "stage": "Staging", "justification": "x"},
-    "/api/requests/bulk": {"stage": "Staging", "justification": "x", "models": ["walked"]},
+    "/api/requests": {"model_name": "{model}", "version": 2, "stage": "Staging", "justification": "x"},
+    "/api/requests/bulk": {"stage": "Staging", "justification": "x", "models": ["{model}"]},
     "/api/requests/{request_id}/reject": {"comment": "no"},
 }
 
@@ -478,10 +480,19 @@ def test_every_operation_is_in_the_table():
     assert set(operations()) == set(WHO)
 
 
+@pytest.fixture(scope="module")
+def walked_in_mlflow(mlflow_server):
+    """Registered once: filing asks MLflow, and MLflow takes a second per new version."""
+    name = f"walked_{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        make_version(mlflow_server.client(), name)
+    return name
+
+
 @pytest.fixture
-def walked(requester, reviewer, auditor, outsider, settings):
-    settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"  # the mirror as it is
-    model = mirror_model("walked", {1: {"current_stage": "None"}, 2: {"current_stage": "None"}})
+def walked(registry, walked_in_mlflow, requester, reviewer, auditor, outsider):
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=walked_in_mlflow)
+    model = RegisteredModel.objects.get(name=walked_in_mlflow)
     request = services.promotion_request_create(
         version=version(model, 1), stage=stage("Staging"), requested_by=requester, justification="walk"
     )
@@ -490,10 +501,12 @@ def walked(requester, reviewer, auditor, outsider, settings):
 
 
 def call(client, method, path, request):
-    url = path.format(request_id=request.pk, name="walked" if "models" in path else "Staging")
+    model = request.version.model.name
+    url = path.format(request_id=request.pk, name=model if "models" in path else "Staging")
     if method == "GET":
         return client.get(url)
-    return post(client, url, BODIES.get(path, {}))
+    body = json.loads(json.dumps(BODIES.get(path, {})).replace("{model}", model))
+    return post(client, url, body)
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(WHO))

@@ -4,7 +4,11 @@ import pytest
 
 from promotions import services
 from promotions.models import AuditEvent, PromotionRequest, Review
+from registry_sync.models import RegisteredModel, SyncRun
+from registry_sync.services import sync_registry
 from tests.factories import mirror_model, stage, version
+from tests.registry_helpers import make_version
+from tests.registry_helpers import stage as move
 
 pytestmark = pytest.mark.django_db
 Status = PromotionRequest.Status
@@ -59,11 +63,23 @@ def test_the_form_previews_the_checks(client, requester, sales):
     assert "✗ metric accuracy &gt;= 0.95" in body
 
 
-def test_a_requester_files_a_request(client, requester, sales):
+@pytest.fixture
+def registered(registry, model_name):
+    """v1 in Staging and v2 in no stage, in MLflow and (synced) in the mirror: filing from the
+    page asks MLflow first."""
+    client = registry.client()
+    make_version(client, model_name, metrics={"accuracy": 0.9})
+    make_version(client, model_name, metrics={"accuracy": 0.95})
+    move(client, model_name, 1, "Staging")
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
+    return model_name
+
+
+def test_a_requester_files_a_request(client, requester, registered):
     client.force_login(requester)
     response = client.post(
         "/requests/new/",
-        {"model": "sales_forecast", "version": "5", "stage": "Production", "justification": "Q3 retrain"},
+        {"model": registered, "version": "1", "stage": "Production", "justification": "Q3 retrain"},
     )
     request = PromotionRequest.objects.get()
     assert response.status_code == 302
@@ -81,11 +97,14 @@ def test_the_form_shows_errors_next_to_the_field(client, requester, sales):
     assert not PromotionRequest.objects.exists()
 
 
-def test_a_duplicate_request_is_refused_in_the_form(client, requester, pending):
+def test_a_duplicate_request_is_refused_in_the_form(client, requester, registered):
+    pending = services.promotion_request_file(
+        model_name=registered, version=1, stage_name="Production", requested_by=requester, justification="1st"
+    )
     client.force_login(requester)
     response = client.post(
         "/requests/new/",
-        {"model": "sales_forecast", "version": "5", "stage": "Production", "justification": "again"},
+        {"model": registered, "version": "1", "stage": "Production", "justification": "again"},
         HTTP_HX_REQUEST="true",
     )
     assert response.status_code == 422
@@ -256,50 +275,52 @@ def test_a_decision_updates_the_queue_badge_out_of_band(client, reviewer, pendin
     assert body.split('hx-swap-oob="true"', 1)[1].split("</span>", 1)[0].strip().endswith("0")
 
 
-def test_the_model_page_offers_a_rollback_to_the_previous_holder(
-    client, requester, reviewer, reviewer2, sales
-):
+def test_the_model_page_offers_a_rollback_to_the_previous_holder(client, requester, registry, model_name):
     from django.utils import timezone
 
-    # v3 held Production before v5 took it; both promotions went through the product.
+    # v1 held Production before v2 took it; both promotions went through the product.
+    mlflow = registry.client()
+    for _ in range(2):
+        make_version(mlflow, model_name, metrics={"accuracy": 0.9})
+    move(mlflow, model_name, 1, "Archived")
+    move(mlflow, model_name, 2, "Production")
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
+    model = RegisteredModel.objects.get(name=model_name)
     now = timezone.now()
-    for number in (3, 5):
+    for number in (1, 2):
         request = services.promotion_request_create(
-            version=version(sales, number),
-            stage=stage("Archived"),
+            version=version(model, number),
+            stage=stage("Staging"),
             requested_by=requester,
             justification="history",
+            rollback=True,
         )
         PromotionRequest.objects.filter(pk=request.pk).update(
             stage=stage("Production"),
             status=Status.APPLIED,
             applied_at=now - timezone.timedelta(days=10 - number),
         )
-    v3, v5 = version(sales, 3), version(sales, 5)
-    v3.current_stage, v5.current_stage = "Archived", "Production"
-    v3.save()
-    v5.save()
     client.force_login(requester)
 
-    body = client.get("/models/sales_forecast/").content.decode()
-    assert "Roll back to v3" in body
+    body = client.get(f"/models/{model_name}/").content.decode()
+    assert "Roll back to v1" in body
     form = client.get(
-        "/requests/new/?model=sales_forecast&version=3&stage=Production&rollback=1"
+        f"/requests/new/?model={model_name}&version=1&stage=Production&rollback=1"
     ).content.decode()
     assert '<option value="Production" selected>' in form, form[form.index("id_stage") :][:600]
     response = client.post(
         "/requests/new/",
         {
-            "model": "sales_forecast",
-            "version": "3",
+            "model": model_name,
+            "version": "1",
             "stage": "Production",
-            "justification": "v5 regressed",
+            "justification": "v2 regressed",
             "rollback": "1",
         },
     )
     assert response.status_code == 302, response.content.decode()[:1500]
     rollback = PromotionRequest.objects.get(status=Status.PENDING)
-    assert rollback.evidence["rollback"] is True and rollback.version.version == 3
+    assert rollback.evidence["rollback"] is True and rollback.version.version == 1
     assert rollback.stage.required_approvals == 2  # the same approval policy
 
 

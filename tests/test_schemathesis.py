@@ -3,12 +3,12 @@
 Every operation gets generated requests, valid and invalid, with a valid token: no 5xx, every
 status and body as documented, invalid input refused, missing auth refused.
 
-MLflow is pointed at a closed port: requests resolve against the registry mirror (the product
-logs the failed refresh and goes on), which keeps the run fast and independent of the session's
-shared MLflow server.
+Filing asks MLflow first (nothing is filed on the mirror's word alone), so the product talks to
+the session's MLflow server, where the world's model is registered once for the module.
 """
 
 import json
+import uuid
 
 import pytest
 import requests
@@ -18,12 +18,15 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis.config import SchemathesisConfig
 
-from bench.common import free_port
 from promotions import roles, services, tokens
 from promotions.api import api
 from promotions.models import ApiToken
+from registry_sync.models import RegisteredModel, SyncRun
+from registry_sync.services import sync_registry
 from tests.conftest import make_user
-from tests.factories import mirror_model, stage, version
+from tests.factories import stage, version
+from tests.registry_helpers import make_version
+from tests.registry_helpers import stage as move
 
 EXAMPLES_PER_OPERATION = 12
 
@@ -57,19 +60,25 @@ class BearerToken:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 
+@pytest.fixture(scope="module")
+def model_in_mlflow(mlflow_server):
+    """v1 in Production, v2 in Staging, v3 in no stage; registered once (a second a version)."""
+    name = f"sales_forecast_{uuid.uuid4().hex[:8]}"
+    client = mlflow_server.client()
+    make_version(client, name, metrics={"accuracy": 0.9})
+    make_version(client, name, metrics={"accuracy": 0.93})
+    make_version(client, name, metrics={"accuracy": 0.95}, tags={"validation": "passed"})
+    move(client, name, 1, "Production")
+    move(client, name, 2, "Staging")
+    return name
+
+
 @pytest.fixture
-def world(live_server, transactional_db, settings):
-    settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"
+def world(live_server, transactional_db, registry, model_in_mlflow):
     fuzzer = make_user("fuzzer", *roles.ALL_ROLES)
     requester = make_user("filer", roles.REQUESTERS)
-    model = mirror_model(
-        "sales_forecast",
-        {
-            1: {"current_stage": "Production", "metrics": {"accuracy": 0.9}},
-            2: {"current_stage": "Staging", "metrics": {"accuracy": 0.93}},
-            3: {"current_stage": "None", "metrics": {"accuracy": 0.95}, "tags": {"validation": "passed"}},
-        },
-    )
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_in_mlflow)
+    model = RegisteredModel.objects.get(name=model_in_mlflow)
     services.promotion_request_create(
         version=version(model, 2), stage=stage("Production"), requested_by=requester, justification="x"
     )

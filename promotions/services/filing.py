@@ -19,11 +19,13 @@ from promotions.errors import (
     InvalidRequest,
     NotAllowed,
     PromotionError,
+    RegistryUnavailable,
     UnknownVersion,
 )
 from promotions.models import MAX_TEXT, PromotionRequest, Stage
 from promotions.services.evidence import build_evidence, evidence_digest
 from promotions.services.lifecycle import audit_context, request_approve_for_apply
+from registry_sync import gateway
 from registry_sync.models import ModelVersion, RegisteredModel, SyncRun
 from registry_sync.services import SyncFailed, sync_registry
 
@@ -40,13 +42,30 @@ def requester_required(user, *, what: str, **context) -> None:
         raise NotAllowed(NOT_A_REQUESTER)
 
 
+def registry_refresh(*, model_name: str | None = None) -> None:
+    """Sync the mirror (one model, or all) before filing. A request is filed on what MLflow says
+    now, never on the mirror's older copy: when MLflow cannot be asked, nothing is filed."""
+    try:
+        sync_registry(trigger=SyncRun.Trigger.REQUEST, model_name=model_name)
+    except SyncFailed as exc:
+        logger.warning("Not filing; MLflow refresh failed: %s", exc)
+        if isinstance(exc.cause, gateway.RegistryRejected):
+            raise InvalidRequest(f"MLflow refused to look the model up: {exc.cause}") from None
+        if isinstance(exc.cause, gateway.RegistryPermissionDenied):
+            reason = "refuses this service's credentials"
+        else:
+            reason = "is not answering"
+        raise RegistryUnavailable(
+            f"MLflow at {gateway.tracking_host()} {reason}, so the version cannot be checked; "
+            "nothing was filed. Try again later."
+        ) from None
+
+
 def version_get(*, model_name: str, version: int, refresh: bool = True) -> ModelVersion:
-    """The mirrored version; refreshed from MLflow first so a just-registered version is found."""
+    """The mirrored version; refreshed from MLflow first so a just-registered version is found
+    (RegistryUnavailable when MLflow cannot be asked)."""
     if refresh:
-        try:
-            sync_registry(trigger=SyncRun.Trigger.REQUEST, model_name=model_name)
-        except SyncFailed as exc:
-            logger.warning("Using the mirror as it is; MLflow refresh failed: %s", exc)
+        registry_refresh(model_name=model_name)
     row = (
         ModelVersion.objects.select_related("model")
         .filter(model__name=model_name, version=version, is_deleted=False)
@@ -75,10 +94,10 @@ def promotion_request_file(
     via: str = "web",
     through: bool = False,
     rollback: bool = False,
-    refresh: bool = True,
 ) -> PromotionRequest:
-    """Look up the version (refreshed from MLflow unless `refresh` is off) and the stage, then
-    file: to the stage itself, or with `through` its first step in catalog order."""
+    """Look up the version (refreshed from MLflow: RegistryUnavailable when it cannot be asked)
+    and the stage, then file: to the stage itself, or with `through` its first step in catalog
+    order."""
     requester_required(
         requested_by,
         what=f"request {model_name} v{version} → {stage_name}{VIA_WORDS.get(via, '')}",
@@ -87,7 +106,7 @@ def promotion_request_file(
         to_stage=stage_name,
     )
     stage = catalog.stage_get_by_name(stage_name)
-    found = version_get(model_name=model_name, version=version, refresh=refresh)
+    found = version_get(model_name=model_name, version=version)
     if through:
         return promotion_request_create_through(
             version=found,
@@ -312,7 +331,6 @@ def promotion_requests_create_passing(
     model_names: list[str] | None = None,
     ci_evidence: dict | None = None,
     via: str = "web",
-    refresh: bool = True,
 ) -> BulkOutcome:
     """File one request per model (all, or `model_names`): for its latest version whose checks
     for `stage` pass and that the catalog lets move there.
@@ -328,11 +346,7 @@ def promotion_requests_create_passing(
         raise InvalidRequest("Evidence must be a JSON object of names and values.")
     if not stage.is_active:
         raise InvalidRequest(f"Stage {stage.name} is not active; requests to it are closed.")
-    if refresh:
-        try:
-            sync_registry(trigger=SyncRun.Trigger.REQUEST)
-        except SyncFailed as exc:
-            logger.warning("Choosing from the mirror as it is; MLflow refresh failed: %s", exc)
+    registry_refresh()
 
     stages = list(Stage.objects.prefetch_related("allowed_from"))
     target = next(s for s in stages if s.pk == stage.pk)

@@ -2,8 +2,9 @@
 `manage.py request_promotion --all-passing --stage STAGE [--model-name NAME] [...]`
 
 Exit codes: 0 filed (with --wait: applied), 1 refused, rejected, failed, cancelled or expired,
-2 bad input (unknown stage, model or version; empty justification), 3 MLflow unreachable.
-With --all-passing: 0 when nothing was refused (skipped models are not an error), 1 otherwise.
+2 bad input (unknown stage, model or version; empty justification), 3 MLflow unreachable
+(nothing filed). With --all-passing: 0 when nothing was refused (skipped models are not an
+error), 1 otherwise, 3 when MLflow is unreachable.
 """
 
 from __future__ import annotations
@@ -18,15 +19,21 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from promotions import audit, catalog, services
-from promotions.errors import InvalidRequest, PromotionError
+from promotions.errors import InvalidRequest, PromotionError, RegistryUnavailable
 from promotions.models import AuditEvent, PromotionRequest
 
 EXIT_REFUSED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 1, 2, 3
 
 
 def _refusal(exc: PromotionError) -> CommandError:
-    """A service's refusal as the command's one line: exit 2 for bad input, 1 for a refusal."""
-    code = EXIT_BAD_INPUT if isinstance(exc, InvalidRequest) else EXIT_REFUSED
+    """A service's refusal as the command's one line: exit 3 when MLflow could not be asked (try
+    again later), 2 for bad input, 1 for a refusal."""
+    if isinstance(exc, RegistryUnavailable):
+        code = EXIT_UNREACHABLE
+    elif isinstance(exc, InvalidRequest):
+        code = EXIT_BAD_INPUT
+    else:
+        code = EXIT_REFUSED
     return CommandError(exc.message, returncode=code)
 
 
