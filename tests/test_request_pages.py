@@ -282,8 +282,6 @@ def test_the_model_page_offers_a_rollback_to_the_previous_holder(client, request
     mlflow = registry.client()
     for _ in range(2):
         make_version(mlflow, model_name, metrics={"accuracy": 0.9})
-    move(mlflow, model_name, 1, "Archived")
-    move(mlflow, model_name, 2, "Production")
     sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
     model = RegisteredModel.objects.get(name=model_name)
     now = timezone.now()
@@ -293,13 +291,15 @@ def test_the_model_page_offers_a_rollback_to_the_previous_holder(client, request
             stage=stage("Staging"),
             requested_by=requester,
             justification="history",
-            rollback=True,
         )
         PromotionRequest.objects.filter(pk=request.pk).update(
             stage=stage("Production"),
             status=Status.APPLIED,
             applied_at=now - timezone.timedelta(days=10 - number),
         )
+    move(mlflow, model_name, 1, "Archived")
+    move(mlflow, model_name, 2, "Production")
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
     client.force_login(requester)
 
     body = client.get(f"/models/{model_name}/").content.decode()
@@ -324,16 +324,18 @@ def test_the_model_page_offers_a_rollback_to_the_previous_holder(client, request
     assert rollback.stage.required_approvals == 2  # the same approval policy
 
 
-def test_a_forged_rollback_flag_is_refused_and_audited(client, requester, sales):
-    """v6 never held Production: rollback=1 must not skip the catalog's allowed-from rule."""
+def test_a_forged_rollback_flag_is_refused_and_audited(client, requester, registry, model_name):
+    """v1 never held Production: rollback=1 must not skip the catalog's allowed-from rule."""
     from promotions.models import AuditEvent
 
+    make_version(registry.client(), model_name, metrics={"accuracy": 0.9})
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
     client.force_login(requester)
     response = client.post(
         "/requests/new/",
         {
-            "model": "sales_forecast",
-            "version": "6",
+            "model": model_name,
+            "version": "1",
             "stage": "Production",
             "justification": "not really a rollback",
             "rollback": "1",
@@ -344,7 +346,7 @@ def test_a_forged_rollback_flag_is_refused_and_audited(client, requester, sales)
     assert not PromotionRequest.objects.exists()
     denied = AuditEvent.objects.get(action="auth.denied")
     assert denied.details["reason"] == "the version never held the stage"
-    assert (denied.model_name, denied.version, denied.to_stage) == ("sales_forecast", 6, "Production")
+    assert (denied.model_name, denied.version, denied.to_stage) == (model_name, 1, "Production")
 
 
 def test_a_version_the_audit_log_shows_in_the_stage_may_be_rolled_back(client, requester, sales):
