@@ -1,4 +1,4 @@
-"""Crashes and restarts of real worker processes in the middle of an apply (RELIABILITY.md 2, 9).
+"""Crashes and restarts of real worker processes in the middle of an apply (RELIABILITY.md 2, 8, 9).
 
 Real MLflow behind the proxy (to hold or count its calls), real Celery workers on the configured
 broker, real signals. Whatever the broker does with the unacknowledged message of a dead worker
@@ -8,20 +8,24 @@ the sweeper, run here as beat would run it, gets the request applied or failed.
 
 import os
 import signal
+import uuid
 
 import pytest
 from django.utils import timezone
 
 from bench.common import wait_until
 from promotions import services
-from promotions.models import AuditEvent, PromotionRequest
+from promotions.models import AuditEvent, PromotionRequest, WorkerHeartbeat
+from promotions.tasks import record_heartbeat
 from tests.apply_helpers import approved_request, registry_with_production
+from tests.conftest import WORKER_ENV
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 Status = PromotionRequest.Status
 SEARCH = "/model-versions/search"  # the apply's read of the model's versions (a Production target)
 TRANSITION = "/model-versions/transition-stage"
+MAX_ATTEMPTS = int(WORKER_ENV["PROMOTION_MAX_ATTEMPTS"])
 
 
 def events(request, action):
@@ -48,6 +52,17 @@ def sweep_until(request, *statuses, worker, timeout=60):
         timeout=timeout,
         interval=0.5,
         message=f"{statuses} (is {request.status})\n{worker.log()[-3000:]}",
+    )
+
+
+def queue_drained(worker):
+    """A task published now is run only after every message already queued was taken."""
+    marker = uuid.uuid4().hex
+    record_heartbeat.delay(marker)
+    wait_until(
+        lambda: WorkerHeartbeat.objects.filter(marker=marker).exists(),
+        timeout=60,
+        message=f"the worker to reach {marker}\n{worker.log()[-3000:]}",
     )
 
 
@@ -114,3 +129,53 @@ def test_sigterm_during_the_mlflow_write_lets_the_apply_finish(
     assert events(request, "promotion.applied") == 1
     assert client.get_model_version(model_name, "2").current_stage == "Production"
     assert services.requests_sweep() == []
+
+
+def test_a_request_that_crashes_its_worker_every_time_fails_at_the_attempt_bound(
+    mlflow_proxy, model_name, requester, reviewer, reviewer2, worker_factory, registry, client
+):
+    registry_with_production(registry.client(), model_name)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])  # queued, no worker yet
+
+    def crashing_worker():
+        return worker_factory(options=("--include", "tests.crashing_worker"), CRASH_APPLYING_MODEL=model_name)
+
+    crashes = 0
+    while True:
+        worker = crashing_worker()
+        wait_until(
+            lambda w=worker: w.process.poll() is not None or status_of(request) == Status.FAILED,
+            timeout=90,
+            message=f"a crash or the request failed (is {request.status})\n{worker.log()[-3000:]}",
+        )
+        if status_of(request) == Status.FAILED:
+            break
+        assert worker.process.returncode == -signal.SIGKILL, worker.log()[-3000:]
+        crashes += 1
+        assert crashes <= MAX_ATTEMPTS, f"still {request.status} after {crashes} crashes"
+        # The crashed attempt's lease runs out; the sweeper republishes it (once expired, not before).
+        wait_until(
+            lambda: services.requests_sweep() == [request.pk], timeout=30, message="the lease to expire"
+        )
+
+    # Each crash came from one claimed attempt; the claim after the bound refuses and fails it.
+    assert crashes == MAX_ATTEMPTS
+    assert request.attempts == MAX_ATTEMPTS + 1
+    assert request.last_error == f"gave up after {MAX_ATTEMPTS} attempts"
+    assert events(request, "promotion.failed") == 1
+    assert events(request, "promotion.applied") == 0
+    assert mlflow_proxy.writes(TRANSITION) == 0
+
+    # It stops: whatever copies of the task were still queued are taken and change nothing; the
+    # sweeper has nothing to republish; the worker that refused it is alive.
+    queue_drained(worker)
+    assert services.requests_sweep() == []
+    assert worker.process.poll() is None
+    assert (status_of(request), request.attempts) == (Status.FAILED, MAX_ATTEMPTS + 1)
+    assert events(request, "promotion.failed") == 1
+
+    # Visible: the request's page says why, to a reviewer.
+    client.force_login(reviewer)
+    page = client.get(f"/requests/{request.pk}/")
+    assert page.status_code == 200
+    assert f"Failed: gave up after {MAX_ATTEMPTS} attempts" in page.content.decode()
