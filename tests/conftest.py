@@ -223,14 +223,14 @@ class Worker:
         self.process: subprocess.Popen | None = None
         self.log_path = tmp / "worker.log"
 
-    def start(self, *, concurrency: int = 2, **env) -> None:
+    def start(self, *, concurrency: int = 2, options: tuple[str, ...] = (), **env) -> None:
         self.process = start_celery_worker(
             "config",
             log_path=self.log_path,
             env=subprocess_env(**env),
             concurrency=concurrency,
             name="test",
-            options=("--loglevel", "INFO"),
+            options=("--loglevel", "INFO", *options),
         )
 
     def stop(self) -> None:
@@ -269,9 +269,9 @@ def worker_factory(mlflow_server, transactional_db, tmp_path):
         pass
     workers = []
 
-    def start(**env):
+    def start(*, options: tuple[str, ...] = (), **env):
         worker = Worker(tmp_path)
-        worker.start(**{**WORKER_ENV, **env})
+        worker.start(options=options, **{**WORKER_ENV, **env})
         workers.append(worker)
         return worker
 
