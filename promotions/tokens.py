@@ -35,6 +35,8 @@ def api_token_create(*, user, name: str = "", via: str = "web") -> tuple[ApiToke
     name = (name or "").strip() or "API token"
     if len(name) > MAX_NAME:
         raise InvalidRequest(f"A token name is at most {MAX_NAME} characters.")
+    if "\x00" in name:  # PostgreSQL stores no NUL in text
+        raise InvalidRequest("A token name cannot contain a NUL character.")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         token = ApiToken.objects.create(

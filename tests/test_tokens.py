@@ -110,3 +110,11 @@ def test_the_command_refuses_an_unknown_user():
     with pytest.raises(CommandError, match="User 'ghost' does not exist") as error:
         call_command("create_api_token", "ghost")
     assert error.value.returncode == 2
+
+
+def test_a_token_name_with_a_nul_is_refused_not_stored(client, requester):
+    """PostgreSQL stores no NUL in text: refused with a reason on every database."""
+    client.force_login(requester)
+    response = client.post("/settings/tokens/", {"name": "ci\x00bot"})
+    assert response.status_code == 422
+    assert "NUL" in response.content.decode()

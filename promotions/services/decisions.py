@@ -68,6 +68,8 @@ def review_approve(
     comment = (comment or "").strip()
     if len(comment) > MAX_TEXT:
         raise InvalidRequest(f"The comment is too long (at most {MAX_TEXT} characters).")
+    if "\x00" in comment:  # PostgreSQL stores no NUL in text
+        raise InvalidRequest("The comment contains a NUL character.")
     _review_permission(request, reviewer, "approve")
     with transaction.atomic():
         locked = _locked_pending(request.pk)
@@ -110,6 +112,8 @@ def review_reject(*, request: PromotionRequest, reviewer, comment: str, via: str
         raise InvalidRequest("A rejection needs a comment: say what must change.")
     if len(comment) > MAX_TEXT:
         raise InvalidRequest(f"The comment is too long (at most {MAX_TEXT} characters).")
+    if "\x00" in comment:  # PostgreSQL stores no NUL in text
+        raise InvalidRequest("The comment contains a NUL character.")
     _review_permission(request, reviewer, "reject")
     with transaction.atomic():
         locked = _locked_pending(request.pk)

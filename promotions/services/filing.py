@@ -166,6 +166,8 @@ def promotion_request_create(
     justification = (justification or "").strip()
     if not justification:
         raise InvalidRequest("A justification is required: say why this version should move.")
+    if "\x00" in justification:  # PostgreSQL stores no NUL in text; the CLI passes anything
+        raise InvalidRequest("The justification contains a NUL character.")
     if len(justification) > MAX_TEXT:
         raise InvalidRequest(
             f"The justification is too long ({len(justification)} characters; at most {MAX_TEXT})."
