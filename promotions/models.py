@@ -113,6 +113,9 @@ class PromotionRequest(models.Model):
     # The stage's approval count when the request was filed: a request is held to the stricter
     # of this and the stage's current count (lowering the policy cannot push it through).
     required_approvals_at_filing = models.PositiveIntegerField(null=True, blank=True)
+    # Likewise the approver groups: a reviewer must be in them then and now (a group added to
+    # the stage later does not let its members decide an open request).
+    approver_groups_at_filing = models.ManyToManyField(Group, blank=True, related_name="+")
     check_results = models.JSONField(default=list)
     via = models.CharField(max_length=16, default="web")
     created_at = models.DateTimeField()

@@ -39,6 +39,15 @@ def in_approver_groups(user, stage: Stage) -> bool:
     return bool(group_ids) and user.groups.filter(pk__in=group_ids).exists()
 
 
+def may_approve_for(user, request: PromotionRequest) -> bool:
+    """In the stage's approver groups now and, the stricter policy, in those it had when the
+    request was filed (requests filed before that was recorded have no such list)."""
+    if not in_approver_groups(user, request.stage):
+        return False
+    filed_with = {group.pk for group in request.approver_groups_at_filing.all()}
+    return not filed_with or user.groups.filter(pk__in=filed_with).exists()
+
+
 @dataclass(frozen=True)
 class Refusal:
     reason: str  # for the audit log
@@ -53,7 +62,7 @@ def decide_refusal(user, request: PromotionRequest) -> Refusal | None:
     """
     if request.requested_by_id is not None and request.requested_by_id == user.pk:
         return Refusal("own request", "You cannot review your own request.")
-    if not in_approver_groups(user, request.stage):
+    if not may_approve_for(user, request):
         groups = ", ".join(g.name for g in request.stage.approver_groups.all()) or "nobody"
         return Refusal(
             "not an approver of the stage",
@@ -88,7 +97,7 @@ def approval_counts(review: Review, request: PromotionRequest) -> bool:
         and not review.stale
         and reviewer is not None
         and reviewer.is_active
-        and in_approver_groups(reviewer, request.stage)
+        and may_approve_for(reviewer, request)
     )
 
 
@@ -122,9 +131,13 @@ def decidable_requests(user) -> QuerySet[PromotionRequest]:
     approver_of_stage = Stage.approver_groups.through.objects.filter(
         stage_id=OuterRef("stage_id"), group_id__in=user.groups.values("pk")
     )
+    filed_with = PromotionRequest.approver_groups_at_filing.through.objects.filter(
+        promotionrequest_id=OuterRef("pk")
+    )
     return (
         PromotionRequest.objects.filter(status=PromotionRequest.Status.PENDING)
         .filter(Exists(approver_of_stage))
+        .filter(~Exists(filed_with) | Exists(filed_with.filter(group_id__in=user.groups.values("pk"))))
         .exclude(requested_by=user)
         .exclude(pk__in=already_reviewed)
     )

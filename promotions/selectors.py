@@ -107,7 +107,7 @@ def comparison(evidence: dict) -> dict:
 def request_page(request_id: int):
     return (
         PromotionRequest.objects.select_related("version__model", "stage", "requested_by")
-        .prefetch_related("stage__approver_groups", "reviews")
+        .prefetch_related("stage__approver_groups", "approver_groups_at_filing", "reviews")
         .filter(pk=request_id)
         .first()
     )

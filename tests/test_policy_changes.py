@@ -4,6 +4,7 @@ current policy."""
 import pytest
 
 from promotions import services
+from promotions.errors import NotAllowed
 from promotions.models import AuditEvent, PromotionRequest
 from registry_sync.models import ModelVersion
 from tests.factories import mirror_model, stage, version
@@ -142,3 +143,26 @@ def test_a_bulk_delete_of_stages_in_the_admin_is_recorded_stage_by_stage(client,
     deleted = AuditEvent.objects.filter(action="stage.deleted").order_by("sequence")
     assert [e.to_stage for e in deleted] == ["Spare1", "Spare2"]
     assert {e.actor_username for e in deleted} == {"boss"}
+
+
+def test_a_group_added_to_the_stage_later_does_not_decide_an_open_request(requester):
+    """Held to the stricter policy: the approver groups the request was filed under count too."""
+    from django.contrib.auth.models import Group
+
+    from promotions import policy
+    from tests.conftest import make_user
+
+    model = mirror_model(versions={1: {"current_stage": "Staging"}})
+    request = services.promotion_request_create(
+        version=version(model, 1), stage=stage("Production"), requested_by=requester, justification="go"
+    )
+    friends = Group.objects.create(name="Friends of the requester")
+    friend = make_user("fred")
+    friend.groups.add(friends)
+    stage("Production").approver_groups.add(friends)  # the policy loosened after filing
+
+    request = PromotionRequest.objects.get(pk=request.pk)
+    assert not policy.may_decide(friend, request)
+    assert not policy.decidable_requests(friend).filter(pk=request.pk).exists()
+    with pytest.raises(NotAllowed):
+        services.review_approve(request=request, reviewer=friend)

@@ -235,6 +235,7 @@ def promotion_request_create(
                 updated_at=now,
                 expires_at=now + stage.request_ttl,
             )
+            request.approver_groups_at_filing.set(stage.approver_groups.all())
             audit.record(
                 action="request.created",
                 actor=requested_by,
