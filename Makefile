@@ -22,10 +22,11 @@ run: $(VENV)/.installed
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py migrate --noinput
 	DEBUG=$${DEBUG:-true} $(BIN)/honcho -f Procfile.dev start
 
-## make test: the whole suite (starts its own MLflow server and Celery worker).
+## make test: the whole suite (starts its own MLflow server and Celery worker);
+## PYTEST_ARGS selects part of it, e.g. PYTEST_ARGS="-m worker".
 test: $(VENV)/.installed-dev browser
 	mkdir -p var
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Browser tests drive Debian's Chromium; install it when missing and we may.
 browser:

@@ -363,3 +363,14 @@ class broker_unreachable:  # noqa: N801 - used as a context manager
         celery_app._pool = None
         celery_app.amqp._producer_pool = None
         celery_app.conf.broker_write_url = url
+
+
+WORKER_FIXTURES = {"worker_factory", "celery_worker"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that runs a real worker is a `worker` test, whichever file it is in: CI's broker
+    pass (RabbitMQ) selects them with `-m worker`."""
+    for item in items:
+        if WORKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.worker)
