@@ -81,7 +81,9 @@ def test_a_worker_killed_inside_the_mlflow_call_is_recovered_once(
     second = worker_factory()
     settings.PROMOTION_STUCK_AFTER_SECONDS = 3
     time.sleep(3.5)
-    assert services.requests_sweep() == [request.pk]
+    # Whoever comes first takes the expired lease over: the sweeper, or a broker that redelivers
+    # the killed worker's unacknowledged message by itself (RabbitMQ, Redis at its timeout).
+    assert services.requests_sweep() in ([request.pk], [])
 
     wait_for_status(request, Status.APPLIED, worker=second)
     assert applied_count(request) == 1
