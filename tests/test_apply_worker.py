@@ -30,6 +30,16 @@ def applied_count(request):
     return AuditEvent.objects.filter(action="promotion.applied", request_id=request.pk).count()
 
 
+def taken_over(request, dead_lease: str) -> bool:
+    """True once another attempt holds the dead worker's request: the sweeper re-enqueued it, or a
+    broker that redelivers an unacknowledged message by itself (RabbitMQ at once, Redis at its
+    visibility timeout) already gave it to the next worker, which claimed a new lease or finished."""
+    if services.requests_sweep() == [request.pk]:
+        return True
+    current = PromotionRequest.objects.get(pk=request.pk)
+    return current.status != Status.APPLYING or current.lease_token != dead_lease
+
+
 def test_the_last_approval_gets_the_version_applied_by_the_worker(
     registry, model_name, requester, reviewer, reviewer2, celery_worker
 ):
@@ -179,12 +189,13 @@ def test_a_retry_after_a_crash_records_the_holders_the_crashed_attempt_saw(
 
     assert mlflow_proxy.held.wait(60), first.log()[-3000:]
     first.kill()  # the transition (archiving v1) lands in MLflow; our commit never happens
+    dead_lease = PromotionRequest.objects.get(pk=request.pk).lease_token
     mlflow_proxy.hold_paths = ()
     mlflow_proxy.release.set()
     wait_until(lambda: client.get_model_version(model_name, "1").current_stage == "Archived", timeout=30)
 
     second = worker_factory()
-    wait_until(lambda: services.requests_sweep() == [request.pk], timeout=30, message="the lease to expire")
+    wait_until(lambda: taken_over(request, dead_lease), timeout=30, message="the lease to be taken over")
     wait_for_status(request, Status.APPLIED, Status.FAILED, worker=second)
 
     assert request.status == Status.APPLIED
@@ -213,13 +224,14 @@ def test_a_crash_between_the_stage_and_the_alias_is_completed_on_retry(
 
     assert mlflow_proxy.held.wait(60), first.log()[-3000:]
     first.kill()  # after the transition, before the alias
+    dead_lease = PromotionRequest.objects.get(pk=request.pk).lease_token
     mlflow_proxy.hold_paths = ()
     mlflow_proxy.release.set()
     assert client.get_model_version(model_name, "2").current_stage == "Production"
     assert client.get_model_version_by_alias(model_name, "champion").version == "1"
 
     second = worker_factory()
-    wait_until(lambda: services.requests_sweep() == [request.pk], timeout=30, message="the lease to expire")
+    wait_until(lambda: taken_over(request, dead_lease), timeout=30, message="the lease to be taken over")
     wait_for_status(request, Status.APPLIED, Status.FAILED, worker=second)
 
     assert request.status == Status.APPLIED, request.last_error
