@@ -21,8 +21,8 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from common.redact import redact
 from config.celery import app as celery_app
-from config.redact import redact
 from promotions.models import WorkerHeartbeat
 from registry_sync import gateway
 

@@ -271,12 +271,12 @@ MLFLOW_WEBHOOK_SECRET = envstr("MLFLOW_WEBHOOK_SECRET", "")
 SYNC_INTERVAL_SECONDS = envint("SYNC_INTERVAL_SECONDS", 60, minimum=5)
 
 # Logging -------------------------------------------------------------------------------------
-# Every line passes through config.redact before it is written: an error text may carry a URL
+# Every line passes through common.redact before it is written: an error text may carry a URL
 # with its password, or a configured token.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "config.redact.RedactingFilter"}},
+    "filters": {"redact": {"()": "common.redact.RedactingFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},

@@ -30,7 +30,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from config.redact import redact, url_password
+from common.redact import redact, url_password
 from promotions import audit, outbox, roles, webhook_targets
 from promotions.models import (
     WEBHOOK_EVENTS,

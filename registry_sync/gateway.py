@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 
-from config.redact import redact
+from common.redact import redact
 
 # Our callers retry with their own policy (Celery backoff, the next sync run); MLflow's
 # built-in retry loop would otherwise hold a web request or a worker for minutes when the

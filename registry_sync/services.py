@@ -20,7 +20,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from config.redact import redact
+from common.redact import redact
 from registry_sync import gateway
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun
 from registry_sync.signals import binding_changed, versions_changed

@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from config.redact import redact
+from common.redact import redact
 from promotions import notifications, services, tokens
 from promotions.models import AuditEvent, OutboundDelivery, PromotionRequest, WebhookEndpoint
 from registry_sync.models import SyncRun

@@ -6,7 +6,7 @@ A module a job: `actions` (every action recorded), `format` (the canonical row, 
 `signing` (the keyed MACs of the chain head, seals and manifests).
 """
 
-from config.operator import acting_from_cli
+from common.operator import acting_from_cli
 from promotions.audit.actions import AuditAction
 from promotions.audit.format import GENESIS_HASH, canonical_json, compute_hash, payload_of, utc_iso
 from promotions.audit.log import (

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from config.operator import cli_operator
+from common.operator import cli_operator
 from promotions.audit import signing
 from promotions.audit.actions import AuditAction
 from promotions.audit.format import canonical_json, compute_hash, payload_of, utc_iso

@@ -18,7 +18,7 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from config.redact import redact
+from common.redact import redact
 from promotions import audit, catalog, notifications, outbox, policy
 from promotions.errors import TransientApplyError
 from promotions.models import PromotionRequest, Stage

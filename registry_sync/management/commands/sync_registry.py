@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from config.operator import acting_from_cli
+from common.operator import acting_from_cli
 from registry_sync.models import SyncRun
 from registry_sync.services import SyncFailed, format_summary, sync_registry
 

@@ -3,8 +3,8 @@
 Error texts carry whatever the failing library put in them: a URL with its password, a
 connection string, a header. Every place that turns an error into text (the MLflow gateway,
 the sync, an apply failure, `/healthz`, webhook deliveries, every log record) passes it
-through `redact()`. It lives in `config`, beside the settings it reads, so the gateway, the
-mirror and the workflow can all use it without an import running up the layers.
+through `redact()`. It lives in `common`, below every app, so the gateway, the mirror, the workflow and
+the project's logging set-up can all use it without an import running up the layers.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Anyone holding the database credentials can run `manage.py` and act as any user of the product
 (`request_promotion --user`, `create_api_token`); the product cannot prevent that, so it names
 the account and machine the command ran from in every entry the command records. It lives in
-`config` so commands of every app (the mirror's `sync_registry` included) can use it, and the
+`common` so commands of every app (the mirror's `sync_registry` included) can use it, and the
 audit log reads it.
 """
 
