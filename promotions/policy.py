@@ -12,7 +12,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.contrib.auth import get_user_model
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from promotions import roles
 from promotions.models import PromotionRequest, Review, Stage
@@ -102,10 +103,22 @@ def approval_counts(review: Review, request: PromotionRequest) -> bool:
 
 
 def counting_approvals(request: PromotionRequest) -> list[Review]:
-    reviews = Review.objects.filter(
-        request=request, decision=Review.Decision.APPROVE, stale=False
-    ).select_related("reviewer")
-    return [review for review in reviews if approval_counts(review, request)]
+    """The approvals for which `approval_counts` holds, in one query whatever the number of
+    reviewers: membership of the stage's groups and of the filing-time groups is asked in SQL."""
+    memberships = get_user_model().groups.through.objects.filter(user_id=OuterRef("reviewer_id"))
+    stage_groups = Stage.approver_groups.through.objects.filter(stage_id=request.stage_id)
+    filed_with = PromotionRequest.approver_groups_at_filing.through.objects.filter(
+        promotionrequest_id=request.pk
+    )
+    return list(
+        Review.objects.filter(
+            request=request, decision=Review.Decision.APPROVE, stale=False, reviewer__is_active=True
+        )
+        .filter(Exists(memberships.filter(group_id__in=stage_groups.values("group_id"))))
+        .filter(~Exists(filed_with) | Exists(memberships.filter(group_id__in=filed_with.values("group_id"))))
+        .select_related("reviewer")
+        .order_by("created_at", "pk")
+    )
 
 
 def may_cancel(user, request: PromotionRequest) -> bool:
@@ -123,21 +136,33 @@ def may_view_request(user, request: PromotionRequest) -> bool:
 
 
 def decidable_requests(user) -> QuerySet[PromotionRequest]:
-    """The requests for which `may_decide(user, request)` holds, as one query."""
+    """The requests for which `may_decide(user, request)` holds, as one query.
+
+    The stages `user` approves for are read first (one small query): a user who approves for
+    none gets an empty queryset and no count at all, and the main query filters on a list of
+    stage ids instead of a correlated lookup per request. Filing-time groups are two
+    uncorrelated subqueries over pending requests only.
+    """
     if not getattr(user, "is_authenticated", False):
         return PromotionRequest.objects.none()
-    already_reviewed = Review.objects.filter(reviewer=user, stale=False).values("request_id")
-    # EXISTS rather than a join: no DISTINCT, so counting and paging stay cheap.
-    approver_of_stage = Stage.approver_groups.through.objects.filter(
-        stage_id=OuterRef("stage_id"), group_id__in=user.groups.values("pk")
+    stage_ids = list(
+        Stage.approver_groups.through.objects.filter(group__user=user)
+        .values_list("stage_id", flat=True)
+        .distinct()
     )
+    if not stage_ids:
+        return PromotionRequest.objects.none()
+    pending = PromotionRequest.Status.PENDING
     filed_with = PromotionRequest.approver_groups_at_filing.through.objects.filter(
-        promotionrequest_id=OuterRef("pk")
+        promotionrequest__status=pending
     )
+    already_reviewed = Review.objects.filter(reviewer=user, stale=False).values("request_id")
     return (
-        PromotionRequest.objects.filter(status=PromotionRequest.Status.PENDING)
-        .filter(Exists(approver_of_stage))
-        .filter(~Exists(filed_with) | Exists(filed_with.filter(group_id__in=user.groups.values("pk"))))
+        PromotionRequest.objects.filter(status=pending, stage_id__in=stage_ids)
+        .filter(
+            ~Q(pk__in=filed_with.values("promotionrequest_id"))
+            | Q(pk__in=filed_with.filter(group__user=user).values("promotionrequest_id"))
+        )
         .exclude(requested_by=user)
         .exclude(pk__in=already_reviewed)
     )

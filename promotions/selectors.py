@@ -30,12 +30,23 @@ def frame_for_user(user) -> Frame:
         else last
     )
     return Frame(
-        actionable=decidable_requests(user).count(),
+        actionable=actionable_count(user),
         roles=sorted(roles.role_names(user)),
         is_auditor=roles.has_role(user, roles.AUDITORS),
         registry_error=last.error if last and last.error else "",
         last_sync_at=last_good.finished_at if last_good else None,
     )
+
+
+def actionable_count(user, *, known: int | None = None) -> int:
+    """How many requests wait for `user`'s decision, counted once per page: the queue's first
+    tab counts exactly these for its pager and hands the figure on with `known`."""
+    if known is not None:
+        user._actionable_count = known
+    cached = getattr(user, "_actionable_count", None)
+    if cached is None:
+        cached = user._actionable_count = decidable_requests(user).count()
+    return cached
 
 
 def stage_history(model) -> dict[str, list[dict]]:

@@ -15,8 +15,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from promotions import audit
-from promotions.errors import InvalidRequest
 from promotions.models import ApiToken
+from promotions.text import clean_text
 
 TOKEN_PREFIX = "prm_"
 PREFIX_LENGTH = 12  # "prm_" and 8 random characters: enough to tell tokens apart on a page
@@ -32,11 +32,7 @@ def hash_token(raw: str) -> str:
 
 def api_token_create(*, user, name: str = "", via: str = "web") -> tuple[ApiToken, str]:
     """A new token for `user`; returns the row and the token, which is not stored anywhere."""
-    name = (name or "").strip() or "API token"
-    if len(name) > MAX_NAME:
-        raise InvalidRequest(f"A token name is at most {MAX_NAME} characters.")
-    if "\x00" in name:  # PostgreSQL stores no NUL in text
-        raise InvalidRequest("A token name cannot contain a NUL character.")
+    name = clean_text(name, what="token name", max_length=MAX_NAME) or "API token"
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         token = ApiToken.objects.create(

@@ -67,6 +67,8 @@ def queue(request: HttpRequest) -> HttpResponse:
         return bad_input(request, error)
     rows = selectors.queue(request.user, tab=tab, **filters)
     page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
+    if tab == "mine" and not any(filters.values()):
+        selectors.actionable_count(request.user, known=page.paginator.count)  # the frame's badge
     page.object_list = selectors.with_approvals(page.object_list)
     page_ids = [row.pk for row in page.object_list]
     context = {

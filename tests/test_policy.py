@@ -73,6 +73,12 @@ def test_may_decide_and_the_queue_query_agree_for_every_role_and_request():
     nobody = filed(model, 6, owner, stage_name="Archived")
     nobody.stage.approver_groups.clear()
     requests.append(nobody)
+    # Filed under the approver groups of the time: Reviewers (as now), and Stage admins only (so
+    # a reviewer decides only when a stage admin as well).
+    for number, group in ((7, roles.REVIEWERS), (8, roles.STAGE_ADMINS)):
+        request = filed(model, number, owner)
+        request.approver_groups_at_filing.set([Group.objects.get(name=group)])
+        requests.append(request)
     assert production.approver_groups.filter(name=roles.REVIEWERS).exists()
 
     checked = 0
@@ -86,6 +92,39 @@ def test_may_decide_and_the_queue_query_agree_for_every_role_and_request():
     # The rule is not vacuous: some pairs may, some may not.
     decided = {policy.may_decide(u, r) for u, r in itertools.product(users, requests)}
     assert decided == {True, False}
+
+
+def test_the_approvals_that_count_are_the_same_in_python_and_in_sql():
+    owner = make_user("owner", roles.REQUESTERS)
+    model = mirror_model(versions={n: {} for n in range(1, 4)})
+    plain, under_reviewers, under_admins = (filed(model, n, owner) for n in (1, 2, 3))
+    under_reviewers.approver_groups_at_filing.set([Group.objects.get(name=roles.REVIEWERS)])
+    under_admins.approver_groups_at_filing.set([Group.objects.get(name=roles.STAGE_ADMINS)])
+    reviewers = []
+    for number, (role_set, active) in enumerate(itertools.product(ROLE_SETS, (True, False))):
+        user = make_user(f"reviewer{number}", *role_set)
+        user.is_active = active
+        user.save()
+        reviewers.append(user)
+    for request in (plain, under_reviewers, under_admins):
+        for number, user in enumerate(reviewers):
+            Review.objects.create(
+                request=request,
+                reviewer=user,
+                reviewer_name=user.username,
+                decision=Review.Decision.REJECT if number % 5 == 4 else Review.Decision.APPROVE,
+                stale=number % 7 == 6,
+                created_at=timezone.now(),
+            )
+    counted = set()
+    for request in (plain, under_reviewers, under_admins):
+        request = PromotionRequest.objects.select_related("stage").get(pk=request.pk)
+        reviews = request.reviews.select_related("reviewer")
+        in_python = {r.pk for r in reviews if policy.approval_counts(r, request)}
+        in_sql = {r.pk for r in policy.counting_approvals(request)}
+        assert in_python == in_sql, request.pk
+        counted.add(len(in_sql))
+    assert len(counted) > 1 and 0 not in counted  # the groups at filing change the answer
 
 
 def test_the_refusal_names_the_reason():

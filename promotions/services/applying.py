@@ -22,7 +22,14 @@ from common.redact import redact
 from promotions import audit, catalog, notifications, outbox, policy
 from promotions.errors import TransientApplyError
 from promotions.models import PromotionRequest, Stage
-from promotions.services.lifecycle import audit_context, enqueue_apply, meaning, request_reopen, status_set
+from promotions.services.lifecycle import (
+    LEASE_ENDED,
+    audit_context,
+    enqueue_apply,
+    meaning,
+    request_reopen,
+    status_set,
+)
 from registry_sync import gateway
 from registry_sync.models import ModelVersion, RegisteredModel
 
@@ -80,10 +87,6 @@ def _lease_until(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.PROMOTION_LEASE_SECONDS)
 
 
-# Leaving `applying` ends the lease: the row no longer names an attempt that holds it.
-LEASE_ENDED = {"lease_token": "", "lease_expires_at": None}
-
-
 class _Lease:
     """One attempt's hold on an applying request, renewed while the attempt works.
 
@@ -108,6 +111,13 @@ class _Lease:
     def fence(self, **fields) -> None:
         if not self.renew(**fields):
             raise _LeaseLost
+
+    def release(self, new_status: str, *, now=None, **fields) -> bool:
+        """Leave `applying` for `new_status`, ending the lease; False when this attempt no
+        longer holds the request (taken over), so it changes nothing."""
+        return status_set(
+            self.request_id, Status.APPLYING, new_status, now=now, held_by=self.token, **LEASE_ENDED, **fields
+        )
 
     def __enter__(self) -> _Lease:
         self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.request_id}", daemon=True)
@@ -156,16 +166,7 @@ def _fail(request: PromotionRequest, lease: _Lease, reason: str, *, permanent: b
     reason = redact(reason)
     now = timezone.now()
     with transaction.atomic():
-        changed = status_set(
-            request.pk,
-            Status.APPLYING,
-            Status.FAILED,
-            now=now,
-            held_by=lease.token,
-            last_error=reason[:2000],
-            **LEASE_ENDED,
-        )
-        if changed:
+        if lease.release(Status.FAILED, now=now, last_error=reason[:2000]):
             audit.record(
                 action="promotion.failed",
                 meaning=meaning("Failed", request) + f": {reason}",
@@ -175,13 +176,14 @@ def _fail(request: PromotionRequest, lease: _Lease, reason: str, *, permanent: b
             notifications.notify("promotion.failed", request.pk)
 
 
-def _approvers(request: PromotionRequest) -> list[str] | None:
-    """The names of the approvals that count now, or None when too few still count: an approver
-    left (deactivated, or out of the approver groups), or the policy asks for more."""
-    approvals = policy.counting_approvals(request)
-    if len(approvals) < policy.required_approvals(request):
-        return None
-    return [review.reviewer_name for review in approvals]
+def _approvers(request: PromotionRequest) -> tuple[list[str], str]:
+    """The names of the approvals that count now, and why they do not suffice ("" when they do):
+    an approver left (deactivated, or out of the approver groups), or the policy asks for more."""
+    approvals, required = policy.counting_approvals(request), policy.required_approvals(request)
+    names = [review.reviewer_name for review in approvals]
+    if len(approvals) < required:
+        return names, f"{len(approvals)} of the {required} approvals needed still count"
+    return names, ""
 
 
 def promotion_apply(*, request_id: int) -> str:
@@ -207,16 +209,10 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
         _fail(request, lease, f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts")
         return "failed"
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
-    approvers = _approvers(request)
-    if approvers is None:
+    approvers, too_few = _approvers(request)
+    if too_few:
         with transaction.atomic():
-            reopened = request_reopen(
-                request,
-                old=Status.APPLYING,
-                held_by=lease.token,
-                reason=f"{len(policy.counting_approvals(request))} of the "
-                f"{policy.required_approvals(request)} approvals needed still count",
-            )
+            reopened = request_reopen(request, old=Status.APPLYING, held_by=lease.token, reason=too_few)
         if not reopened:
             raise _LeaseLost
         return "reopened"
@@ -227,14 +223,7 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
         if request.attempts >= settings.PROMOTION_MAX_ATTEMPTS:
             _fail(request, lease, f"MLflow unreachable after {request.attempts} attempts: {reason}")
             return "failed"
-        if not status_set(
-            request.pk,
-            Status.APPLYING,
-            Status.APPROVED,
-            held_by=lease.token,
-            last_error=reason[:2000],
-            **LEASE_ENDED,
-        ):
+        if not lease.release(Status.APPROVED, last_error=reason[:2000]):
             raise _LeaseLost from None
         raise TransientApplyError(reason, request.attempts) from None
     except gateway.RegistryPermissionDenied as exc:
@@ -252,17 +241,7 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
 
     now = timezone.now()
     with transaction.atomic():
-        changed = status_set(
-            request.pk,
-            Status.APPLYING,
-            Status.APPLIED,
-            now=now,
-            held_by=lease.token,
-            applied_at=now,
-            last_error="",
-            **LEASE_ENDED,
-        )
-        if not changed:
+        if not lease.release(Status.APPLIED, now=now, applied_at=now, last_error=""):
             raise _LeaseLost
         _update_mirror(request, outcome)
         audit.record(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from promotions import audit, notifications, policy
+from promotions import audit, policy
 from promotions.errors import AlreadyDecided, DuplicateRequest, InvalidRequest
 from promotions.models import MAX_TEXT, PromotionRequest, Review
 from promotions.services.lifecycle import (
@@ -18,8 +18,10 @@ from promotions.services.lifecycle import (
     refusal,
     request_approve_for_apply,
     request_lock,
+    status_change,
     status_set,
 )
+from promotions.text import clean_text
 
 Status = PromotionRequest.Status
 
@@ -65,11 +67,7 @@ def review_approve(
     evidence_sha256: str | None = None,
     via: str = "web",
 ) -> PromotionRequest:
-    comment = (comment or "").strip()
-    if len(comment) > MAX_TEXT:
-        raise InvalidRequest(f"The comment is too long (at most {MAX_TEXT} characters).")
-    if "\x00" in comment:  # PostgreSQL stores no NUL in text
-        raise InvalidRequest("The comment contains a NUL character.")
+    comment = clean_text(comment, what="comment", max_length=MAX_TEXT)
     _review_permission(request, reviewer, "approve")
     with transaction.atomic():
         locked = _locked_pending(request.pk)
@@ -107,28 +105,30 @@ def review_approve(
 
 
 def review_reject(*, request: PromotionRequest, reviewer, comment: str, via: str = "web") -> PromotionRequest:
-    comment = (comment or "").strip()
-    if not comment:
-        raise InvalidRequest("A rejection needs a comment: say what must change.")
-    if len(comment) > MAX_TEXT:
-        raise InvalidRequest(f"The comment is too long (at most {MAX_TEXT} characters).")
-    if "\x00" in comment:  # PostgreSQL stores no NUL in text
-        raise InvalidRequest("The comment contains a NUL character.")
+    comment = clean_text(
+        comment,
+        what="comment",
+        max_length=MAX_TEXT,
+        required="A rejection needs a comment: say what must change.",
+    )
     _review_permission(request, reviewer, "reject")
     with transaction.atomic():
         locked = _locked_pending(request.pk)
         now = timezone.now()
         _review_create(locked, reviewer, Review.Decision.REJECT, comment, now)
-        if not status_set(locked.pk, Status.PENDING, Status.REJECTED, now=now, decided_at=now):
-            raise AlreadyDecided(f"Request #{locked.pk} was decided by someone else first.")
-        audit.record(
+        if not status_change(
+            locked,
+            Status.PENDING,
+            Status.REJECTED,
             action="review.rejected",
+            verb="Rejected",
             actor=reviewer,
-            meaning=meaning("Rejected", locked),
             details={"comment": comment, "evidence_sha256": locked.evidence_sha256, "via": via},
-            **audit_context(locked),
-        )
-        notifications.notify("request.rejected", locked.pk)
+            event="request.rejected",
+            now=now,
+            decided_at=now,
+        ):
+            raise AlreadyDecided(f"Request #{locked.pk} was decided by someone else first.")
     locked.refresh_from_db()
     return locked
 
@@ -144,19 +144,20 @@ def request_cancel(*, request: PromotionRequest, user, via: str = "web") -> Prom
         )
     with transaction.atomic():
         now = timezone.now()
-        if not status_set(
-            request.pk, (Status.PENDING, Status.APPROVED), Status.CANCELLED, now=now, decided_at=now
+        if not status_change(
+            request,
+            (Status.PENDING, Status.APPROVED),
+            Status.CANCELLED,
+            action="request.cancelled",
+            verb="Cancelled",
+            actor=user,
+            details={"via": via},
+            event="request.cancelled",
+            now=now,
+            decided_at=now,
         ):
             current = PromotionRequest.objects.get(pk=request.pk)
             raise AlreadyDecided(f"Request #{request.pk} is already {current.get_status_display().lower()}.")
-        audit.record(
-            action="request.cancelled",
-            actor=user,
-            meaning=meaning("Cancelled", request),
-            details={"via": via},
-            **audit_context(request),
-        )
-        notifications.notify("request.cancelled", request.pk)
     request.refresh_from_db()
     return request
 
@@ -202,14 +203,15 @@ def requests_expire(*, now=None) -> int:
     )
     for request in candidates:
         with transaction.atomic():
-            changed = status_set(request.pk, Status.PENDING, Status.EXPIRED, now=now, decided_at=now)
-            if changed:
-                audit.record(
-                    action="request.expired",
-                    meaning=meaning("Expired", request),
-                    details={"expires_at": audit.utc_iso(request.expires_at)},
-                    **audit_context(request),
-                )
-                notifications.notify("request.expired", request.pk)
-                expired += 1
+            expired += status_change(
+                request,
+                Status.PENDING,
+                Status.EXPIRED,
+                action="request.expired",
+                verb="Expired",
+                details={"expires_at": audit.utc_iso(request.expires_at)},
+                event="request.expired",
+                now=now,
+                decided_at=now,
+            )
     return expired

@@ -25,6 +25,7 @@ from promotions.errors import (
 from promotions.models import MAX_TEXT, PromotionRequest, Stage
 from promotions.services.evidence import build_evidence, evidence_digest
 from promotions.services.lifecycle import audit_context, request_approve_for_apply
+from promotions.text import clean_text
 from registry_sync import gateway
 from registry_sync.models import ModelVersion, RegisteredModel, SyncRun
 from registry_sync.services import SyncFailed, sync_registry
@@ -163,15 +164,12 @@ def promotion_request_create(
         version=version.version,
         to_stage=stage.name,
     )
-    justification = (justification or "").strip()
-    if not justification:
-        raise InvalidRequest("A justification is required: say why this version should move.")
-    if "\x00" in justification:  # PostgreSQL stores no NUL in text; the CLI passes anything
-        raise InvalidRequest("The justification contains a NUL character.")
-    if len(justification) > MAX_TEXT:
-        raise InvalidRequest(
-            f"The justification is too long ({len(justification)} characters; at most {MAX_TEXT})."
-        )
+    justification = clean_text(
+        justification,
+        what="justification",
+        max_length=MAX_TEXT,
+        required="A justification is required: say why this version should move.",
+    )
     if ci_evidence is not None and not isinstance(ci_evidence, dict):
         raise InvalidRequest("Evidence must be a JSON object of names and values.")
     if not stage.is_active:

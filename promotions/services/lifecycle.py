@@ -16,6 +16,8 @@ from promotions.models import PromotionRequest
 
 Status = PromotionRequest.Status
 APPLY_TASK = "promotions.apply_promotion"
+# Leaving `applying` ends the lease: the row no longer names an attempt that holds it.
+LEASE_ENDED = {"lease_token": "", "lease_expires_at": None}
 
 
 def meaning(verb: str, request: PromotionRequest) -> str:
@@ -77,19 +79,53 @@ def status_set(
     return bool(rows.update(status=new, updated_at=now or timezone.now(), **fields))
 
 
+def status_change(
+    request: PromotionRequest,
+    old: str | tuple[str, ...],
+    new: str,
+    *,
+    action: str,
+    verb: str,
+    actor=None,
+    details: dict | None = None,
+    event: str | None = None,
+    now=None,
+    **fields,
+) -> bool:
+    """Move `request` from `old` to `new` (compare-and-set, with `fields`), record `action` in the
+    audit log with the words for `verb`, and announce `event` to e-mail and webhooks: the three
+    happen together in the caller's transaction, or not at all when another actor moved the
+    request first (False)."""
+    if not status_set(request.pk, old, new, now=now, **fields):
+        return False
+    audit.record(
+        action=action,
+        actor=actor,
+        meaning=meaning(verb, request),
+        details=details or {},
+        **audit_context(request),
+    )
+    if event is not None:
+        notifications.notify(event, request.pk)
+    return True
+
+
 def request_approve_for_apply(request: PromotionRequest, *, actor, reason: str) -> None:
     """pending → approved, then publish the apply once the transaction commits."""
     now = timezone.now()
-    if not status_set(request.pk, Status.PENDING, Status.APPROVED, now=now, decided_at=now):
-        raise AlreadyDecided(f"Request #{request.pk} was decided by someone else first.")
-    audit.record(
+    if not status_change(
+        request,
+        Status.PENDING,
+        Status.APPROVED,
         action="request.approved",
+        verb="Approved for promotion",
         actor=actor,
-        meaning=meaning("Approved for promotion", request),
         details={"reason": reason},
-        **audit_context(request),
-    )
-    notifications.notify("request.approved", request.pk)
+        event="request.approved",
+        now=now,
+        decided_at=now,
+    ):
+        raise AlreadyDecided(f"Request #{request.pk} was decided by someone else first.")
     transaction.on_commit(lambda: enqueue_apply(request.pk))
 
 
@@ -119,8 +155,7 @@ def request_reopen(
         decided_at=None,
         enqueued_at=None,
         last_error=reason,
-        lease_token="",
-        lease_expires_at=None,
+        **LEASE_ENDED,
     ):
         return False
     audit.record(
