@@ -17,8 +17,8 @@ from promotions.services.lifecycle import (
     meaning,
     refusal,
     request_approve_for_apply,
+    request_decide,
     request_lock,
-    status_change,
     status_set,
 )
 from promotions.text import clean_text
@@ -116,17 +116,9 @@ def review_reject(*, request: PromotionRequest, reviewer, comment: str, via: str
         locked = _locked_pending(request.pk)
         now = timezone.now()
         _review_create(locked, reviewer, Review.Decision.REJECT, comment, now)
-        if not status_change(
-            locked,
-            Status.PENDING,
-            Status.REJECTED,
-            action="review.rejected",
-            verb="Rejected",
-            actor=reviewer,
-            details={"comment": comment, "evidence_sha256": locked.evidence_sha256, "via": via},
-            event="request.rejected",
-            now=now,
-            decided_at=now,
+        details = {"comment": comment, "evidence_sha256": locked.evidence_sha256, "via": via}
+        if not request_decide(
+            locked, Status.PENDING, Status.REJECTED, actor=reviewer, details=details, now=now
         ):
             raise AlreadyDecided(f"Request #{locked.pk} was decided by someone else first.")
     locked.refresh_from_db()
@@ -143,19 +135,8 @@ def request_cancel(*, request: PromotionRequest, user, via: str = "web") -> Prom
             "Only the requester or a stage admin may cancel a request.",
         )
     with transaction.atomic():
-        now = timezone.now()
-        if not status_change(
-            request,
-            (Status.PENDING, Status.APPROVED),
-            Status.CANCELLED,
-            action="request.cancelled",
-            verb="Cancelled",
-            actor=user,
-            details={"via": via},
-            event="request.cancelled",
-            now=now,
-            decided_at=now,
-        ):
+        open_statuses = (Status.PENDING, Status.APPROVED)
+        if not request_decide(request, open_statuses, Status.CANCELLED, actor=user, details={"via": via}):
             current = PromotionRequest.objects.get(pk=request.pk)
             raise AlreadyDecided(f"Request #{request.pk} is already {current.get_status_display().lower()}.")
     request.refresh_from_db()
@@ -203,15 +184,6 @@ def requests_expire(*, now=None) -> int:
     )
     for request in candidates:
         with transaction.atomic():
-            expired += status_change(
-                request,
-                Status.PENDING,
-                Status.EXPIRED,
-                action="request.expired",
-                verb="Expired",
-                details={"expires_at": audit.utc_iso(request.expires_at)},
-                event="request.expired",
-                now=now,
-                decided_at=now,
-            )
+            details = {"expires_at": audit.utc_iso(request.expires_at)}
+            expired += request_decide(request, Status.PENDING, Status.EXPIRED, details=details, now=now)
     return expired

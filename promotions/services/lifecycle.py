@@ -79,25 +79,32 @@ def status_set(
     return bool(rows.update(status=new, updated_at=now or timezone.now(), **fields))
 
 
-def status_change(
+# A decision ends the wait for reviewers: its audit action, the audit log's words, and the event
+# sent to e-mail and webhooks, in one place for every way a request is decided.
+_DECISIONS = {
+    Status.APPROVED: ("request.approved", "Approved for promotion", "request.approved"),
+    Status.REJECTED: ("review.rejected", "Rejected", "request.rejected"),
+    Status.CANCELLED: ("request.cancelled", "Cancelled", "request.cancelled"),
+    Status.EXPIRED: ("request.expired", "Expired", "request.expired"),
+}
+
+
+def request_decide(
     request: PromotionRequest,
     old: str | tuple[str, ...],
     new: str,
     *,
-    action: str,
-    verb: str,
     actor=None,
     details: dict | None = None,
-    event: str | None = None,
     now=None,
-    **fields,
 ) -> bool:
-    """Move `request` from `old` to `new` (compare-and-set, with `fields`), record `action` in the
-    audit log with the words for `verb`, and announce `event` to e-mail and webhooks: the three
-    happen together in the caller's transaction, or not at all when another actor moved the
-    request first (False)."""
-    if not status_set(request.pk, old, new, now=now, **fields):
+    """Move `request` from `old` to the decision `new`, record it in the audit log and announce
+    it: the three together in the caller's transaction, or nothing at all when another actor
+    moved the request first (False)."""
+    now = now or timezone.now()
+    if not status_set(request.pk, old, new, now=now, decided_at=now):
         return False
+    action, verb, event = _DECISIONS[new]
     audit.record(
         action=action,
         actor=actor,
@@ -105,26 +112,13 @@ def status_change(
         details=details or {},
         **audit_context(request),
     )
-    if event is not None:
-        notifications.notify(event, request.pk)
+    notifications.notify(event, request.pk)
     return True
 
 
 def request_approve_for_apply(request: PromotionRequest, *, actor, reason: str) -> None:
     """pending → approved, then publish the apply once the transaction commits."""
-    now = timezone.now()
-    if not status_change(
-        request,
-        Status.PENDING,
-        Status.APPROVED,
-        action="request.approved",
-        verb="Approved for promotion",
-        actor=actor,
-        details={"reason": reason},
-        event="request.approved",
-        now=now,
-        decided_at=now,
-    ):
+    if not request_decide(request, Status.PENDING, Status.APPROVED, actor=actor, details={"reason": reason}):
         raise AlreadyDecided(f"Request #{request.pk} was decided by someone else first.")
     transaction.on_commit(lambda: enqueue_apply(request.pk))
 
