@@ -398,15 +398,13 @@ def deliveries_sweep(*, now=None) -> list[int]:
     """Publish deliveries whose task was never published or got lost (broker down, worker killed)."""
     now = now or timezone.now()
     stuck_before = now - timedelta(seconds=settings.WEBHOOK_STUCK_AFTER_SECONDS)
-    pks = list(
+    return outbox.sweep(
         OutboundDelivery.objects.filter(
             Q(status=Delivery.PENDING, created_at__lt=stuck_before)
             | Q(status=Delivery.RETRYING, last_attempt_at__lt=stuck_before)
-        ).values_list("pk", flat=True)[:500]
+        ),
+        DELIVERY_TASK,
     )
-    for pk in pks:
-        outbox.publish(DELIVERY_TASK, [pk])
-    return pks
 
 
 @shared_task(bind=True, name=DELIVERY_TASK, max_retries=None)
