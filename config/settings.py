@@ -362,6 +362,12 @@ EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10, minimum=1)
 EMAIL_FILE_PATH = envstr("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "promotions@localhost")
+# E-mails are recorded (OutboundEmail) and retried up to this many attempts, then `failed`.
+EMAIL_MAX_ATTEMPTS = envint("EMAIL_MAX_ATTEMPTS", 4, minimum=1)
+# An e-mail nobody sent within this long (broker down at commit, worker gone) is published again;
+# an attempt still sending after it is taken over, so keep it above the slowest send.
+EMAIL_STUCK_AFTER_SECONDS = envint("EMAIL_STUCK_AFTER_SECONDS", 300, minimum=30)
+EMAIL_SWEEP_INTERVAL_SECONDS = envint("EMAIL_SWEEP_INTERVAL_SECONDS", 60, minimum=5)
 # A webhook target that hangs holds one worker thread for at most this long per attempt.
 WEBHOOK_TIMEOUT_SECONDS = envint("WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
 WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
@@ -401,6 +407,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "promotions.sweep_deliveries",
         "schedule": float(WEBHOOK_SWEEP_INTERVAL_SECONDS),
     },
+    "sweep-emails": {"task": "promotions.sweep_emails", "schedule": float(EMAIL_SWEEP_INTERVAL_SECONDS)},
     # Does nothing without AUDIT_SIGNING_KEY, or when nothing was recorded since the last seal.
     "seal-audit-log": {"task": "promotions.seal_audit_log", "schedule": float(AUDIT_SEAL_INTERVAL_SECONDS)},
 }

@@ -1,8 +1,8 @@
 """Django admin for stage admins: the stage catalog and the outbound webhooks, validated, every
 change saved through the configuration services (which audit it).
 
-Only members of the Stage admins role (and superusers) see the webhook pages; requests and the
-audit log are shown read-only.
+Only members of the Stage admins role (and superusers) see the webhook and e-mail pages;
+requests, the audit log and the e-mail outbox are shown read-only.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from promotions.models import (
     WEBHOOK_EVENTS,
     AuditEvent,
     OutboundDelivery,
+    OutboundEmail,
     PromotionRequest,
     Stage,
     WebhookEndpoint,
@@ -249,3 +250,21 @@ class OutboundDeliveryAdmin(ReadOnly, _StageAdminsOnly, admin.ModelAdmin):
         self.message_user(
             request, f"{len(deliveries)} delivery(ies) queued to be sent again.", level=messages.SUCCESS
         )
+
+
+@admin.register(OutboundEmail)
+class OutboundEmailAdmin(ReadOnly, _StageAdminsOnly, admin.ModelAdmin):
+    """A record of every e-mail owed: which went out, which failed and why."""
+
+    list_display = ("created_at", "kind", "payload", "status", "attempts", "last_error", "sent_at")
+    list_filter = ("status", "kind")
+    readonly_fields = (
+        "kind",
+        "payload",
+        "status",
+        "attempts",
+        "last_error",
+        "created_at",
+        "last_attempt_at",
+        "sent_at",
+    )

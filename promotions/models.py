@@ -373,3 +373,39 @@ class OutboundDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} → {self.endpoint} ({self.status})"
+
+
+class OutboundEmail(models.Model):
+    """One e-mail owed for an event or a policy change, recorded in the transaction that caused it.
+
+    The row is the outbox: a broker that is down at commit or a worker that dies loses no e-mail
+    (the sweeper publishes it again), and a row marked sent is never sent again.
+    """
+
+    class Kind(models.TextChoices):
+        EVENT = "event", "Event of a request"
+        POLICY_LOWERED = "policy_lowered", "Policy lowered"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    # The arguments of the send, never the addresses: recipients are worked out when it is sent.
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "outbound e-mail"
+        indexes = [models.Index(fields=["status", "created_at"], name="email_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} e-mail #{self.pk} ({self.status})"

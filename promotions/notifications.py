@@ -1,11 +1,12 @@
 """E-mail and signed outbound webhooks for the events of the workflow.
 
 `notify(event, request_id)` is called by the services inside the transaction that writes the
-event's audit entry. It records one `OutboundDelivery` per endpoint that wants the event (the
-outbox: the rows commit or roll back with the event) and, once the transaction commits,
-enqueues the e-mail and the deliveries. Nothing here runs in the web request: a slow mail
-server or a webhook target that hangs only ever delays a worker thread, for at most the
-configured timeout, and never the request that caused the event.
+event's audit entry. It records the e-mail (`OutboundEmail`) and one `OutboundDelivery` per
+endpoint that wants the event (the outbox: the rows commit or roll back with the event) and,
+once the transaction commits, enqueues them; a sweeper publishes again whatever a broker outage
+or a dead worker left behind. Nothing here runs in the web request: a slow mail server or a
+webhook target that hangs only ever delays a worker thread, for at most the configured timeout,
+and never the request that caused the event.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from promotions.models import (
     WEBHOOK_EVENTS,
     AuditEvent,
     OutboundDelivery,
+    OutboundEmail,
     PromotionRequest,
     Review,
     WebhookEndpoint,
@@ -44,11 +46,12 @@ from registry_sync.webhooks import sign
 
 logger = logging.getLogger(__name__)
 Delivery = OutboundDelivery.Status
+Email = OutboundEmail.Status
 
 DELIVERY_HEADER = "X-Promotion-Delivery-Id"
 TIMESTAMP_HEADER = "X-Promotion-Timestamp"
 SIGNATURE_HEADER = "X-Promotion-Signature"
-EMAIL_TASK = "promotions.send_event_email"
+EMAIL_TASK = "promotions.send_email"
 DELIVERY_TASK = "promotions.deliver_webhook"
 
 _VERBS = {
@@ -66,9 +69,11 @@ _VERBS = {
 
 
 def notify(event: str, request_id: int) -> None:
-    """Record the webhook deliveries of `event` and send everything after commit."""
+    """Record the e-mail and the webhook deliveries of `event`; send them after commit."""
     if event not in WEBHOOK_EVENTS:
         raise ValueError(f"unknown event {event!r}; known: {', '.join(WEBHOOK_EVENTS)}")
+    # Recipients are worked out when it is sent: the row says what to send, not to whom.
+    email_record(OutboundEmail.Kind.EVENT, event=event, request_id=request_id)
     endpoints = [
         endpoint for endpoint in WebhookEndpoint.objects.filter(is_active=True) if endpoint.wants(event)
     ]
@@ -87,13 +92,13 @@ def notify(event: str, request_id: int) -> None:
                 created_at=now,
             )
             delivery_pks.append(delivery.pk)
-    transaction.on_commit(lambda: _enqueue(event, request_id, delivery_pks))
+    if delivery_pks:
+        transaction.on_commit(lambda: _enqueue(delivery_pks))
 
 
-def _enqueue(event: str, request_id: int, delivery_pks: list[int]) -> None:
-    # A broker outage must not turn a committed decision into an error page: the e-mail is
-    # best effort, and the delivery sweeper publishes the recorded deliveries later.
-    outbox.publish(EMAIL_TASK, [event, request_id])
+def _enqueue(delivery_pks: list[int]) -> None:
+    # A broker outage must not turn a committed decision into an error page: the deliveries
+    # are recorded, and the sweeper publishes them later.
     for pk in delivery_pks:
         outbox.publish(DELIVERY_TASK, [pk])
 
@@ -239,28 +244,13 @@ def event_email_send(*, event: str, request_id: int) -> int:
     return send_mass_mail(messages, fail_silently=False)
 
 
-# E-mail is best effort: a few retries with Celery's own backoff when the mail server stumbles.
-MAIL_TASK_OPTIONS = {
-    "autoretry_for": (OSError, smtplib.SMTPException),
-    "retry_backoff": 5,
-    "retry_jitter": True,
-    "max_retries": 3,
-}
-
-
-@shared_task(name=EMAIL_TASK, **MAIL_TASK_OPTIONS)
-def send_event_email(event: str, request_id: int) -> int:
-    return event_email_send(event=event, request_id=request_id)
-
-
 # --- the catalog's policy, lowered -------------------------------------------------------------
-
-POLICY_EMAIL_TASK = "promotions.send_policy_lowered_email"
 
 
 def policy_lowered_notify(*, stage_name: str, lowered: list[str], actor_id: int | None) -> None:
-    """After commit: tell the other stage admins and the auditors that a stage asks for less."""
-    transaction.on_commit(lambda: outbox.publish(POLICY_EMAIL_TASK, [stage_name, lowered, actor_id]))
+    """Record the e-mail that tells the other stage admins and the auditors that a stage asks
+    for less; it is sent after commit."""
+    email_record(OutboundEmail.Kind.POLICY_LOWERED, stage_name=stage_name, lowered=lowered, actor_id=actor_id)
 
 
 def policy_lowered_email_send(*, stage_name: str, lowered: list[str], actor_id: int | None) -> int:
@@ -285,9 +275,111 @@ def policy_lowered_email_send(*, stage_name: str, lowered: list[str], actor_id: 
     )
 
 
-@shared_task(name=POLICY_EMAIL_TASK, **MAIL_TASK_OPTIONS)
-def send_policy_lowered_email(stage_name: str, lowered: list[str], actor_id: int | None) -> int:
-    return policy_lowered_email_send(stage_name=stage_name, lowered=lowered, actor_id=actor_id)
+# --- the e-mail outbox ------------------------------------------------------------------------
+
+# What each kind of recorded e-mail calls with its payload; each returns the messages sent.
+_EMAIL_SENDS = {
+    OutboundEmail.Kind.EVENT: event_email_send,
+    OutboundEmail.Kind.POLICY_LOWERED: policy_lowered_email_send,
+}
+# Retries wait 5 s, 10 s, 20 s… (jittered), at most a third of the stuck time so that the
+# sweeper never races a retry.
+EMAIL_RETRY_BASE_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class EmailAttempt:
+    status: str
+    sent: int
+    error: str = ""
+    retry_in: float | None = None
+
+
+def email_record(kind: str, **payload) -> OutboundEmail:
+    """Record an e-mail in the caller's transaction and publish its task once that commits."""
+    email = OutboundEmail.objects.create(kind=kind, payload=payload, created_at=timezone.now())
+    transaction.on_commit(lambda: outbox.publish(EMAIL_TASK, [email.pk]))
+    return email
+
+
+def email_send(*, email_pk: int) -> EmailAttempt | None:
+    """One attempt at one recorded e-mail. None when there is nothing (left) to send: it was
+    sent, it failed, or another attempt is sending it now.
+
+    The attempt claims the row first (pending → sending, compare-and-set), so a task published
+    twice (by the commit and by the sweeper) sends once. An attempt that died while sending is
+    taken over after EMAIL_STUCK_AFTER_SECONDS; its messages may then go out a second time,
+    which beats losing them.
+    """
+    email = OutboundEmail.objects.filter(pk=email_pk).first()
+    if email is None:
+        return None
+    now = timezone.now()
+    claimable = OutboundEmail.objects.filter(pk=email.pk, attempts=email.attempts).filter(
+        Q(status=Email.PENDING) | Q(status=Email.SENDING, last_attempt_at__lt=_stuck_before(now))
+    )
+    if email.attempts >= settings.EMAIL_MAX_ATTEMPTS:
+        # Only a row whose last attempt died while sending is still claimable here.
+        claimable.update(
+            status=Email.FAILED, last_error=email.last_error or "The last attempt did not finish."
+        )
+        return None
+    attempts = email.attempts + 1
+    if not claimable.update(status=Email.SENDING, attempts=attempts, last_attempt_at=now):
+        return None
+    mine = OutboundEmail.objects.filter(pk=email.pk, status=Email.SENDING, attempts=attempts)
+    try:
+        sent = _EMAIL_SENDS[email.kind](**email.payload)
+    except (OSError, smtplib.SMTPException) as exc:
+        # The mail server's words may quote what it was given: redacted like every stored error.
+        error = redact(f"{type(exc).__name__}: {exc}")[:500]
+        if attempts >= settings.EMAIL_MAX_ATTEMPTS:
+            attempt = EmailAttempt(Email.FAILED, 0, error)
+        else:
+            attempt = EmailAttempt(Email.PENDING, 0, error, retry_in=_email_retry_delay(attempts))
+        mine.update(status=attempt.status, last_error=error)
+        logger.warning("E-mail #%s (%s): %s (attempt %s)", email.pk, email.kind, error, attempts)
+        return attempt
+    mine.update(status=Email.SENT, sent_at=timezone.now(), last_error="")
+    return EmailAttempt(Email.SENT, sent)
+
+
+def _stuck_before(now):
+    return now - timedelta(seconds=settings.EMAIL_STUCK_AFTER_SECONDS)
+
+
+def _email_retry_delay(attempts: int) -> float:
+    return outbox.backoff_delay(
+        attempts - 1, base=EMAIL_RETRY_BASE_SECONDS, cap=settings.EMAIL_STUCK_AFTER_SECONDS / 3
+    )
+
+
+def emails_sweep(*, now=None) -> list[int]:
+    """Publish e-mails whose task was never published or got lost (broker down, worker killed)."""
+    stuck_before = _stuck_before(now or timezone.now())
+    return outbox.sweep(
+        OutboundEmail.objects.filter(
+            Q(status=Email.PENDING, created_at__lt=stuck_before, last_attempt_at__isnull=True)
+            | Q(status__in=(Email.PENDING, Email.SENDING), last_attempt_at__lt=stuck_before)
+        ),
+        EMAIL_TASK,
+    )
+
+
+@shared_task(bind=True, name=EMAIL_TASK, max_retries=None)
+def send_email(self, email_pk: int) -> str:
+    # The attempt bound lives in the database (EMAIL_MAX_ATTEMPTS), not in Celery.
+    attempt = email_send(email_pk=email_pk)
+    if attempt is None:
+        return "skipped"
+    if attempt.retry_in is not None:
+        raise self.retry(countdown=attempt.retry_in)
+    return attempt.status
+
+
+@shared_task(name="promotions.sweep_emails")
+def sweep_emails() -> int:
+    return len(emails_sweep())
 
 
 # --- webhooks ---------------------------------------------------------------------------------
@@ -398,15 +490,13 @@ def deliveries_sweep(*, now=None) -> list[int]:
     """Publish deliveries whose task was never published or got lost (broker down, worker killed)."""
     now = now or timezone.now()
     stuck_before = now - timedelta(seconds=settings.WEBHOOK_STUCK_AFTER_SECONDS)
-    pks = list(
+    return outbox.sweep(
         OutboundDelivery.objects.filter(
             Q(status=Delivery.PENDING, created_at__lt=stuck_before)
             | Q(status=Delivery.RETRYING, last_attempt_at__lt=stuck_before)
-        ).values_list("pk", flat=True)[:500]
+        ),
+        DELIVERY_TASK,
     )
-    for pk in pks:
-        outbox.publish(DELIVERY_TASK, [pk])
-    return pks
 
 
 @shared_task(bind=True, name=DELIVERY_TASK, max_retries=None)

@@ -3,7 +3,7 @@
 The database is the outbox: whatever should happen next (an apply, an e-mail, a webhook
 delivery) is already recorded before its task is published, so a broker that is down loses
 nothing. `publish` logs the failure and returns False; each kind of work has a sweeper that
-publishes again what was never picked up.
+publishes again what was never picked up (`sweep`, for work whose task takes the row's pk).
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ import logging
 import random
 
 from celery import current_app
+from django.db.models import QuerySet
 
 logger = logging.getLogger(__name__)
+
+# Rows published by one sweep at most: a long outage is caught up over a few runs instead of
+# one run that floods the broker.
+SWEEP_BATCH = 500
 
 
 def publish(task_name: str, args: list) -> bool:
@@ -27,6 +32,16 @@ def publish(task_name: str, args: list) -> bool:
         logger.warning("Could not publish %s%s (%s); the sweeper will.", task_name, args, exc)
         return False
     return True
+
+
+def sweep(queryset: QuerySet, task_name: str) -> list[int]:
+    """Publish `task_name` with the pk of each row of `queryset` (the stuck ones, at most
+    SWEEP_BATCH); returns the pks. A row's first task may only be late, not lost: the task
+    must bear running twice (an e-mail claims its row; a webhook keeps its delivery id)."""
+    pks = list(queryset.values_list("pk", flat=True)[:SWEEP_BATCH])
+    for pk in pks:
+        publish(task_name, [pk])
+    return pks
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float) -> float:

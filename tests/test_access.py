@@ -186,13 +186,21 @@ def test_bulk_actions_by_a_role_that_may_not_decide_change_nothing(client, world
 def admin_urls(request_pk: int) -> list[str]:
     from django.contrib.auth.models import Group
 
-    from promotions.models import AuditEvent, OutboundDelivery, PromotionRequest, Stage, WebhookEndpoint
+    from promotions.models import (
+        AuditEvent,
+        OutboundDelivery,
+        OutboundEmail,
+        PromotionRequest,
+        Stage,
+        WebhookEndpoint,
+    )
 
     urls = ["/admin/"]
     for model, pk in (
         (Stage, Stage.objects.values_list("pk", flat=True).first()),
         (WebhookEndpoint, None),
         (OutboundDelivery, None),
+        (OutboundEmail, None),
         (PromotionRequest, request_pk),
         (AuditEvent, AuditEvent.objects.values_list("pk", flat=True).first()),
         (Group, Group.objects.values_list("pk", flat=True).first()),

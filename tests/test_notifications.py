@@ -1,7 +1,8 @@
 """E-mail and signed webhooks: recorded with the event, sent by the worker's tasks.
 
-Tasks are called in-process here (the worker-process path is in test_api_pipeline.py); the
-receiving side is a real HTTP server on 127.0.0.1 and Django's locmem mail backend.
+Tasks are called in-process here (the worker-process path is in test_api_pipeline.py), some of
+them taken off the real broker first; the receiving side is a real HTTP server on 127.0.0.1,
+Django's locmem mail backend, or a real SMTP connection to a closed port or a refusing server.
 """
 
 import json
@@ -12,15 +13,18 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
+from config.celery import app as celery_app
 from promotions import notifications, roles, services
-from promotions.models import OutboundDelivery, PromotionRequest, WebhookEndpoint
+from promotions.models import OutboundDelivery, OutboundEmail, PromotionRequest, WebhookEndpoint
 from registry_sync.webhooks import sign
-from tests.conftest import make_user
+from tests.conftest import broker_unreachable, free_port, make_user, purge_broker
 from tests.factories import mirror_model, stage, version
+from tests.mail_server import RefusingMailServer
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.django_db
 Delivery = OutboundDelivery.Status
+Email = OutboundEmail.Status
 SECRET = "s3cret-for-tests-only"
 
 
@@ -71,6 +75,42 @@ def file(sales, requester, number=5, target="Production"):
     return services.promotion_request_create(
         version=version(sales, number), stage=stage(target), requested_by=requester, justification="beats v3"
     )
+
+
+@pytest.fixture
+def broker():
+    """The test broker's queue, emptied first; `run()` takes every task published since off it and
+    runs each in this process, as a worker would. Returns the task names, in order."""
+    try:
+        purge_broker()
+    except Exception:  # noqa: BLE001 - an empty or new queue cannot be purged on every transport
+        pass
+
+    def run() -> list[str]:
+        ran = []
+        with celery_app.connection_for_read() as connection:
+            queue = connection.SimpleQueue(celery_app.conf.task_default_queue or "celery")
+            try:
+                while True:
+                    try:
+                        message = queue.get(timeout=1)
+                    except queue.Empty:
+                        return ran
+                    name, args = message.headers["task"], message.payload[0]
+                    message.ack()
+                    celery_app.tasks[name].apply(args=args, throw=True)
+                    ran.append(name)
+            finally:
+                queue.close()
+
+    return run
+
+
+def smtp_to(settings, port, **fields):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 2
+    for name, value in fields.items():
+        setattr(settings, name, value)
 
 
 # --- e-mail -----------------------------------------------------------------------------------
@@ -147,6 +187,125 @@ def test_a_subject_never_carries_a_line_break(people, mailoutbox):
     assert mailoutbox[0].to == ["rex@example.com"]
 
 
+# --- the e-mail outbox ------------------------------------------------------------------------
+
+
+def test_an_e_mail_is_published_after_commit_and_sent_once_however_often_its_task_runs(
+    people, sales, mailoutbox, broker, django_capture_on_commit_callbacks
+):
+    requester, _, _ = people
+    with django_capture_on_commit_callbacks(execute=True):
+        request = file(sales, requester)
+    email = OutboundEmail.objects.get()
+    assert (email.kind, email.payload, email.status) == (
+        OutboundEmail.Kind.EVENT,
+        {"event": "request.created", "request_id": request.pk},
+        Email.PENDING,
+    )
+
+    assert broker() == [notifications.EMAIL_TASK]
+    # A second copy of the task (the sweeper's, or a redelivery) finds the row sent.
+    assert notifications.send_email.apply(args=[email.pk]).get() == "skipped"
+    assert notifications.email_send(email_pk=email.pk) is None
+
+    (mail,) = mailoutbox
+    assert mail.to == ["rex@example.com"]
+    email.refresh_from_db()
+    assert (email.status, email.attempts, email.last_error) == (Email.SENT, 1, "")
+    assert email.sent_at is not None
+    assert notifications.emails_sweep(now=timezone.now() + timedelta(days=1)) == []
+
+
+def test_an_e_mail_the_broker_could_not_take_is_swept_and_sent_once(
+    people, sales, mailoutbox, broker, settings, django_capture_on_commit_callbacks
+):
+    requester, _, _ = people
+    with broker_unreachable(), django_capture_on_commit_callbacks(execute=True) as callbacks:
+        file(sales, requester)
+    assert callbacks  # the publish was tried, and failed
+    email = OutboundEmail.objects.get()
+    assert email.status == Email.PENDING
+    assert broker() == [] and mailoutbox == []
+
+    assert notifications.emails_sweep() == []  # not stuck yet: its task may only be late
+    later = timezone.now() + timedelta(seconds=settings.EMAIL_STUCK_AFTER_SECONDS + 1)
+    assert notifications.emails_sweep(now=later) == [email.pk]
+    assert broker() == [notifications.EMAIL_TASK]
+
+    (mail,) = mailoutbox
+    assert mail.to == ["rex@example.com"]
+    assert OutboundEmail.objects.get().status == Email.SENT
+    assert notifications.emails_sweep(now=later) == []
+    beat = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "promotions.sweep_emails" in beat
+
+
+def test_an_e_mail_being_sent_is_left_to_its_attempt_until_that_is_presumed_dead(
+    people, sales, mailoutbox, settings
+):
+    requester, _, _ = people
+    file(sales, requester)
+    email = OutboundEmail.objects.get()
+    rows = OutboundEmail.objects.filter(pk=email.pk)
+    rows.update(status=Email.SENDING, attempts=1, last_attempt_at=timezone.now())
+
+    assert notifications.email_send(email_pk=email.pk) is None
+    assert notifications.emails_sweep() == []
+    assert mailoutbox == []
+
+    dead = timezone.now() - timedelta(seconds=settings.EMAIL_STUCK_AFTER_SECONDS + 1)
+    rows.update(last_attempt_at=dead)
+    assert notifications.emails_sweep() == [email.pk]
+    assert notifications.email_send(email_pk=email.pk).status == Email.SENT
+    assert len(mailoutbox) == 1
+    assert rows.get().attempts == 2
+
+    # An attempt that dies at the last allowed attempt leaves the e-mail failed, not stuck.
+    settings.EMAIL_MAX_ATTEMPTS = 2
+    rows.update(status=Email.SENDING, last_attempt_at=dead)
+    assert notifications.email_send(email_pk=email.pk) is None
+    assert (rows.get().status, rows.get().last_error) == (Email.FAILED, "The last attempt did not finish.")
+    assert notifications.emails_sweep() == []
+    assert len(mailoutbox) == 1
+
+
+def test_a_mail_server_that_is_down_is_retried_then_the_e_mail_fails_visibly(people, sales, settings):
+    requester, _, _ = people
+    smtp_to(settings, free_port(), EMAIL_MAX_ATTEMPTS=3)
+    file(sales, requester)
+    email = OutboundEmail.objects.get()
+
+    first = notifications.email_send(email_pk=email.pk)
+
+    assert (first.status, first.sent) == (Email.PENDING, 0)
+    assert 2.5 <= first.retry_in <= 5
+    email.refresh_from_db()
+    assert (email.status, email.attempts) == (Email.PENDING, 1)
+    assert email.last_error.startswith("ConnectionRefusedError: ")
+    # The task retries until the bound the database keeps.
+    notifications.send_email.apply(args=[email.pk])
+    email.refresh_from_db()
+    assert (email.status, email.attempts, email.sent_at) == (Email.FAILED, 3, None)
+    assert notifications.email_send(email_pk=email.pk) is None
+    assert notifications.emails_sweep(now=timezone.now() + timedelta(days=1)) == []
+
+
+def test_a_mail_server_error_is_stored_without_the_password(people, sales, settings):
+    requester, _, _ = people
+    server = RefusingMailServer()
+    try:
+        smtp_to(settings, server.port, EMAIL_HOST_USER="promotions", EMAIL_HOST_PASSWORD="smtp-5ecret-value")
+        file(sales, requester)
+        attempt = notifications.email_send(email_pk=OutboundEmail.objects.get().pk)
+    finally:
+        server.close()
+
+    assert attempt.status == Email.PENDING
+    stored = OutboundEmail.objects.get().last_error
+    assert stored.startswith("SMTPAuthenticationError: (535") and "login refused: promotions ***" in stored
+    assert "smtp-5ecret-value" not in stored + attempt.error
+
+
 # --- every event is recorded for the endpoints that want it -----------------------------------
 
 
@@ -181,6 +340,8 @@ def test_the_services_record_one_delivery_per_event_and_endpoint(people, sales, 
     assert OutboundDelivery.objects.filter(endpoint__name="created-only").count() == 4
     assert not OutboundDelivery.objects.filter(endpoint__name="off").exists()
     assert set(OutboundDelivery.objects.values_list("status", flat=True)) == {Delivery.PENDING}
+    emails = OutboundEmail.objects.filter(payload__request_id=rejected.pk).order_by("id")
+    assert [email.payload["event"] for email in emails] == ["request.created", "request.rejected"]
 
 
 def test_a_refused_action_records_no_delivery(people, sales):
@@ -190,6 +351,7 @@ def test_a_refused_action_records_no_delivery(people, sales):
     with pytest.raises(Exception):  # noqa: B017 - the refusal itself is tested elsewhere
         services.review_approve(request=request, reviewer=requester)
     assert list(OutboundDelivery.objects.values_list("event", flat=True)) == ["request.created"]
+    assert [email.payload["event"] for email in OutboundEmail.objects.all()] == ["request.created"]
 
 
 def test_a_failed_apply_is_an_event_too(mlflow_proxy, model_name, requester, reviewer, reviewer2, registry):
@@ -391,6 +553,7 @@ def test_staff_without_the_stage_admin_role_cannot_see_webhooks(client, reviewer
     client.force_login(reviewer)
     assert client.get("/admin/promotions/webhookendpoint/").status_code == 403
     assert client.get("/admin/promotions/outbounddelivery/").status_code == 403
+    assert client.get("/admin/promotions/outboundemail/").status_code == 403
 
 
 def test_a_delivery_to_an_inside_address_is_refused_at_send_time(settings, people, sales, receiver):
