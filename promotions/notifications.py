@@ -369,12 +369,7 @@ def emails_sweep(*, now=None) -> list[int]:
 @shared_task(bind=True, name=EMAIL_TASK, max_retries=None)
 def send_email(self, email_pk: int) -> str:
     # The attempt bound lives in the database (EMAIL_MAX_ATTEMPTS), not in Celery.
-    attempt = email_send(email_pk=email_pk)
-    if attempt is None:
-        return "skipped"
-    if attempt.retry_in is not None:
-        raise self.retry(countdown=attempt.retry_in)
-    return attempt.status
+    return outbox.task_result(self, email_send(email_pk=email_pk))
 
 
 @shared_task(name="promotions.sweep_emails")
@@ -502,12 +497,7 @@ def deliveries_sweep(*, now=None) -> list[int]:
 @shared_task(bind=True, name=DELIVERY_TASK, max_retries=None)
 def deliver_webhook(self, delivery_pk: int) -> str:
     # The attempt bound lives in the database (WEBHOOK_MAX_ATTEMPTS), not in Celery.
-    attempt = webhook_deliver(delivery_pk=delivery_pk)
-    if attempt is None:
-        return "skipped"
-    if attempt.retry_in is not None:
-        raise self.retry(countdown=attempt.retry_in)
-    return attempt.status
+    return outbox.task_result(self, webhook_deliver(delivery_pk=delivery_pk))
 
 
 @shared_task(name="promotions.sweep_deliveries")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Protocol
 
-from celery import current_app
+from celery import Task, current_app
 from django.db.models import QuerySet
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,21 @@ def sweep(queryset: QuerySet, task_name: str) -> list[int]:
     for pk in pks:
         publish(task_name, [pk])
     return pks
+
+
+class Attempt(Protocol):
+    status: str
+    retry_in: float | None
+
+
+def task_result(task: Task, attempt: Attempt | None) -> str:
+    """What the task that made one attempt at a recorded row answers: "skipped" when there was
+    nothing (left) to do, a Celery retry after the attempt's delay, or the row's new status."""
+    if attempt is None:
+        return "skipped"
+    if attempt.retry_in is not None:
+        raise task.retry(countdown=attempt.retry_in)
+    return attempt.status
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float) -> float:
