@@ -385,8 +385,12 @@ def holders_export_csv(request: HttpRequest) -> HttpResponse:
         record_denied(actor=request.user, what="export the holders of a stage", reason="not an auditor")
         raise PermissionDenied("Only auditors export the audit log and what it shows.")
     try:
-        moment = history.parse_moment(request.GET.get("at", ""))
-        stage = catalog.stage_get_by_name(request.GET.get("stage", "")[:64])
+        moment = history.parse_moment(parse_text(request.GET.get("at", ""), name="time", max_length=64))
+        stage = catalog.stage_get_by_name(
+            parse_text(request.GET.get("stage", ""), name="stage", max_length=64)
+        )
+    except ValidationError as exc:
+        return HttpResponseBadRequest(f"{' '.join(exc.messages)}\n", content_type="text/plain; charset=utf-8")
     except ValueError as exc:
         return HttpResponseBadRequest(f"at: {exc}\n", content_type="text/plain; charset=utf-8")
     except PromotionError as exc:
