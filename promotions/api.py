@@ -16,6 +16,7 @@ import functools
 import inspect
 import json
 import math
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,7 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, field_validator
 
-from promotions import audit, catalog, policy, selectors, services, tokens
+from promotions import audit, catalog, history, policy, selectors, services, tokens
 from promotions.errors import PromotionError
 from promotions.models import MAX_TEXT, AuditEvent, PromotionRequest, Review, Stage
 from promotions.notifications import request_url
@@ -734,6 +735,146 @@ def audit_list(
     return {"items": items, "next_after": page[-1].sequence if len(page) == limit else None}
 
 
+# --- history: who held each stage, and when ---------------------------------------------------
+
+Via = Literal["request", "outside", "revert", "before_record"]
+
+
+class HolderChangeOut(Schema):
+    stage: str = Field(description="The catalog stage.")
+    binding: str = Field(description="What MLflow binds: `stage Production` or `alias @champion`.")
+    version: int
+    from_: datetime | None = Field(
+        alias="from", description="UTC; null when it held the binding before the record begins."
+    )
+    until: datetime | None = Field(description="UTC; null while it holds the binding.")
+    via: Via = Field(
+        description="`request` (our workflow), `outside` (a change made in MLflow: a drift event), "
+        "`revert` (a drift put back), `before_record` (held before the record begins)."
+    )
+    request_id: int | None
+    drift_event_id: int | None
+    audit_sequence: int | None = Field(description="The `registry.reverted` entry, for `revert`.")
+    requested_by: str
+    approved_by: list[str]
+
+
+class ModelHistoryOut(Schema):
+    model_name: str
+    count: int
+    items: list[HolderChangeOut]
+
+
+class HolderOut(Schema):
+    model_name: str
+    binding: str
+    version: int
+    since: datetime
+    via: Via
+    request_id: int | None
+    drift_event_id: int | None
+    audit_sequence: int | None
+    requested_by: str
+    approved_by: list[str]
+
+
+class HoldersPageOut(Schema):
+    at: datetime
+    stage: str
+    count: int
+    items: list[HolderOut]
+
+
+def _source_out(source: history.Source) -> dict[str, Any]:
+    return {
+        "via": source.kind,
+        "request_id": source.request_id,
+        "drift_event_id": source.drift_event_id,
+        "audit_sequence": source.audit_sequence,
+        "requested_by": source.requested_by,
+        "approved_by": list(source.approved_by),
+    }
+
+
+@api.get(
+    "/models/{path:name}/history",
+    response={200: ModelHistoryOut, **_errors(404)},
+    tags=["models"],
+    by_alias=True,
+)
+def model_history(
+    request,
+    name: Annotated[str, Path(min_length=1, max_length=256, pattern=_NO_NUL)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+):
+    """Every holder change of every catalog stage of a model, from the audit log and the mirror's
+    drift events: by stage (pipeline order), binding, then from oldest to newest."""
+    _require_role(request)
+    model = RegisteredModel.objects.filter(name=name).first()
+    if model is None:
+        raise ApiError(404, "not_found", f"No model named '{name}' in the registry mirror.")
+    entries = history.model_history(model).entries
+    return {
+        "model_name": model.name,
+        "count": len(entries),
+        "items": [
+            {
+                "stage": entry.stage.name,
+                "binding": entry.binding.label,
+                "version": entry.interval.version,
+                "from": entry.interval.since,
+                "until": entry.interval.until,
+                **_source_out(entry.interval.source),
+            }
+            for entry in entries[offset : offset + limit]
+        ],
+    }
+
+
+@api.get("/holders", response={200: HoldersPageOut, **_errors()}, tags=["models"])
+def holders(
+    request,
+    at: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=_NO_NUL,
+            description="ISO 8601 with a timezone, e.g. 2026-03-01T09:00:00Z; a time without one is refused.",
+        ),
+    ],
+    stage: Annotated[str, Query(min_length=1, max_length=64, pattern=_NO_NUL)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+):
+    """Which version of every model held `stage` at `at`, by model name. Held since a known
+    change only: a version that held it before the record begins is not listed."""
+    _require_role(request)
+    try:
+        moment = history.parse_moment(at)
+    except ValueError as exc:
+        errors = [{"loc": ["query", "at"], "msg": str(exc), "type": "value_error"}]
+        raise ApiError(422, "invalid", f"The request is not valid: at: {exc}", errors) from None
+    found = catalog.stage_get_by_name(stage)
+    rows = history.holders_at(moment, found)
+    return {
+        "at": moment,
+        "stage": found.name,
+        "count": len(rows),
+        "items": [
+            {
+                "model_name": row.model_name,
+                "binding": row.interval.binding.label,
+                "version": row.interval.version,
+                "since": row.interval.since,
+                **_source_out(row.interval.source),
+            }
+            for row in rows[offset : offset + limit]
+        ],
+    }
+
+
 # --- URLs -------------------------------------------------------------------------------------
 
 
@@ -755,7 +896,13 @@ def _mark_public(patterns) -> None:
             login_not_required(pattern.callback)
 
 
+def _longer_routes_first(patterns) -> list:
+    """`models/<path:name>` matches `models/x/history` too, and ninja lists routes in the order
+    they were declared: a route that goes on after a `<path:…>` parameter comes first."""
+    return sorted(patterns, key=lambda p: not re.search(r"<path:\w+>/", str(getattr(p, "pattern", ""))))
+
+
 def urls():
     patterns, app_name, namespace = api.urls
     _mark_public(patterns)
-    return patterns, app_name, namespace
+    return _longer_routes_first(patterns), app_name, namespace

@@ -7,6 +7,8 @@ urlpatterns = [
     path("queue/bulk/", views.queue_bulk, name="queue_bulk"),
     path("stages/", views.stage_list, name="stage_list"),
     path("models/", views.model_list, name="model_list"),
+    # Before model_detail: its <path:name> would take "x/history" for a model's name.
+    path("models/<path:name>/history/", views.model_history, name="model_history"),
     path("models/<path:name>/", views.model_detail, name="model_detail"),
     path("requests/new/", views.request_create, name="request_create"),
     path("requests/<int:pk>/", views.request_detail, name="request_detail"),
@@ -14,4 +16,6 @@ urlpatterns = [
     path("requests/<int:pk>/decide/", views.request_decide, name="request_decide"),
     path("requests/<int:pk>/cancel/", views.request_cancel, name="request_cancel"),
     path("requests/<int:pk>/retry/", views.request_retry, name="request_retry"),
+    # Beside the auditors' exports under /audit/; promotions/audit/urls.py is tried first.
+    path("audit/holders.csv", views.holders_export_csv, name="holders_export_csv"),
 ]

@@ -6,13 +6,15 @@ from __future__ import annotations
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling, reswap, retarget
 
-from promotions import catalog, policy, selectors, services
+from promotions import catalog, history, policy, selectors, services
+from promotions.audit import exports, record_denied, utc_iso
 from promotions.errors import AlreadyDecided, PromotionError, RegistryUnavailable
 from promotions.forms import (
     DecisionForm,
@@ -354,3 +356,77 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "history": selectors.stage_history(model),
     }
     return render(request, "promotions/model_detail.html", context)
+
+
+# --- stage history -----------------------------------------------------------------------------
+
+
+@require_GET
+def model_history(request: HttpRequest, name: str) -> HttpResponse:
+    _require_role(request)
+    model = mirror.model_by_name(name)
+    if model is None:
+        raise Http404(f"No model named {name!r} in the mirror.")
+    context = {"history": history.model_history(model), "may_export": policy.is_auditor(request.user)}
+    return render(request, "promotions/model_history.html", context)
+
+
+HOLDERS_COLUMNS = (
+    "model_name", "stage", "binding", "version", "since", "via",
+    "request_id", "drift_event_id", "audit_sequence", "requested_by", "approved_by",
+)  # fmt: skip
+
+
+@require_GET
+def holders_export_csv(request: HttpRequest) -> HttpResponse:
+    """`GET /api/holders` as a CSV file for auditors: which version of every model held a stage
+    at a time. Escaped like the audit log's CSV export, and itself an `audit.exported` entry."""
+    if not policy.is_auditor(request.user):
+        record_denied(actor=request.user, what="export the holders of a stage", reason="not an auditor")
+        raise PermissionDenied("Only auditors export the audit log and what it shows.")
+    try:
+        moment = history.parse_moment(parse_text(request.GET.get("at", ""), name="time", max_length=64))
+        stage = catalog.stage_get_by_name(
+            parse_text(request.GET.get("stage", ""), name="stage", max_length=64)
+        )
+    except ValidationError as exc:
+        return HttpResponseBadRequest(f"{' '.join(exc.messages)}\n", content_type="text/plain; charset=utf-8")
+    except ValueError as exc:
+        return HttpResponseBadRequest(f"at: {exc}\n", content_type="text/plain; charset=utf-8")
+    except PromotionError as exc:
+        return HttpResponseBadRequest(f"{exc.message}\n", content_type="text/plain; charset=utf-8")
+    rows = history.holders_at(moment, stage)
+    exports.record_report_export(
+        actor=request.user,
+        report="holders",
+        meaning=f"Exported which version of every model held {stage.name} at {utc_iso(moment)} as CSV",
+        details={"at": utc_iso(moment), "stage": stage.name, "rows": len(rows)},
+        fmt="csv",
+        via="web",
+    )
+    lines = [exports.csv_record(HOLDERS_COLUMNS)]
+    for row in rows:
+        source = row.interval.source
+        cells = (
+            row.model_name,
+            stage.name,
+            row.interval.binding.label,
+            str(row.interval.version),
+            utc_iso(row.interval.since),
+            source.kind,
+            *(
+                "" if n is None else str(n)
+                for n in (source.request_id, source.drift_event_id, source.audit_sequence)
+            ),
+            source.requested_by,
+            ";".join(source.approved_by),
+        )
+        lines.append(exports.csv_record(cells))
+    response = StreamingHttpResponse(iter(lines), content_type="text/csv; charset=utf-8")
+    stamp = moment.strftime("%Y%m%dT%H%M%SZ")
+    response["Content-Disposition"] = f'attachment; filename="holders-{slugify(stage.name)}-{stamp}.csv"'
+    return response
+
+
+def _digits(number: int | None) -> str:
+    return "" if number is None else str(number)

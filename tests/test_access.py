@@ -21,11 +21,13 @@ PAGES = {
     "stage_list": ("get", False, "requester", 200),
     "model_list": ("get", False, "requester", 200),
     "model_detail": ("get", "model", "requester", 200),
+    "model_history": ("get", "model", "requester", 200),
     "audit_log": ("get", False, "auditor", 200),
     "audit_export_csv": ("get", False, "auditor", 200),
     "audit_export_jsonl": ("get", False, "auditor", 200),
     "audit_manifest": ("get", False, "auditor", 200),
     "audit_metrics": ("get", False, "auditor", 200),
+    "holders_export_csv": ("get", False, "auditor", 200),
     "token_list": ("get", False, "requester", 200),
 }
 PUBLIC = {"login", "logout", "healthz", "mlflow_webhook"}
@@ -67,7 +69,7 @@ def world(requester, reviewer, stage_admin, auditor, outsider):
     return request, people
 
 
-QUERY = {"audit_manifest": "?format=csv"}
+QUERY = {"audit_manifest": "?format=csv", "holders_export_csv": "?at=2026-03-01T09:00:00Z&stage=Production"}
 
 
 def url_for(name, needs, request):
@@ -132,6 +134,7 @@ REFUSED = {
     "audit_export_jsonl": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_manifest": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_metrics": {"requester", "reviewer", "stage_admin", "outsider"},
+    "holders_export_csv": {"requester", "reviewer", "stage_admin", "outsider"},
     **{
         name: {"outsider"}
         for name in (
@@ -142,6 +145,7 @@ REFUSED = {
             "stage_list",
             "model_list",
             "model_detail",
+            "model_history",
         )
     },
 }

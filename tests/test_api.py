@@ -468,12 +468,16 @@ WHO = {  # operation → (who may, status for them)
     ("POST", "/api/requests/{request_id}/cancel"): ("requester", 200),
     ("GET", "/api/models/{name}"): ("auditor", 200),
     ("GET", "/api/audit"): ("auditor", 200),
+    ("GET", "/api/models/{name}/history"): ("requester", 200),
+    ("GET", "/api/holders"): ("reviewer", 200),
 }
 BODIES = {
     "/api/requests": {"model_name": "{model}", "version": 2, "stage": "Staging", "justification": "x"},
     "/api/requests/bulk": {"stage": "Staging", "justification": "x", "models": ["{model}"]},
     "/api/requests/{request_id}/reject": {"comment": "no"},
 }
+
+QUERIES = {"/api/holders": "?at=2026-03-01T09:00:00Z&stage=Production"}
 
 
 def test_every_operation_is_in_the_table():
@@ -504,7 +508,7 @@ def call(client, method, path, request):
     model = request.version.model.name
     url = path.format(request_id=request.pk, name=model if "models" in path else "Staging")
     if method == "GET":
-        return client.get(url)
+        return client.get(url + QUERIES.get(path, ""))
     body = json.loads(json.dumps(BODIES.get(path, {})).replace("{model}", model))
     return post(client, url, body)
 

@@ -108,6 +108,8 @@ ENDPOINTS = [
     ("model_list", "get", "/models/", ("q", "page")),
     ("model_detail", "get", "/models/{model}/", ("page",)),
     ("model_detail_path", "get", "/models/{path}/", ("page",)),
+    ("model_history", "get", "/models/{model}/history/", ()),
+    ("model_history_path", "get", "/models/{path}/history/", ()),
     ("request_create", "get", "/requests/new/", ("model", "version", "stage", "rollback", "part")),
     (
         "request_create",
@@ -126,6 +128,7 @@ ENDPOINTS = [
     ("audit_export_jsonl", "get", "/audit/export.jsonl", (*AUDIT_FILTERS, "through")),
     ("audit_manifest", "get", "/audit/manifest.json", (*AUDIT_FILTERS, "through", "format")),
     ("audit_metrics", "get", "/audit/metrics/", ()),
+    ("holders_export_csv", "get", "/audit/holders.csv", ("at", "stage")),
     ("token_list", "get", "/settings/tokens/", ()),
     ("token_list", "post", "/settings/tokens/", ("name", "revoke")),
     ("login", "get", "/accounts/login/", ("next",)),
@@ -228,7 +231,12 @@ def test_no_value_gives_a_server_error(world, name, method, template, names):
 # Each of these in each parameter, one at a time, as the persona that gets furthest into the
 # view: the random search above may miss a single value, this sweep does not.
 SWEEP = ("²", "٣", "①", "\x00", "x" * 100_000, "-1", "0", str(10**30), "1.5", "", " ", "<b>&</b>")
-FURTHEST = {"queue_bulk": "reviewer", "request_decide": "reviewer", "request_retry": "stage_admin"}
+FURTHEST = {
+    "queue_bulk": "reviewer",
+    "request_decide": "reviewer",
+    "request_retry": "stage_admin",
+    "holders_export_csv": "auditor",
+}
 
 
 def _furthest(name: str) -> str:

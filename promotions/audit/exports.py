@@ -108,6 +108,21 @@ def record_export(*, actor, cut: ExportCut, fmt: str, via: str) -> AuditEvent:
     return event
 
 
+def record_report_export(
+    *, actor, report: str, meaning: str, details: dict, fmt: str, via: str
+) -> AuditEvent:
+    """A report drawn from the log (e.g. the holders of a stage at a time) leaves the building as
+    an export does: recorded, and the log sealed as it stood."""
+    event = record(
+        action=AuditAction.AUDIT_EXPORTED,
+        actor=actor,
+        meaning=meaning,
+        details={"format": fmt, "report": report, **details, "via": via},
+    )
+    seal()
+    return event
+
+
 def _export_rows(cut: ExportCut) -> tuple[Iterator[tuple], Callable[[Any], str], Callable[[Any], str]]:
     """The rows in column order, with the functions that turn their created_at and details into
     export text (format.stored_rows)."""
@@ -182,6 +197,11 @@ _ESCAPED_CELL_AFTER_NUL = re.compile("\x00[=+\\-@\t']").search
 
 
 CSV_HEADER = ",".join(EXPORT_COLUMNS) + "\r\n"
+
+
+def csv_record(cells) -> str:
+    """Any other CSV file for auditors (a report), escaped and quoted as the log's export is."""
+    return ",".join(_csv_cell(cell) for cell in cells) + "\r\n"
 
 
 def jsonl_line(texts: tuple[str, ...]) -> str:
