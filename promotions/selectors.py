@@ -234,6 +234,8 @@ def revert_link(event: DriftEvent, record: DriftRevert | None = None) -> str | N
     A version moved out of a stage: that version back. An alias removed: its holder back. None
     when no request can undo it (an alias set where nobody held it; a holder that still holds).
     """
+    if record is None:
+        record = DriftRevert.objects.filter(drift_event=event).first()
     name = event.model.name
     if event.kind == DriftEvent.Kind.ALIAS:
         stage = _catalog_stage(alias=event.alias)
