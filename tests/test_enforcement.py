@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from bench.common import wait_until
@@ -24,6 +25,7 @@ from tests.factories import mirror_model, version
 from tests.registry_helpers import make_version
 from tests.registry_helpers import stage as transition
 from tests.test_drift import announce, request_of_ours
+from tests.test_stage_admin import form
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.django_db
@@ -289,6 +291,19 @@ def test_a_request_applied_since_the_drift_is_not_undone(
     assert mlflow_proxy.writes(TRANSITION) == 0
 
 
+def test_a_stage_back_in_detect_mode_leaves_the_drift_flagged(production_model, model_name, mlflow_proxy):
+    enforce("Production")
+    transition(production_model, model_name, 1, "Staging")
+    sync(model_name)
+    enforce("Production", "detect")
+
+    assert revert_all(model_name) == ["not enforced"]
+
+    assert reverts(model_name)[0].status == Status.DETECTED
+    assert RegisteredModel.objects.get(name=model_name).has_drift
+    assert mlflow_proxy.writes(TRANSITION) == 0
+
+
 def test_a_lost_publish_is_swept(production_model, model_name, settings):
     enforce("Production")
     transition(production_model, model_name, 1, "Staging")
@@ -298,6 +313,36 @@ def test_a_lost_publish_is_swept(production_model, model_name, settings):
 
     assert enforcement.reverts_sweep() == []
     assert enforcement.reverts_sweep(now=later) == [revert.pk]
+
+
+# --- the catalog ---------------------------------------------------------------------------------
+
+
+def test_a_stage_admin_sets_enforcement_in_the_admin_audited_and_shown_on_the_stages_page(
+    client, stage_admin
+):
+    stage_admin.user_permissions.set(Permission.objects.filter(codename__endswith="_stage"))
+    client.force_login(stage_admin)
+    production = Stage.objects.get(name="Production")
+    data = form(
+        name="Production",
+        mlflow_stage="Production",
+        mlflow_alias="",
+        required_approvals="2",
+        archive_existing="on",
+        checks="",
+        request_ttl="7 00:00:00",
+        position="20",
+        enforcement="revert",
+    )
+
+    response = client.post(f"/admin/promotions/stage/{production.pk}/change/", data)
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert Stage.objects.get(pk=production.pk).enforcement == "revert"
+    entry = AuditEvent.objects.get(action="stage.changed", to_stage="Production")
+    assert entry.details["changes"]["enforcement"] == {"before": "detect", "after": "revert"}
+    assert "reverted by the worker" in client.get("/stages/").content.decode()
 
 
 # --- Request revert links -----------------------------------------------------------------------

@@ -293,7 +293,9 @@ def drift_revert(*, revert_id: int) -> str:
     stages = _enforced_stages(revert)
     try:
         if not stages:
-            return _finish(revert, Status.SUPERSEDED, outcome="not_enforced", plan=None)
+            # The stage went back to detect mode since: the drift stays flagged, as it would be now.
+            _mine(revert).update(status=Status.DETECTED, updated_at=timezone.now())
+            return "not enforced"
         if (request := _applied_since(revert, stages)) is not None:
             return _finish(revert, Status.SUPERSEDED, outcome="superseded", plan=None, request_id=request.pk)
         _wait_for_apply(revert, stages)
@@ -376,7 +378,6 @@ def _finish(revert: DriftRevert, status: str, *, outcome: str, plan: _Plan | Non
             "reverted": "Reverted",
             "already_in_place": "Reverted (MLflow already showed the record)",
             "superseded": "Not reverted (a request applied since defines the binding)",
-            "not_enforced": "Not reverted (no stage it touched is in revert mode now)",
         }[outcome]
         audit.record(
             action=audit.AuditAction.REGISTRY_REVERTED,
