@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.test import Client
 from django.utils import timezone
 
 from bench.common import wait_until
@@ -597,3 +598,12 @@ def test_the_worker_waits_for_an_apply_that_holds_the_lease(
     assert timezone.now() >= PromotionRequest.objects.get(pk=applying.pk).lease_expires_at
     assert stages_of(client, model_name)[1] == "Production"
     assert mlflow_proxy.writes(TRANSITION) == 1
+
+
+def test_acknowledging_without_the_csrf_token_is_refused(drifted, stage_admin):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(stage_admin)
+
+    assert acknowledge(browser, drifted).status_code == 403
+
+    assert not only_event(drifted).resolved
