@@ -85,7 +85,15 @@ class StageForm(forms.ModelForm):
 @admin.register(Stage)
 class StageAdmin(admin.ModelAdmin):
     form = StageForm
-    list_display = ("name", "position", "mlflow_stage", "mlflow_alias", "required_approvals", "is_active")
+    list_display = (
+        "name",
+        "position",
+        "mlflow_stage",
+        "mlflow_alias",
+        "required_approvals",
+        "enforcement",
+        "is_active",
+    )
     list_editable = ()
     ordering = ("position",)
     filter_horizontal = ("allowed_from", "approver_groups")

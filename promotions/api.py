@@ -390,6 +390,7 @@ class StageOut(Schema):
     checks: list[str]
     request_ttl_seconds: int
     is_active: bool
+    enforcement: str
 
 
 class VersionOut(Schema):
@@ -505,6 +506,7 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
         "checks": stage.check_rules(),
         "request_ttl_seconds": int(stage.request_ttl.total_seconds()),
         "is_active": stage.is_active,
+        "enforcement": stage.enforcement,
     }
 
 

@@ -76,6 +76,14 @@ def current_holder(stage: Stage, model: RegisteredModel, *, exclude_version: int
     return ModelVersion.objects.filter(model=model, version=number).first()
 
 
+def drift_stages(event: DriftEvent) -> list[Stage]:
+    """The active catalog stages whose MLflow binding a drift event touched."""
+    stages = Stage.objects.filter(is_active=True)
+    if event.kind == DriftEvent.Kind.STAGE:
+        return list(stages.filter(mlflow_stage__in=[s for s in (event.before, event.after) if s]))
+    return list(stages.filter(mlflow_alias=event.alias)) if event.alias else []
+
+
 def pipeline_path(*, version: ModelVersion, target: Stage) -> list[Stage]:
     """The shortest run of catalog moves from where `version` stands to `target`.
 

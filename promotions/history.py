@@ -8,8 +8,8 @@ Reads only, and only the record: never MLflow. The record of a binding change is
 - a drift event of the mirror: a change made in MLflow outside the workflow (kind `stage`: the
   version moved `before` → `after`; kind `alias`: the alias moved from version `before` to
   `after`, either possibly empty);
-- a `registry.reverted` audit entry (a drift put back), read like a drift when its details carry
-  `kind`, `alias`, `before` and `after`; ignored otherwise.
+- a `registry.reverted` audit entry (a drift put back by the enforcement of a `revert` stage):
+  the moves listed in its details' `restored`.
 
 `intervals` is the pure part: changes in, holder intervals out. `model_history` and `holders_at`
 are the query layer: a fixed number of queries whatever the number of changes (stages; applied
@@ -313,19 +313,31 @@ def drift_changes(event: DriftEvent) -> list[Change]:
 
 
 def revert_changes(entry: AuditEvent) -> list[Change]:
+    """The moves a `registry.reverted` entry made: its details' `restored` list, each
+    `{"kind": "stage", "version", "from", "to"}` or `{"kind": "alias", "alias", "from", "to"}`
+    (holders as version strings, "" for nobody). Entries that wrote nothing add no change."""
     details = entry.details if isinstance(entry.details, dict) else {}
-    if not all(isinstance(details.get(key), str) for key in ("kind", "alias", "before", "after")):
+    if details.get("outcome") != "reverted" or not isinstance(details.get("restored"), list):
         return []
-    return move_changes(
-        at=entry.created_at,
-        kind=details["kind"],
-        alias=details["alias"],
-        before=details["before"],
-        after=details["after"],
-        version=entry.version,
-        source=Source("revert", entry.sequence, requested_by=entry.actor_name),
-        order=(entry.sequence, 0),
-    )
+    source = Source("revert", entry.sequence, requested_by=entry.actor_name)
+    changes: list[Change] = []
+    for number, move in enumerate(details["restored"]):
+        if not isinstance(move, dict) or not all(isinstance(move.get(key), str) for key in ("from", "to")):
+            continue
+        version = move.get("version")
+        changes.extend(
+            move_changes(
+                at=entry.created_at,
+                kind=move.get("kind", ""),
+                alias=move.get("alias", "") if isinstance(move.get("alias", ""), str) else "",
+                before=move["from"],
+                after=move["to"],
+                version=version if isinstance(version, int) and not isinstance(version, bool) else None,
+                source=source,
+                order=(entry.sequence, number),
+            )
+        )
+    return changes
 
 
 def changes_from(requests, entries, drifts) -> list[Change]:

@@ -61,6 +61,17 @@ class Stage(models.Model):
     request_ttl = models.DurationField("request TTL", default=timedelta(days=7))
     is_active = models.BooleanField(default=True)
 
+    class Enforcement(models.TextChoices):
+        DETECT = "detect", "Detect: flag a change made outside the workflow"
+        REVERT = "revert", "Revert: undo a change made outside the workflow"
+
+    enforcement = models.CharField(
+        max_length=8,
+        choices=Enforcement.choices,
+        default=Enforcement.DETECT,
+        help_text="What happens when the stage's MLflow binding changes without a request.",
+    )
+
     class Meta:
         ordering = ["position", "name"]
         constraints = [models.UniqueConstraint(Lower("name"), name="stage_name_ci_unique")]
@@ -319,7 +330,12 @@ WEBHOOK_EVENTS = (
     "request.expired",
     "promotion.applied",
     "promotion.failed",
+    "registry.drift",
+    "registry.reverted",
+    "registry.revert_failed",
 )
+# The events about a model's binding rather than a request (notifications.notify_registry).
+REGISTRY_EVENTS = ("registry.drift", "registry.reverted", "registry.revert_failed")
 
 
 class WebhookEndpoint(models.Model):
@@ -385,6 +401,7 @@ class OutboundEmail(models.Model):
     class Kind(models.TextChoices):
         EVENT = "event", "Event of a request"
         POLICY_LOWERED = "policy_lowered", "Policy lowered"
+        REGISTRY = "registry", "Change of a model's binding"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -409,3 +426,50 @@ class OutboundEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} e-mail #{self.pk} ({self.status})"
+
+
+class DriftRevert(models.Model):
+    """What the workflow does about one drift event: the record a revert acts on.
+
+    Written with the drift event, in the sync's transaction, for every stage in the catalog
+    the change touched: `holders_before` (who held the binding per the mirror before the
+    change) is what a revert, and the page's Request revert, put back. In `revert` mode the row
+    is the outbox of the worker's revert; `changes` lists the MLflow writes it makes, kept
+    before the first one, so the next sync knows them as ours.
+    """
+
+    class Status(models.TextChoices):
+        DETECTED = "detected", "Detected (the stage only flags drift)"
+        PENDING = "pending", "Waiting for the worker"
+        REVERTING = "reverting", "Reverting"
+        REVERTED = "reverted", "Reverted"
+        FAILED = "failed", "Revert failed"
+        SUPERSEDED = "superseded", "Superseded by a request applied since"
+        ACKNOWLEDGED = "acknowledged", "Acknowledged"
+
+    drift_event = models.OneToOneField(
+        "registry_sync.DriftEvent", on_delete=models.PROTECT, related_name="revert"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices)
+    # The catalog stages the change touched, by name, and the ones in revert mode among them.
+    stages = models.JSONField(default=list, blank=True)
+    # Legacy stage name -> versions that held it before the change; {"@alias": [version]} for an alias.
+    holders_before = models.JSONField(default=dict, blank=True)
+    # Where the changed version stood before ("None", "Staging", ...) for a stage change.
+    version_stage_before = models.CharField(max_length=32, blank=True, default="")
+    changes = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    # Not before: a revert waiting for an apply's lease, or for MLflow, is retried at this time.
+    not_before = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "updated_at"], name="drift_revert_status_idx")]
+
+    def __str__(self) -> str:
+        return f"revert of drift #{self.drift_event_id} ({self.status})"

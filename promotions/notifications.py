@@ -32,16 +32,19 @@ from django.urls import reverse
 from django.utils import timezone
 
 from common.redact import redact, url_password
-from promotions import audit, outbox, roles, webhook_targets
+from promotions import audit, catalog, outbox, roles, webhook_targets
 from promotions.models import (
+    REGISTRY_EVENTS,
     WEBHOOK_EVENTS,
     AuditEvent,
+    DriftRevert,
     OutboundDelivery,
     OutboundEmail,
     PromotionRequest,
     Review,
     WebhookEndpoint,
 )
+from registry_sync.models import DriftEvent
 from registry_sync.webhooks import sign
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,9 @@ _VERBS = {
     "request.expired": "Expired",
     "promotion.applied": "Applied",
     "promotion.failed": "Failed",
+    "registry.drift": "Drift",
+    "registry.reverted": "Reverted",
+    "registry.revert_failed": "Revert failed",
 }
 
 
@@ -70,17 +76,39 @@ _VERBS = {
 
 def notify(event: str, request_id: int) -> None:
     """Record the e-mail and the webhook deliveries of `event`; send them after commit."""
-    if event not in WEBHOOK_EVENTS:
+    if event not in WEBHOOK_EVENTS or event in REGISTRY_EVENTS:
         raise ValueError(f"unknown event {event!r}; known: {', '.join(WEBHOOK_EVENTS)}")
     # Recipients are worked out when it is sent: the row says what to send, not to whom.
     email_record(OutboundEmail.Kind.EVENT, event=event, request_id=request_id)
+    _deliveries_record(
+        event,
+        lambda: event_payload(
+            event, PromotionRequest.objects.select_related("version__model", "stage").get(pk=request_id)
+        ),
+        request_id=request_id,
+    )
+
+
+def notify_registry(event: str, drift_event_id: int) -> None:
+    """The model-level twin of `notify`: a binding changed outside the workflow (`registry.drift`),
+    and what enforcement did about it (`registry.reverted`, `registry.revert_failed`)."""
+    if event not in REGISTRY_EVENTS:
+        raise ValueError(f"unknown registry event {event!r}; known: {', '.join(REGISTRY_EVENTS)}")
+    email_record(OutboundEmail.Kind.REGISTRY, event=event, drift_event_id=drift_event_id)
+    _deliveries_record(
+        event,
+        lambda: registry_payload(event, DriftEvent.objects.select_related("model").get(pk=drift_event_id)),
+        request_id=None,
+    )
+
+
+def _deliveries_record(event: str, payload_of, *, request_id: int | None) -> None:
     endpoints = [
         endpoint for endpoint in WebhookEndpoint.objects.filter(is_active=True) if endpoint.wants(event)
     ]
     delivery_pks: list[int] = []
     if endpoints:
-        request = PromotionRequest.objects.select_related("version__model", "stage").get(pk=request_id)
-        payload = event_payload(event, request)
+        payload = payload_of()
         now = timezone.now()
         for endpoint in endpoints:
             delivery = OutboundDelivery.objects.create(
@@ -157,6 +185,80 @@ def event_payload(event: str, request: PromotionRequest) -> dict:
             "url": url,
         },
     }
+
+
+def model_url(name: str) -> str:
+    return settings.SITE_URL.rstrip("/") + reverse("model_detail", args=[name])
+
+
+def _binding(event: DriftEvent) -> str:
+    return (
+        f"stage {event.after or event.before}" if event.kind == DriftEvent.Kind.STAGE else f"@{event.alias}"
+    )
+
+
+def registry_payload(event: str, drift: DriftEvent) -> dict:
+    """The JSON body of a model-level webhook: the change, and what enforcement did about it."""
+    revert = DriftRevert.objects.filter(drift_event=drift).first()
+    url = model_url(drift.model.name)
+    what = _slack_escape(f"{drift.model.name} {drift.describe()}")
+    text = f"{_VERBS[event]}: {what} (<{url}|model>)"
+    if revert is not None and revert.last_error and event == "registry.revert_failed":
+        text += f": {_slack_escape(revert.last_error[:500])}"
+    return {
+        "event": event,
+        "occurred_at": audit.utc_iso(timezone.now()),
+        "text": text,
+        "model": {"name": drift.model.name, "url": url},
+        "drift": {
+            "id": drift.pk,
+            "kind": drift.kind,
+            "version": drift.version,
+            "stage": drift.after if drift.kind == DriftEvent.Kind.STAGE else "",
+            "alias": drift.alias,
+            "before": drift.before,
+            "after": drift.after,
+            "description": drift.describe(),
+            "detected_at": audit.utc_iso(drift.detected_at),
+        },
+        "revert": None
+        if revert is None
+        else {
+            "status": revert.status,
+            "stages": revert.stages,
+            "restored": revert.changes,
+            "reason": revert.last_error if event == "registry.revert_failed" else "",
+        },
+    }
+
+
+def registry_email_send(*, event: str, drift_event_id: int) -> int:
+    """Tell the admins and approvers of the stages a binding change touched."""
+    drift = DriftEvent.objects.select_related("model").filter(pk=drift_event_id).first()
+    if drift is None:
+        return 0
+    stages = catalog.drift_stages(drift)
+    users = get_user_model().objects.filter(is_active=True).exclude(email="")
+    users = users.filter(
+        Q(groups__name=roles.STAGE_ADMINS)
+        | Q(groups__in=[g for s in stages for g in s.approver_groups.all()])
+    ).distinct()
+    addresses = sorted({user.email for user in users})
+    if not addresses:
+        return 0
+    payload = registry_payload(event, drift)
+    subject = " ".join(f"[Promotions] {_VERBS[event]}: {drift.model.name} {_binding(drift)}".split())
+    lines = [f"{_VERBS[event]}: {drift.model.name} {drift.describe()}."]
+    if payload["revert"] and payload["revert"]["restored"]:
+        lines += ["", "Put back:"] + [f"  - {change}" for change in payload["revert"]["restored"]]
+    if payload["revert"] and payload["revert"]["reason"]:
+        lines += ["", f"Reason: {payload['revert']['reason']}"]
+    lines += ["", f"Open it: {payload['model']['url']}"]
+    body = "\n".join(lines) + "\n"
+    return send_mass_mail(
+        [(subject, body, settings.DEFAULT_FROM_EMAIL, [address]) for address in addresses],
+        fail_silently=False,
+    )
 
 
 # --- e-mail -----------------------------------------------------------------------------------
@@ -281,6 +383,7 @@ def policy_lowered_email_send(*, stage_name: str, lowered: list[str], actor_id: 
 _EMAIL_SENDS = {
     OutboundEmail.Kind.EVENT: event_email_send,
     OutboundEmail.Kind.POLICY_LOWERED: policy_lowered_email_send,
+    OutboundEmail.Kind.REGISTRY: registry_email_send,
 }
 # Retries wait 5 s, 10 s, 20 s… (jittered), at most a third of the stuck time so that the
 # sweeper never races a retry.

@@ -14,6 +14,7 @@ from django.utils import timezone
 from promotions import audit
 from promotions.models import PromotionRequest
 from promotions.services import requests_refresh_evidence
+from promotions.services.enforcement import drift_respond, reverted_by_us
 from registry_sync.models import DriftEvent, RegisteredModel, SyncRun
 from registry_sync.services import drift_event_create
 
@@ -28,8 +29,9 @@ def refresh_evidence(sender: type[SyncRun], *, version_ids: frozenset[int], **kw
 def record_drift_unless_ours(
     sender: type[RegisteredModel], *, model: RegisteredModel, **change
 ) -> DriftEvent | None:
-    """Record a stage or alias change no request of ours made: the mirror's drift event and flag,
-    and the `registry.drift` audit entry. Returns the event (the sync counts it), or None.
+    """Record a stage or alias change no request (or revert) of ours made: the mirror's drift
+    event and flag, the `registry.drift` audit entry, and what enforcement does about it.
+    Returns the event (the sync counts it), or None.
 
     `change` carries the binding_changed arguments: version, kind, alias, before, after,
     mlflow_timestamp.
@@ -53,12 +55,16 @@ def record_drift_unless_ours(
             "mlflow_timestamp": event.mlflow_timestamp,
         },
     )
+    # The announcement, and in a revert stage the worker's revert: scheduled, never done here.
+    drift_respond(event)
     return event
 
 
 def _is_ours(
     model: RegisteredModel, version: int | None, *, kind: str, alias: str, before: str, after: str, **_
 ) -> bool:
+    if reverted_by_us(model, version, kind=kind, alias=alias, after=after):
+        return True
     if kind == DriftEvent.Kind.STAGE:
         if _applied_by_us(model, version, stage=after):
             return True

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from django.db.models import Count
 from django.urls import reverse
 
 from promotions import roles
-from promotions.models import AuditEvent, PromotionRequest, Review
+from promotions.models import AuditEvent, DriftRevert, PromotionRequest, Review, Stage
 from promotions.policy import decidable_requests
-from registry_sync.models import SyncRun
+from registry_sync.models import DriftEvent, SyncRun
 
 
 @dataclass(frozen=True)
@@ -183,3 +184,91 @@ def with_approvals(rows) -> list:
 def status_counts() -> dict[str, int]:
     counts = dict(PromotionRequest.objects.values_list("status").annotate(n=Count("id")).order_by())
     return {value: counts.get(value, 0) for value, _ in PromotionRequest.Status.choices}
+
+
+# --- drift on the model page --------------------------------------------------------------------
+
+# Legacy stages nobody "holds": nothing to put back into them, no request to file for them.
+_UNHELD = ("", "None", "Archived")
+
+
+def _catalog_stage(*, mlflow_stage: str = "", alias: str = "") -> Stage | None:
+    stages = Stage.objects.filter(is_active=True).order_by("position", "name")
+    if alias:
+        return stages.filter(mlflow_alias=alias).first()
+    if mlflow_stage in _UNHELD:
+        return None
+    return stages.filter(mlflow_stage=mlflow_stage).first()
+
+
+def _revert_url(model_name: str, number: int, stage: Stage) -> str:
+    # rollback=1 only asks: the filing service grants a rollback by the record (catalog.held_before).
+    query = urlencode({"model": model_name, "version": number, "stage": stage.name, "rollback": 1})
+    return f"{reverse('request_create')}?{query}"
+
+
+def _holders_before(event: DriftEvent, record: DriftRevert | None, stage: Stage) -> list[int]:
+    """Who held the binding before the change: the revert record taken at the sync, or else
+    the version our last applied request put there."""
+    key = f"@{event.alias}" if event.kind == DriftEvent.Kind.ALIAS else event.after
+    if record is not None and key in record.holders_before:
+        return list(record.holders_before[key])
+    if event.kind == DriftEvent.Kind.ALIAS:
+        return [int(event.before)] if event.before else []
+    last = (
+        PromotionRequest.objects.filter(
+            version__model=event.model_id, stage=stage, status=PromotionRequest.Status.APPLIED
+        )
+        .exclude(version__version=event.version)
+        .order_by("-applied_at")
+        .values_list("version__version", flat=True)
+        .first()
+    )
+    return [last] if last is not None else []
+
+
+def revert_link(event: DriftEvent, record: DriftRevert | None = None) -> str | None:
+    """The Request revert link of a drift: a request that puts the binding's previous holder back.
+
+    A version moved into a stage (or given an alias): the previous holder back, as a rollback.
+    A version moved out of a stage: that version back. An alias removed: its holder back. None
+    when no request can undo it (an alias set where nobody held it; a holder that still holds).
+    """
+    if record is None:
+        record = DriftRevert.objects.filter(drift_event=event).first()
+    name = event.model.name
+    if event.kind == DriftEvent.Kind.ALIAS:
+        stage = _catalog_stage(alias=event.alias)
+        holders = _holders_before(event, record, stage) if stage else []
+        return _revert_url(name, holders[0], stage) if holders else None
+    into = _catalog_stage(mlflow_stage=event.after)
+    if into is not None:
+        displaced = [
+            number
+            for number in _holders_before(event, record, into)
+            if not event.model.versions.filter(version=number, current_stage=event.after).exists()
+        ]
+        if displaced:
+            return _revert_url(name, max(displaced), into)
+    out_of = _catalog_stage(mlflow_stage=event.before)
+    if out_of is not None and event.version is not None:
+        return _revert_url(name, event.version, out_of)
+    return None
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    event: DriftEvent
+    revert: DriftRevert | None
+    revert_url: str | None
+
+
+def drift_items(events: list[DriftEvent]) -> list[DriftItem]:
+    """The model page's unresolved drift, each with what enforcement did and its revert link."""
+    records = {r.drift_event_id: r for r in DriftRevert.objects.filter(drift_event__in=events)}
+    return [
+        DriftItem(
+            event=event, revert=records.get(event.pk), revert_url=revert_link(event, records.get(event.pk))
+        )
+        for event in events
+    ]

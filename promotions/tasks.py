@@ -11,6 +11,7 @@ from django.utils import timezone
 from promotions import audit, services
 from promotions.errors import TransientApplyError
 from promotions.models import WorkerHeartbeat
+from promotions.services import enforcement
 from promotions.services.lifecycle import APPLY_TASK
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,25 @@ def apply_promotion(self, request_id: int) -> str:
     return outcome
 
 
+@shared_task(
+    bind=True,
+    name=enforcement.REVERT_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,  # the revert's row bounds its attempts (PROMOTION_MAX_ATTEMPTS)
+)
+def revert_drift(self, revert_id: int) -> str:
+    try:
+        return enforcement.drift_revert(revert_id=revert_id)
+    except enforcement.RevertDeferred as exc:
+        logger.warning("Revert #%s waits (%s); retry in %.1f s", revert_id, exc, exc.delay)
+        raise self.retry(countdown=exc.delay, exc=exc) from None
+
+
 @shared_task(name="promotions.sweep_requests")
 def sweep_requests() -> int:
+    # The reverts of drift ride on the same beat entry: their lost publishes are swept here too.
+    enforcement.reverts_sweep()
     return len(services.requests_sweep())
 
 

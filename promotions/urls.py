@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.queue, name="queue"),
     path("queue/bulk/", views.queue_bulk, name="queue_bulk"),
     path("stages/", views.stage_list, name="stage_list"),
+    path("drift/<int:pk>/acknowledge/", views.drift_acknowledge, name="drift_acknowledge"),
     path("models/", views.model_list, name="model_list"),
     # Before model_detail: its <path:name> would take "x/history" for a model's name.
     path("models/<path:name>/history/", views.model_history, name="model_history"),

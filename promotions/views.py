@@ -15,7 +15,7 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from promotions import catalog, history, policy, selectors, services
 from promotions.audit import exports, record_denied, utc_iso
-from promotions.errors import AlreadyDecided, PromotionError, RegistryUnavailable
+from promotions.errors import AlreadyDecided, NotAllowed, PromotionError, RegistryUnavailable
 from promotions.forms import (
     DecisionForm,
     PromotionRequestForm,
@@ -24,7 +24,9 @@ from promotions.forms import (
     parse_text,
 )
 from promotions.models import PromotionRequest, Stage
+from promotions.services import enforcement
 from registry_sync import selectors as mirror
+from registry_sync.models import DriftEvent
 
 PAGE_SIZE = 50
 
@@ -329,6 +331,26 @@ def stage_list(request: HttpRequest) -> HttpResponse:
     return render(request, "promotions/stage_list.html", context)
 
 
+@require_POST
+def drift_acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
+    """A stage admin accepts a drift with a comment; the service checks the role and audits."""
+    _require_role(request)
+    event = DriftEvent.objects.select_related("model").filter(pk=pk).first()
+    if event is None:
+        raise Http404("No such drift.")
+    try:
+        enforcement.drift_acknowledge(
+            event=event, actor=request.user, comment=request.POST.get("comment", "")
+        )
+    except NotAllowed as exc:
+        raise PermissionDenied(exc.message) from None
+    except PromotionError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Drift acknowledged.")
+    return redirect("model_detail", name=event.model.name)
+
+
 @require_GET
 def model_list(request: HttpRequest) -> HttpResponse:
     _require_role(request)
@@ -349,8 +371,11 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     if model is None:
         raise Http404(f"No model named {name!r} in the mirror.")
     page = Paginator(mirror.model_versions(model), PAGE_SIZE).get_page(request.GET.get("page"))
+    view = mirror.model_page(model)
     context = {
-        "view": mirror.model_page(model),
+        "view": view,
+        "drift": selectors.drift_items(view.drift),
+        "may_acknowledge": policy.is_stage_admin(request.user),
         "page": page,
         "last_sync": mirror.last_successful_sync(),
         "history": selectors.stage_history(model),

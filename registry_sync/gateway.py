@@ -302,6 +302,22 @@ def set_alias(name: str, alias: str, version: int) -> None:
         raise _translate(exc, name=name, version=version) from exc
 
 
+def delete_alias(name: str, alias: str) -> None:
+    try:
+        _registry().delete_registered_model_alias(name, alias)
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name) from exc
+
+
+def version_user_id(name: str, version: int) -> str:
+    """The user MLflow names on a version ("" when none). MLflow records no author for a stage
+    transition or an alias move: this is the version's own user, the nearest it says."""
+    try:
+        return _client().get_model_version(name, str(version)).user_id or ""
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name, version=version) from exc
+
+
 def set_version_tags(name: str, version: int, tags: dict[str, str]) -> None:
     registry = _registry()
     try:

@@ -2,8 +2,10 @@
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils.timezone import now
 
 from promotions import services
+from registry_sync.models import DriftEvent
 from tests.factories import mirror_model, stage, version
 
 pytestmark = pytest.mark.django_db
@@ -12,6 +14,7 @@ pytestmark = pytest.mark.django_db
 PAGES = {
     "queue": ("get", False, "requester", 200),
     "queue_bulk": ("post", False, "reviewer", 302),
+    "drift_acknowledge": ("post", "drift", "stage_admin", 302),
     "request_create": ("get", False, "requester", 200),
     "request_detail": ("get", True, "reviewer", 200),
     "request_status": ("get", True, "reviewer", 200),
@@ -56,6 +59,9 @@ def test_every_url_is_in_the_table():
 @pytest.fixture
 def world(requester, reviewer, stage_admin, auditor, outsider):
     model = mirror_model("walked", {1: {"current_stage": "None"}})
+    DriftEvent.objects.create(
+        model=model, version=1, kind="stage", before="Staging", after="None", detected_at=now()
+    )
     request = services.promotion_request_create(
         version=version(model, 1), stage=stage("Staging"), requested_by=requester, justification="walk"
     )
@@ -75,6 +81,8 @@ QUERY = {"audit_manifest": "?format=csv", "holders_export_csv": "?at=2026-03-01T
 def url_for(name, needs, request):
     if needs == "model":
         return reverse(name, args=["walked"])
+    if needs == "drift":
+        return reverse(name, args=[DriftEvent.objects.get(model__name="walked").pk])
     url = reverse(name, args=[request.pk]) if needs else reverse(name)
     return url + QUERY.get(name, "")
 
@@ -129,6 +137,7 @@ REFUSED = {
     "request_decide": {"requester", "stage_admin", "auditor", "outsider"},
     "request_cancel": {"reviewer", "auditor", "outsider"},
     "request_retry": {"requester", "reviewer", "auditor", "outsider"},
+    "drift_acknowledge": {"requester", "reviewer", "auditor", "outsider"},
     "audit_log": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_export_csv": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_export_jsonl": {"requester", "reviewer", "stage_admin", "outsider"},

@@ -73,8 +73,9 @@ def drift(model, number, *, when, kind="stage", alias="", before="", after=""):
 
 
 def reverted(model, number, *, when, before, after):
-    """A `registry.reverted` entry as the drift enforcement will write it. That action is not
-    in this branch's AuditAction yet, so the row is written as the log would hold it."""
+    """A `registry.reverted` entry at `when`, in the shape the drift enforcement records it
+    (`services.enforcement._details`): version `number` put back from `before` to `after`.
+    Written as the log holds it (the service would stamp the time of the test)."""
     return AuditEvent.objects.create(
         sequence=10**9,
         created_at=when,
@@ -83,7 +84,11 @@ def reverted(model, number, *, when, before, after):
         model_name=model.name,
         version=number,
         meaning=f"Reverted: {model.name} v{number} back to {after}",
-        details={"kind": "stage", "alias": "", "before": before, "after": after},
+        details={
+            "outcome": "reverted",
+            "change": {"kind": "stage", "alias": "", "before": after, "after": before},
+            "restored": [{"kind": "stage", "version": number, "from": before, "to": after}],
+        },
         prev_hash="0" * 64,
         hash="0" * 64,
     )

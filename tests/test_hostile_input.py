@@ -14,12 +14,13 @@ import uuid
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
+from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from promotions import services
 from promotions.models import PromotionRequest
-from registry_sync.models import SyncRun
+from registry_sync.models import DriftEvent, RegisteredModel, SyncRun
 from registry_sync.services import sync_registry
 from tests.factories import stage
 from tests.registry_helpers import make_version
@@ -123,6 +124,8 @@ ENDPOINTS = [
     ("request_decide", "post", "/requests/{pk}/decide/", ("decision", "comment", "evidence_sha256")),
     ("request_cancel", "post", "/requests/{pk}/cancel/", ()),
     ("request_retry", "post", "/requests/{pk}/retry/", ()),
+    ("drift_acknowledge", "post", "/drift/{drift}/acknowledge/", ("comment",)),
+    ("drift_acknowledge_path", "post", "/drift/{number}/acknowledge/", ("comment",)),
     ("audit_log", "get", "/audit/", (*AUDIT_FILTERS, "before", "after")),
     ("audit_export_csv", "get", "/audit/export.csv", (*AUDIT_FILTERS, "through")),
     ("audit_export_jsonl", "get", "/audit/export.jsonl", (*AUDIT_FILTERS, "through")),
@@ -178,11 +181,21 @@ def world(registry, model_in_mlflow, requester, reviewer, stage_admin, auditor, 
         clients[role] = Client()
         clients[role].force_login(user)
     clients["anonymous"] = Client()
-    return {"pk": promotion.pk, "model": model_name, "clients": clients}
+    drift = DriftEvent.objects.create(
+        model=RegisteredModel.objects.get(name=model_name),
+        version=1,
+        kind="stage",
+        before="Staging",
+        after="None",
+        detected_at=timezone.now(),
+    )
+    return {"pk": promotion.pk, "model": model_name, "drift": drift.pk, "clients": clients}
 
 
 def _url(template: str, world, path: str, number: int) -> str:
-    return template.format(pk=world["pk"], model=world["model"], path=path, number=number)
+    return template.format(
+        pk=world["pk"], model=world["model"], drift=world["drift"], path=path, number=number
+    )
 
 
 PATH_TEXT = st.one_of(

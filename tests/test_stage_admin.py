@@ -30,6 +30,7 @@ def form(**overrides):
         "checks": "metric accuracy >= 0.9\ntag validation == passed",
         "request_ttl": "3 00:00:00",
         "is_active": "on",
+        "enforcement": "detect",
     }
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}

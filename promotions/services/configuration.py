@@ -27,6 +27,7 @@ STAGE_FIELDS = (
     "checks",
     "request_ttl",
     "is_active",
+    "enforcement",
 )
 
 
