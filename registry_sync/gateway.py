@@ -414,3 +414,107 @@ def registered_model_exists(name: str) -> bool:
             return False
         raise error from exc
     return True
+
+
+# --- MLflow webhooks and delta reads ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookInfo:
+    webhook_id: str
+    name: str
+    url: str
+    events: tuple[str, ...]  # "entity.action", sorted
+    active: bool
+
+
+def _webhook_info(webhook) -> WebhookInfo:
+    return WebhookInfo(
+        webhook_id=webhook.webhook_id,
+        name=webhook.name,
+        url=webhook.url,
+        events=tuple(sorted(f"{event.entity.value}.{event.action.value}" for event in webhook.events)),
+        active=webhook.status.is_active(),
+    )
+
+
+def list_webhooks() -> list[WebhookInfo]:
+    """Every webhook MLflow has (its secrets are never returned)."""
+    client = _client()
+    found: list[WebhookInfo] = []
+    token = None
+    try:
+        while True:
+            page = client.list_webhooks(max_results=100, page_token=token)
+            found.extend(_webhook_info(webhook) for webhook in page)
+            token = page.token
+            if not token:
+                return found
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+
+
+def create_webhook(*, name: str, url: str, events: list[str], secret: str, description: str) -> WebhookInfo:
+    try:
+        webhook = _client().create_webhook(
+            name=name, url=url, events=events, secret=secret, description=description, status="ACTIVE"
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+    return _webhook_info(webhook)
+
+
+def update_webhook(
+    webhook_id: str, *, name: str, url: str, events: list[str], secret: str, description: str
+) -> WebhookInfo:
+    """Set every field, the secret included (MLflow never returns it, so it is always sent)."""
+    try:
+        webhook = _client().update_webhook(
+            webhook_id,
+            name=name,
+            url=url,
+            events=events,
+            secret=secret,
+            description=description,
+            status="ACTIVE",
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+    return _webhook_info(webhook)
+
+
+def delete_webhook(webhook_id: str) -> None:
+    try:
+        _client().delete_webhook(webhook_id)
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+
+
+def iter_model_versions_updated_since(
+    since: int | None, *, page_size: int = 200
+) -> Iterator[list[ModelVersionInfo]]:
+    """Pages of the versions whose last_updated_timestamp is after `since` (MLflow's ms clock).
+
+    MLflow 3.17's search_model_versions refuses `last_updated_timestamp` in a filter (only
+    name, version_number, run_id and source_path may be filtered on) but orders by it. So this
+    asks for every version newest first and stops at the first page that reaches `since`: one
+    call when fewer than `page_size` versions changed, whatever the registry's size. With no
+    `since` it reads one page, the newest versions. Only versions after `since` are yielded.
+    """
+    token = None
+    while True:
+        try:
+            page = _client().search_model_versions(
+                max_results=page_size,
+                order_by=["last_updated_timestamp DESC"],
+                page_token=token,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+        versions = [_version_info(mv) for mv in page]
+        newer = [v for v in versions if since is None or (v.last_updated_timestamp or 0) > since]
+        if newer:
+            yield newer
+        token = page.token
+        if since is None or len(newer) < len(versions) or not token:
+            return
