@@ -426,6 +426,7 @@ class WebhookInfo:
     url: str
     events: tuple[str, ...]  # "entity.action", sorted
     active: bool
+    creation_timestamp: int | None
 
 
 def _webhook_info(webhook) -> WebhookInfo:
@@ -435,6 +436,7 @@ def _webhook_info(webhook) -> WebhookInfo:
         url=webhook.url,
         events=tuple(sorted(f"{event.entity.value}.{event.action.value}" for event in webhook.events)),
         active=webhook.status.is_active(),
+        creation_timestamp=webhook.creation_timestamp,
     )
 
 

@@ -1,14 +1,18 @@
 """`manage.py register_mlflow_webhook`: make MLflow send its registry events to this site.
 
-Idempotent: the webhook is found by its name ("promotions " + SITE_URL) and updated in place
-(URL, events, secret, active again), or created when there is none; duplicates of that name
-(two runs at once) are deleted. MLflow never returns a webhook's secret, so it is always sent:
-running the command again after changing MLFLOW_WEBHOOK_SECRET rotates it.
+Idempotent: the webhook is found by its name ("promotions-" + SITE_URL's host, port and path)
+and updated in place (URL, events, secret, active again), or created when there is none;
+duplicates of that name (two runs at once) are deleted. MLflow never returns a webhook's
+secret, so it is always sent: running the command again after changing MLFLOW_WEBHOOK_SECRET
+rotates it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -28,7 +32,16 @@ DEFAULT_SITE_URL = "http://127.0.0.1:8000"  # config/settings.py's default for S
 
 
 def webhook_name(site_url: str) -> str:
-    return f"promotions {site_url.rstrip('/')}"[:256]
+    """"promotions-" and the site's host, port and path, as MLflow allows a webhook's name:
+    letters, digits, dots, underscores and hyphens, under 63 characters, alphanumeric at both
+    ends. A long address is shortened, with a digest of the whole so two sites never share one."""
+    parts = urlsplit(site_url.rstrip("/"))
+    slug = re.sub(r"[^A-Za-z0-9._]+", "-", f"{parts.netloc}{parts.path}").strip("-._")
+    name = f"promotions-{slug}" if slug else "promotions"
+    if len(name) > 62:
+        digest = hashlib.sha256(site_url.rstrip("/").encode()).hexdigest()[:10]
+        name = f"{name[:50].rstrip('-._')}-{digest}"
+    return name
 
 
 class Command(BaseCommand):
@@ -57,7 +70,11 @@ class Command(BaseCommand):
             "description": "Registry events for the promotion service's mirror (POST /hooks/mlflow/).",
         }
         try:
-            same_name = [hook for hook in gateway.list_webhooks() if hook.name == name]
+            # The oldest is kept: the one an earlier run made.
+            same_name = sorted(
+                (hook for hook in gateway.list_webhooks() if hook.name == name),
+                key=lambda hook: (hook.creation_timestamp or 0, hook.webhook_id),
+            )
             if same_name:
                 hook = gateway.update_webhook(same_name[0].webhook_id, **fields)
                 for duplicate in same_name[1:]:
