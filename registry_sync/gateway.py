@@ -493,16 +493,18 @@ def delete_webhook(webhook_id: str) -> None:
 
 
 def iter_model_versions_updated_since(
-    since: int | None, *, page_size: int = 200
+    since: int | None, *, page_size: int = 200, reread_ms: int = 0
 ) -> Iterator[list[ModelVersionInfo]]:
     """Pages of the versions whose last_updated_timestamp is after `since` (MLflow's ms clock).
 
     MLflow 3.17's search_model_versions refuses `last_updated_timestamp` in a filter (only
     name, version_number, run_id and source_path may be filtered on) but orders by it. So this
-    asks for every version newest first and stops at the first page that reaches `since`: one
-    call when fewer than `page_size` versions changed, whatever the registry's size. With no
-    `since` it reads one page, the newest versions. Only versions after `since` are yielded.
+    asks for every version newest first and pages further only while a whole page is newer than
+    `since`: one call when fewer than `page_size` versions changed, whatever the registry's
+    size. Versions up to `reread_ms` before `since` that the pages read are yielded too (the
+    caller's overlap); they never cause another page. With no `since`: one page, the newest.
     """
+    floor = None if since is None else since - reread_ms
     token = None
     while True:
         try:
@@ -514,9 +516,10 @@ def iter_model_versions_updated_since(
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
         versions = [_version_info(mv) for mv in page]
-        newer = [v for v in versions if since is None or (v.last_updated_timestamp or 0) > since]
-        if newer:
-            yield newer
+        wanted = [v for v in versions if floor is None or (v.last_updated_timestamp or 0) > floor]
+        if wanted:
+            yield wanted
         token = page.token
-        if since is None or len(newer) < len(versions) or not token:
+        reached = since is None or any((v.last_updated_timestamp or 0) <= since for v in versions)
+        if reached or not token:
             return

@@ -449,10 +449,10 @@ def wait_for_registry(timeout: float = 90.0) -> None:
 # --- the delta poll -----------------------------------------------------------------------------
 
 DELTA_WATERMARK = "model_versions"
-# Re-read this much of MLflow's clock before the watermark on every poll: versions updated in
-# the same millisecond as the newest one seen, or committed by another MLflow worker a moment
-# after a later timestamp was read, are not skipped. Re-reading an unchanged version writes
-# nothing.
+# Versions stamped up to this long before the watermark are compared again when the poll's
+# pages reach them (they never cost another page): one updated in the same millisecond as the
+# newest one seen, or committed by another MLflow worker a moment after a later stamp was read,
+# is not skipped. Comparing an unchanged version again writes nothing.
 DELTA_OVERLAP_MS = 2000
 DELTA_PAGE_SIZE = 200
 
@@ -480,8 +480,9 @@ def sync_delta(*, page_size: int = DELTA_PAGE_SIZE) -> SyncRun | None:
     newest = since
     error, cause = "", None
     try:
-        read_from = None if since is None else since - DELTA_OVERLAP_MS
-        for page in gateway.iter_model_versions_updated_since(read_from, page_size=page_size):
+        for page in gateway.iter_model_versions_updated_since(
+            since, page_size=page_size, reread_ms=DELTA_OVERLAP_MS
+        ):
             names = sorted({info.name for info in page})
             seen_models = {m.name: m for m in RegisteredModel.objects.filter(name__in=names)}
             alias_maps = {name: dict(model.aliases) for name, model in seen_models.items()}

@@ -32,7 +32,7 @@ DEFAULT_SITE_URL = "http://127.0.0.1:8000"  # config/settings.py's default for S
 
 
 def webhook_name(site_url: str) -> str:
-    """"promotions-" and the site's host, port and path, as MLflow allows a webhook's name:
+    """ "promotions-" and the site's host, port and path, as MLflow allows a webhook's name:
     letters, digits, dots, underscores and hyphens, under 63 characters, alphanumeric at both
     ends. A long address is shortened, with a digest of the whole so two sites never share one."""
     parts = urlsplit(site_url.rstrip("/"))
