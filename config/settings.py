@@ -269,6 +269,9 @@ MLFLOW_TRACKING_URI = envurl("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000", sch
 MLFLOW_TIMEOUT_SECONDS = envint("MLFLOW_TIMEOUT_SECONDS", 10, minimum=1)
 MLFLOW_WEBHOOK_SECRET = envstr("MLFLOW_WEBHOOK_SECRET", "")
 SYNC_INTERVAL_SECONDS = envint("SYNC_INTERVAL_SECONDS", 60, minimum=5)
+# The delta poll: the versions MLflow updated since the last poll (legacy stage transitions send
+# no webhook), one MLflow call when fewer than a page changed. The full sync stays the safety net.
+SYNC_DELTA_INTERVAL_SECONDS = envint("SYNC_DELTA_INTERVAL_SECONDS", 10, minimum=1)
 
 # Logging -------------------------------------------------------------------------------------
 # Every line passes through common.redact before it is written: an error text may carry a URL
@@ -392,6 +395,12 @@ HEALTHZ_CACHE_SECONDS = envint("HEALTHZ_CACHE_SECONDS", 5, minimum=0)
 # Beat: every periodic task, in one place ------------------------------------------------------
 HEARTBEAT_INTERVAL_SECONDS = 60
 CELERY_BEAT_SCHEDULE = {
+    # A poll not started within its interval is dropped: the next one reads the same changes.
+    "sync-registry-delta": {
+        "task": "registry_sync.sync_delta",
+        "schedule": float(SYNC_DELTA_INTERVAL_SECONDS),
+        "options": {"expires": float(SYNC_DELTA_INTERVAL_SECONDS)},
+    },
     "sync-registry": {"task": "registry_sync.sync_registry", "schedule": float(SYNC_INTERVAL_SECONDS)},
     "worker-heartbeat": {
         "task": "promotions.record_heartbeat",

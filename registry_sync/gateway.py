@@ -430,3 +430,112 @@ def registered_model_exists(name: str) -> bool:
             return False
         raise error from exc
     return True
+
+
+# --- MLflow webhooks and delta reads ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookInfo:
+    webhook_id: str
+    name: str
+    url: str
+    events: tuple[str, ...]  # "entity.action", sorted
+    active: bool
+    creation_timestamp: int | None
+
+
+def _webhook_info(webhook) -> WebhookInfo:
+    return WebhookInfo(
+        webhook_id=webhook.webhook_id,
+        name=webhook.name,
+        url=webhook.url,
+        events=tuple(sorted(f"{event.entity.value}.{event.action.value}" for event in webhook.events)),
+        active=webhook.status.is_active(),
+        creation_timestamp=webhook.creation_timestamp,
+    )
+
+
+def list_webhooks() -> list[WebhookInfo]:
+    """Every webhook MLflow has (its secrets are never returned)."""
+    client = _client()
+    found: list[WebhookInfo] = []
+    token = None
+    try:
+        while True:
+            page = client.list_webhooks(max_results=100, page_token=token)
+            found.extend(_webhook_info(webhook) for webhook in page)
+            token = page.token
+            if not token:
+                return found
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+
+
+def create_webhook(*, name: str, url: str, events: list[str], secret: str, description: str) -> WebhookInfo:
+    try:
+        webhook = _client().create_webhook(
+            name=name, url=url, events=events, secret=secret, description=description, status="ACTIVE"
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+    return _webhook_info(webhook)
+
+
+def update_webhook(
+    webhook_id: str, *, name: str, url: str, events: list[str], secret: str, description: str
+) -> WebhookInfo:
+    """Set every field, the secret included (MLflow never returns it, so it is always sent)."""
+    try:
+        webhook = _client().update_webhook(
+            webhook_id,
+            name=name,
+            url=url,
+            events=events,
+            secret=secret,
+            description=description,
+            status="ACTIVE",
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+    return _webhook_info(webhook)
+
+
+def delete_webhook(webhook_id: str) -> None:
+    try:
+        _client().delete_webhook(webhook_id)
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+
+
+def iter_model_versions_updated_since(
+    since: int | None, *, page_size: int = 200, reread_ms: int = 0
+) -> Iterator[list[ModelVersionInfo]]:
+    """Pages of the versions whose last_updated_timestamp is after `since` (MLflow's ms clock).
+
+    MLflow 3.17's search_model_versions refuses `last_updated_timestamp` in a filter (only
+    name, version_number, run_id and source_path may be filtered on) but orders by it. So this
+    asks for every version newest first and pages further only while a whole page is newer than
+    `since`: one call when fewer than `page_size` versions changed, whatever the registry's
+    size. Versions up to `reread_ms` before `since` that the pages read are yielded too (the
+    caller's overlap); they never cause another page. With no `since`: one page, the newest.
+    """
+    floor = None if since is None else since - reread_ms
+    token = None
+    while True:
+        try:
+            page = _client().search_model_versions(
+                max_results=page_size,
+                order_by=["last_updated_timestamp DESC"],
+                page_token=token,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+        versions = [_version_info(mv) for mv in page]
+        wanted = [v for v in versions if floor is None or (v.last_updated_timestamp or 0) > floor]
+        if wanted:
+            yield wanted
+        token = page.token
+        reached = since is None or any((v.last_updated_timestamp or 0) <= since for v in versions)
+        if reached or not token:
+            return

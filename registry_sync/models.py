@@ -63,6 +63,7 @@ class SyncRun(models.Model):
         WEBHOOK = "webhook", "Webhook"
         REQUEST = "request", "Request"
         APPLY = "apply", "Apply"
+        DELTA = "delta", "Delta poll"
 
     trigger = models.CharField(max_length=16, choices=Trigger.choices)
     scope = models.CharField(max_length=256, blank=True, default="", help_text="model name, or empty for all")
@@ -132,3 +133,43 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return self.delivery_id
+
+
+class SyncWatermark(models.Model):
+    """How far the delta poll has read MLflow's version updates (services.sync_delta).
+
+    `last_updated_timestamp` is MLflow's own clock (milliseconds): the newest
+    `last_updated_timestamp` among the versions the poll has written to the mirror. It only
+    moves forward, and only after those versions are written.
+    """
+
+    name = models.CharField(max_length=64, unique=True)
+    last_updated_timestamp = models.BigIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_updated_timestamp}"
+
+
+class PendingRefresh(models.Model):
+    """A webhook-triggered refresh of one model, queued or running (registry_sync.refresh).
+
+    At most one row per model: a webhook for a model whose refresh is queued enqueues nothing,
+    one for a model whose refresh is running marks `again`, and the running refresh then queues
+    exactly one more when it ends. A storm of events for one model thus costs at most one
+    queued and one running refresh at any moment.
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+
+    model_name = models.CharField(max_length=256, unique=True)
+    state = models.CharField(max_length=8, choices=State.choices)
+    again = models.BooleanField(default=False)
+    # Set by the task that claimed the row: its end is the only one that may finish it.
+    claim = models.CharField(max_length=32, blank=True, default="")
+    changed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.model_name}: {self.state}"

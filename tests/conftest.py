@@ -3,11 +3,12 @@ Celery worker process. Each is started once per session, on a free loopback port
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -159,11 +160,40 @@ class MlflowServer:
         return MlflowClient(tracking_uri=self.url, registry_uri=self.url)
 
 
+# MLflow delivers its webhooks to the live test server only when told loopback http is fine; it
+# keeps webhook secrets encrypted with one key all its workers must share (without it each
+# worker makes up its own and cannot read what another stored); it caches the webhooks of an
+# event for a minute by default, which would hide a webhook a test has just registered.
+MLFLOW_TEST_SERVER_ENV = {
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+}
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    """Set `values` in os.environ while a child process is started, then put it back."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow server (SQLite store) on a free loopback port, shared by the whole run."""
     workdir = tmp_path_factory.mktemp("mlflow")
-    with running_mlflow_server(workdir) as url:
+    with ExitStack() as stack:
+        with _environment(MLFLOW_TEST_SERVER_ENV):
+            url = stack.enter_context(running_mlflow_server(workdir))
         server = MlflowServer(url, workdir)
         previous = settings.MLFLOW_TRACKING_URI
         settings.MLFLOW_TRACKING_URI = url
