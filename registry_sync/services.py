@@ -419,6 +419,39 @@ def drift_event_create(
     return event
 
 
+def mirror_binding_set(
+    model: RegisteredModel,
+    *,
+    stages: dict[int, str] | None = None,
+    alias: tuple[str, int | None] | None = None,
+) -> None:
+    """Write into the mirror a binding the workflow just wrote to MLflow: versions' legacy
+    stages (`stages`: version number -> stage) and/or one alias (`alias`: name, holder or None
+    for nobody). Called inside the caller's transaction, with `model` locked by it, so that a
+    change made in MLflow right after is compared with what was written, not with what the
+    mirror saw before."""
+    for number, stage in (stages or {}).items():
+        ModelVersion.objects.filter(model=model, version=number).update(current_stage=stage)
+    if alias is None:
+        return
+    name, holder = alias
+    aliases = dict(model.aliases or {})
+    if holder is None:
+        aliases.pop(name, None)
+    else:
+        aliases[name] = holder
+    RegisteredModel.objects.filter(pk=model.pk).update(aliases=aliases)
+    model.aliases = aliases
+    for row in ModelVersion.objects.filter(model=model).only("pk", "aliases", "version"):
+        current = row.aliases or []
+        if row.version == holder:
+            wanted = sorted({*current, name})
+        else:
+            wanted = sorted(a for a in current if a != name)
+        if wanted != current:
+            ModelVersion.objects.filter(pk=row.pk).update(aliases=wanted)
+
+
 def model_drift_resolve(*, model: RegisteredModel) -> None:
     with transaction.atomic():
         DriftEvent.objects.filter(model=model, resolved=False).update(resolved=True)

@@ -19,7 +19,7 @@ from bench.common import wait_until
 from promotions import catalog, history, notifications, outbox, selectors
 from promotions.models import AuditEvent, DriftRevert, PromotionRequest, Stage, WebhookEndpoint
 from promotions.services import enforcement
-from registry_sync.models import DriftEvent, RegisteredModel, SyncRun
+from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun
 from registry_sync.services import sync_registry
 from tests.conftest import make_user
 from tests.factories import mirror_model, version
@@ -182,6 +182,42 @@ def test_an_alias_set_where_nobody_held_it_is_deleted(registry, model_name):
 
     assert alias_holder(client, model_name) is None
     assert sync(model_name).drift == 0
+
+
+def test_an_intrusion_right_after_a_revert_is_not_taken_for_the_record(registry, model_name):
+    """The revert writes the record into the mirror at once: a second intruder that comes before
+    any sync has seen the revert is compared with the record, not with the first intruder."""
+    client = registry.client()
+    for _ in range(3):
+        make_version(client, model_name)
+    sync(model_name)
+    champion()
+    client.set_registered_model_alias(model_name, "champion", "2")  # nobody held it
+    sync(model_name)
+    assert revert_all(model_name) == ["reverted"]
+    assert alias_holder(client, model_name) is None
+    assert RegisteredModel.objects.get(name=model_name).aliases == {}
+
+    client.set_registered_model_alias(model_name, "champion", "3")  # before any sync
+    run = sync(model_name)
+
+    assert run.drift == 1
+    latest = reverts(model_name)[-1]
+    assert (latest.drift_event.before, latest.drift_event.after) == ("", "3")
+    assert enforcement.drift_revert(revert_id=latest.pk) == "reverted"
+    assert alias_holder(client, model_name) is None  # deleted again, not handed to v2
+
+
+def test_a_revert_writes_the_record_into_the_mirror(production_model, model_name):
+    enforce("Production")
+    transition(production_model, model_name, 2, "Production", archive=True)  # archives v1
+    sync(model_name)
+    revert_all(model_name)
+
+    mirrored = dict(
+        ModelVersion.objects.filter(model__name=model_name).values_list("version", "current_stage")
+    )
+    assert mirrored == {1: "Production", 2: "None"}
 
 
 def test_a_stage_in_detect_mode_only_flags(production_model, model_name, mlflow_proxy):

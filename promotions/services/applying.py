@@ -31,7 +31,8 @@ from promotions.services.lifecycle import (
     status_set,
 )
 from registry_sync import gateway
-from registry_sync.models import ModelVersion, RegisteredModel
+from registry_sync.models import RegisteredModel
+from registry_sync.services import mirror_binding_set
 
 logger = logging.getLogger(__name__)
 Status = PromotionRequest.Status
@@ -406,23 +407,9 @@ def _update_mirror(request: PromotionRequest, outcome: _Outcome) -> None:
     """Record in the mirror what we just did, so the next sync sees no drift."""
     stage, version = request.stage, request.version
     model = RegisteredModel.objects.select_for_update().get(pk=version.model_id)
+    stages = {}
     if stage.mlflow_stage:
-        if outcome.archived:
-            ModelVersion.objects.filter(model=model, version__in=outcome.archived).update(
-                current_stage="Archived"
-            )
-        ModelVersion.objects.filter(pk=version.pk).update(current_stage=stage.mlflow_stage)
-    if stage.mlflow_alias:
-        aliases = dict(model.aliases or {})
-        aliases[stage.mlflow_alias] = version.version
-        RegisteredModel.objects.filter(pk=model.pk).update(aliases=aliases)
-        for row in ModelVersion.objects.filter(model=model, aliases__isnull=False).only(
-            "pk", "aliases", "version"
-        ):
-            wanted = (
-                sorted({*row.aliases, stage.mlflow_alias})
-                if row.version == version.version
-                else sorted(a for a in row.aliases if a != stage.mlflow_alias)
-            )
-            if wanted != row.aliases:
-                ModelVersion.objects.filter(pk=row.pk).update(aliases=wanted)
+        stages = {number: "Archived" for number in outcome.archived}
+        stages[version.version] = stage.mlflow_stage
+    alias = (stage.mlflow_alias, version.version) if stage.mlflow_alias else None
+    mirror_binding_set(model, stages=stages, alias=alias)

@@ -15,7 +15,7 @@ row first, so the next sync knows them as ours (`reverted_by_us`), not as new dr
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -31,6 +31,7 @@ from promotions.services.applying import retry_delay
 from promotions.text import clean_text
 from registry_sync import gateway
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel
+from registry_sync.services import mirror_binding_set
 
 logger = logging.getLogger(__name__)
 REVERT_TASK = "promotions.revert_drift"
@@ -147,6 +148,9 @@ class _Plan:
 
     stage_moves: list[tuple[int, str, str]]  # (version, from, to)
     alias_move: tuple[str, str, str] | None  # (alias, from holder, to holder; "" for nobody)
+    # The record, whether or not MLflow still needed the writes: what the mirror shows after.
+    stage_record: dict[int, str] = field(default_factory=dict)
+    alias_record: tuple[str, int | None] | None = None
 
     @property
     def changes(self) -> list[dict]:
@@ -225,7 +229,8 @@ def _plan(revert: DriftRevert, stages: list[Stage]) -> _Plan:
         live = gateway.get_version_by_alias(name, event.alias)
         now_holder = str(live.version) if live else ""
         to = str(wanted[0]) if wanted else ""
-        return _Plan([], None if now_holder == to else (event.alias, now_holder, to))
+        move = None if now_holder == to else (event.alias, now_holder, to)
+        return _Plan([], move, alias_record=(event.alias, int(to) if to else None))
     governed = {s.mlflow_stage for s in stages if s.mlflow_stage}
     wanted: dict[int, str] = {}
     # The intruder goes back where it was, the holders it displaced back to their stage.
@@ -234,15 +239,16 @@ def _plan(revert: DriftRevert, stages: list[Stage]) -> _Plan:
     for legacy_stage, versions in revert.holders_before.items():
         if legacy_stage in governed:
             wanted.update({number: legacy_stage for number in versions if number != event.version})
-    moves = []
+    moves, record = [], {}
     for number, target in wanted.items():
         try:
             live = gateway.get_model_version(name, number)
         except gateway.VersionNotFound:
             continue  # deleted in MLflow since: nothing left to put back
+        record[number] = target
         if live.current_stage != target:
             moves.append((number, live.current_stage, target))
-    return _Plan(moves, None)
+    return _Plan(moves, None, stage_record=record)
 
 
 def _write(revert: DriftRevert, plan: _Plan, stages: list[Stage]) -> None:
@@ -373,6 +379,12 @@ def _finish(revert: DriftRevert, status: str, *, outcome: str, plan: _Plan | Non
     with transaction.atomic():
         if not _mine(revert).update(status=status, finished_at=now, updated_at=now, last_error=""):
             return "lost the claim"
+        if plan is not None:
+            # The mirror shows the record at once: a change made in MLflow right after the revert
+            # is compared with what was put back, not with the intruder the mirror saw last
+            # (which a second revert would otherwise "restore").
+            model = RegisteredModel.objects.select_for_update().get(pk=event.model_id)
+            mirror_binding_set(model, stages=plan.stage_record, alias=plan.alias_record)
         _event_resolve(event)
         words = {
             "reverted": "Reverted",

@@ -1,29 +1,34 @@
-"""Benchmark: how fast do out-of-band registry changes reach the mirror, and at what cost?
+"""Benchmark: how fast are out-of-band registry changes seen and undone, and at what cost?
 
 Starts its own MLflow server (SQLite store, in a temporary directory, allowed to deliver its
-webhooks to loopback http), fills it with N models x 10 versions, and runs the product around it:
-the inbound webhook view served by a WSGI server in this process, a real Celery worker process
-(the project's `config.celery` app, `--pool threads`) on a throwaway SQLite broker, and a throwaway
-SQLite mirror. Then it measures
+webhooks to loopback http), fills it with N models x 10 versions (every other model's @champion
+on v1), and runs the product around it as production does: the web (gunicorn, its own process,
+serving MLflow's webhooks), a real Celery worker process (the project's `config.celery` app,
+`--pool threads`) on a throwaway SQLite broker, and a throwaway SQLite mirror. Production and a
+"Champion" stage bound to @champion are in `revert` enforcement. Then it measures
 
   (a)  MLflow calls per delta poll (registry_sync.services.sync_delta), counted by a proxy in
        front of MLflow, at 10 models and at N models: an idle poll, and a poll after one legacy
        stage transition;
-  (b)  the time from an alias moved by a plain MlflowClient to the mirror showing it, through
-       MLflow's webhook (registered by `manage.py register_mlflow_webhook`), the view and the
-       worker's refresh of that model: p50/p95 over --alias-changes;
-  (c)  the time from a legacy stage transition by a plain MlflowClient to the mirror showing it,
-       through the delta poll running in a loop every --interval seconds in this process (what
-       beat and a worker do every SYNC_DELTA_INTERVAL_SECONDS): p50/p95 over --stage-changes,
-       each made at a random moment of the interval.
+  (b)  an alias moved (or set, where nobody held it) by a plain MlflowClient: the time until the
+       mirror has recorded it (its drift event: MLflow's webhook, the view, the worker's refresh
+       of that model) and until MLflow shows the alias back where it was (the worker's revert):
+       p50/p95 over --alias-changes;
+  (c)  a version moved into Production by a plain MlflowClient (a legacy stage transition, for
+       which MLflow sends no event): the time until the mirror has recorded it, through the delta
+       poll running in a loop every --interval seconds in this process (what beat and a worker do
+       every SYNC_DELTA_INTERVAL_SECONDS), and until MLflow shows the version back in its stage:
+       p50/p95 over --stage-changes, each made at a random moment of the interval;
+  (d)  the CPU time of the web and the worker processes (all their threads and children, from
+       /proc) per 1,000 changes of (b) and of (c).
 
-Targets: calls per idle poll = 1 at both sizes; alias mirrored p95 <= 2 s; stage mirrored
-p95 <= interval + 2 s.
+Targets: calls per idle poll = 1 at both sizes; alias mirrored p95 <= 2 s, reverted p95 <= 5 s;
+stage mirrored p95 <= interval + 2 s.
 
 Run from the repository root:
 
-    .venv/bin/python bench/delta.py                  # 1000 models x 10 versions
-    .venv/bin/python bench/delta.py --models 10      # 10 models only: (a) at one size
+    .venv/bin/python bench/enforce.py                  # 1000 models x 10 versions
+    .venv/bin/python bench/enforce.py --models 10      # 10 models only: (a) at one size
 """
 
 from __future__ import annotations
@@ -41,16 +46,19 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
+    BIN,
+    answers,
     free_port,
     mlflow_server,
     setup_django,
     start_celery_worker,
+    start_process,
     stop_process_group,
+    wait_for_process,
     wait_until,
 )
 
@@ -58,25 +66,25 @@ SMALL = 10
 VERSIONS = 10
 SECRET = "bench-webhook-secret"
 TARGET_ALIAS_P95 = 2.0
+TARGET_ALIAS_REVERTED_P95 = 5.0
 STAGE_SLACK = 2.0
 
 
-class _ThreadingWSGIServer(WSGIServer):
-    daemon_threads = True
-
-    def process_request(self, request, client_address):  # one thread per request
-        threading.Thread(target=self._handle, args=(request, client_address), daemon=True).start()
-
-    def _handle(self, request, client_address):
+def cpu_seconds(process) -> float:
+    """User + system CPU of a process group so far (its leader's pid is the group id), from /proc:
+    every process of the group, threads included, plus what its reaped children used."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            self.finish_request(request, client_address)
-        finally:
-            self.shutdown_request(request)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == process.pid:  # fields[2] is the process group (5th field of stat)
+            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / tick
 
 
 def populate(url: str, first: int, last: int, threads: int) -> None:
@@ -88,6 +96,8 @@ def populate(url: str, first: int, last: int, threads: int) -> None:
         client.create_registered_model(name)
         for _ in range(VERSIONS):
             client.create_model_version(name, "s3://bench/model")
+        if index % 2 == 0:
+            client.set_registered_model_alias(name, "champion", "1")
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(first, last)))
@@ -133,8 +143,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8, help="client threads populating MLflow")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-delta-"))
-    print(f"bench/delta.py: {args.models} models x {VERSIONS} versions; workdir {workdir}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-enforce-"))
+    print(f"bench/enforce.py: {args.models} models x {VERSIONS} versions; workdir {workdir}", flush=True)
     # The server may deliver to this machine's loopback over http, shares one key for the
     # webhook secrets among its workers, and caches webhook lists for 1 s (60 s by default,
     # which only delays a webhook registered in the last minute).
@@ -170,10 +180,10 @@ def main() -> int:
             )
             from django.conf import settings
             from django.core.management import call_command
-            from django.core.wsgi import get_wsgi_application
             from mlflow import MlflowClient
 
-            from registry_sync.models import ModelVersion, RegisteredModel, SyncRun
+            from promotions.models import AuditEvent
+            from registry_sync.models import DriftEvent, SyncRun
             from registry_sync.services import sync_delta, sync_registry
 
             settings.DEBUG = False
@@ -196,37 +206,81 @@ def main() -> int:
                 sync_delta()
                 calls[args.models] = measure_calls(proxy, client, f"bench_{args.models - 1:05d}")
 
-            # (b) alias moved in MLflow -> mirror, through MLflow's webhook and a real worker
-            web = make_server(
-                "127.0.0.1", web_port, get_wsgi_application(), _ThreadingWSGIServer, _QuietHandler
+            # The catalog: Production and a stage bound to @champion undo what they did not approve.
+            from promotions.models import Stage
+
+            Stage.objects.filter(name="Production").update(enforcement=Stage.Enforcement.REVERT)
+            Stage.objects.create(
+                name="Champion", position=40, mlflow_alias="champion", enforcement=Stage.Enforcement.REVERT
             )
-            threading.Thread(target=web.serve_forever, daemon=True).start()
+            sync_registry(trigger=SyncRun.Trigger.COMMAND)
+
+            # The web (MLflow's webhooks reach it) and the worker, each a process of its own.
             env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONUNBUFFERED": "1"}
+            web = start_process(
+                [
+                    str(BIN / "gunicorn"),
+                    "config.wsgi",
+                    "--bind",
+                    f"127.0.0.1:{web_port}",
+                    "--workers",
+                    "1",
+                    "--threads",
+                    "4",
+                ],
+                log_path=workdir / "web.log",
+                env={**env, "ALLOWED_HOSTS": "127.0.0.1,localhost"},
+            )
+            wait_for_process(
+                web,
+                lambda: answers(f"{site_url}/healthz", (200, 503)),
+                what="the web",
+                timeout=60,
+                log_path=workdir / "web.log",
+            )
             worker = start_celery_worker(
-                "config", log_path=workdir / "worker.log", env=env, concurrency=2, name="bench-delta"
+                "config", log_path=workdir / "worker.log", env=env, concurrency=2, name="bench-enforce"
             )
             call_command("register_mlflow_webhook")
             time.sleep(3)  # the worker's start, and MLflow's 1 s webhook cache
-            alias_times: list[float] = []
+
+            def drift_count(name: str) -> int:
+                return DriftEvent.objects.filter(model__name=name).count()
+
+            def alias_holder(name: str) -> int | None:
+                holder = client.get_registered_model(name).aliases.get("champion")
+                return int(holder) if holder is not None else None
+
+            # (b) alias moved in MLflow -> drift recorded (webhook, worker) -> moved back (worker)
+            alias_seen: list[float] = []
+            alias_reverted: list[float] = []
+            cpu_before = (cpu_seconds(web), cpu_seconds(worker))
             for number in range(args.alias_changes):
                 name = f"bench_{random.randrange(args.models):05d}"
-                current = RegisteredModel.objects.get(name=name).aliases.get("champion")
-                target = random.choice([v for v in range(1, VERSIONS + 1) if v != current])
+                holder = alias_holder(name)
+                target = random.choice([v for v in range(1, VERSIONS + 1) if v != holder])
+                drifts = drift_count(name)
                 started = time.perf_counter()
                 client.set_registered_model_alias(name, "champion", str(target))
                 wait_until(
-                    lambda name=name, target=target: (
-                        RegisteredModel.objects.get(name=name).aliases.get("champion") == target
-                        and "champion" in ModelVersion.objects.get(model__name=name, version=target).aliases
-                    ),
+                    lambda name=name, drifts=drifts: drift_count(name) > drifts,
                     timeout=60,
                     interval=0.01,
-                    message=f"alias change {number} on {name}",
+                    message=f"alias change {number} on {name} to be recorded",
                 )
-                alias_times.append(time.perf_counter() - started)
-            print(f"(b) {len(alias_times)} alias changes measured", flush=True)
+                alias_seen.append(time.perf_counter() - started)
+                wait_until(
+                    lambda name=name, holder=holder: alias_holder(name) == holder,
+                    timeout=60,
+                    interval=0.05,
+                    message=f"alias change {number} on {name} to be reverted",
+                )
+                alias_reverted.append(time.perf_counter() - started)
+            time.sleep(2)  # the webhooks of the reverts themselves, and their refreshes
+            cpu_alias = (cpu_seconds(web) - cpu_before[0], cpu_seconds(worker) - cpu_before[1])
+            print(f"(b) {len(alias_seen)} alias changes measured", flush=True)
 
-            # (c) legacy stage transition -> mirror, through the delta poll in a loop
+            # (c) a version moved into Production -> drift recorded (delta poll) -> moved back
             stop = threading.Event()
 
             def poll_loop() -> None:
@@ -240,27 +294,40 @@ def main() -> int:
 
             loop = threading.Thread(target=poll_loop, daemon=True)
             loop.start()
-            stage_times: list[float] = []
-            stages = ["Staging", "Production", "Archived", "None"]
+            stage_seen: list[float] = []
+            stage_reverted: list[float] = []
+            cpu_before = (cpu_seconds(web), cpu_seconds(worker))
             for number in range(args.stage_changes):
                 time.sleep(random.uniform(0, args.interval))  # a random moment of the interval
                 name = f"bench_{random.randrange(args.models):05d}"
                 version = 1 + random.randrange(VERSIONS)
-                now = ModelVersion.objects.get(model__name=name, version=version).current_stage
-                target = random.choice([s for s in stages if s != now])
+                was = client.get_model_version(name, str(version)).current_stage
+                if was == "Production":
+                    continue
+                drifts = drift_count(name)
                 started = time.perf_counter()
-                transition(client, name, version, target)
+                transition(client, name, version, "Production")
                 wait_until(
-                    lambda name=name, version=version, target=target: (
-                        ModelVersion.objects.get(model__name=name, version=version).current_stage == target
-                    ),
+                    lambda name=name, drifts=drifts: drift_count(name) > drifts,
                     timeout=args.interval * 3 + 30,
                     interval=0.01,
-                    message=f"stage change {number} on {name} v{version}",
+                    message=f"stage change {number} on {name} v{version} to be recorded",
                 )
-                stage_times.append(time.perf_counter() - started)
+                stage_seen.append(time.perf_counter() - started)
+                wait_until(
+                    lambda name=name, version=version, was=was: (
+                        client.get_model_version(name, str(version)).current_stage == was
+                    ),
+                    timeout=60,
+                    interval=0.05,
+                    message=f"stage change {number} on {name} v{version} to be reverted",
+                )
+                stage_reverted.append(time.perf_counter() - started)
             stop.set()
             loop.join(args.interval + 30)
+            cpu_stage = (cpu_seconds(web) - cpu_before[0], cpu_seconds(worker) - cpu_before[1])
+            reverted = AuditEvent.objects.filter(action="registry.reverted").count()
+            failed = AuditEvent.objects.filter(action="registry.revert_failed").count()
             proxy.close()
 
         print()
@@ -276,20 +343,34 @@ def main() -> int:
         print(f"    one version search per poll with a change: {'yes' if search_ok else 'NO'}")
         target_stage = args.interval + STAGE_SLACK
         for label, values, target in (
-            ("(b) alias moved -> mirrored, webhook + worker", alias_times, TARGET_ALIAS_P95),
-            ("(c) stage moved -> mirrored, delta poll loop", stage_times, target_stage),
+            ("(b) alias moved -> recorded (webhook + worker)", alias_seen, TARGET_ALIAS_P95),
+            ("(b) alias moved -> reverted in MLflow", alias_reverted, TARGET_ALIAS_REVERTED_P95),
+            ("(c) stage moved -> recorded (delta poll loop)", stage_seen, target_stage),
+            ("(c) stage moved -> reverted in MLflow", stage_reverted, None),
         ):
             if not values:
                 continue
             p50, p95 = statistics.median(values), percentile(values, 0.95)
-            print(
-                f"{label}: n={len(values)} p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(values):.2f} s; "
-                f"target p95 <= {target:.1f} s: {'met' if p95 <= target else 'NOT met'}"
+            verdict = (
+                f"target p95 <= {target:.1f} s: {'met' if p95 <= target else 'NOT met'}" if target else ""
             )
+            figures = f"n={len(values)} p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(values):.2f} s"
+            print(f"{label}: {figures}; {verdict}")
+        print(f"    registry.reverted entries: {reverted}; registry.revert_failed: {failed}")
+        for label, (web_cpu, worker_cpu), count in (
+            ("(b) alias changes", cpu_alias, len(alias_seen)),
+            ("(c) stage changes", cpu_stage, len(stage_seen)),
+        ):
+            if count:
+                print(
+                    f"(d) CPU per 1,000 {label}: web {web_cpu / count * 1000:.1f} s, "
+                    f"worker {worker_cpu / count * 1000:.1f} s ({count} changes: web {web_cpu:.2f} s, "
+                    f"worker {worker_cpu:.2f} s)"
+                )
         return 0
     finally:
         if web is not None:
-            web.shutdown()
+            stop_process_group(web)
         if worker is not None:
             stop_process_group(worker)
         if args.keep:
