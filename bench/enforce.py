@@ -29,6 +29,7 @@ Run from the repository root:
 
     .venv/bin/python bench/enforce.py                  # 1000 models x 10 versions
     .venv/bin/python bench/enforce.py --models 10      # 10 models only: (a) at one size
+    .venv/bin/python bench/enforce.py --broker redis://127.0.0.1:6379/7   # as production runs
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="SYNC_DELTA_INTERVAL_SECONDS")
     parser.add_argument("--threads", type=int, default=8, help="client threads populating MLflow")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--broker",
+        default=None,
+        help="CELERY_BROKER_URL, e.g. redis://127.0.0.1:6379/7 (default: a throwaway SQLite broker, "
+        "which its worker polls once a second)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-enforce-"))
     print(f"bench/enforce.py: {args.models} models x {VERSIONS} versions; workdir {workdir}", flush=True)
@@ -172,6 +179,7 @@ def main() -> int:
             setup_django(
                 workdir / "django",
                 mlflow_url=proxy.url,
+                broker_url=args.broker,
                 extra_env={
                     "MLFLOW_WEBHOOK_SECRET": SECRET,
                     "SITE_URL": site_url,
