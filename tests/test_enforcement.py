@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
@@ -288,17 +289,36 @@ def test_a_revert_mlflow_refuses_fails_visibly(production_model, model_name, mlf
     (revert,) = reverts(model_name)
     mlflow_proxy.mode = "deny"
 
-    assert enforcement.drift_revert(revert_id=revert.pk) == "failed"
-
+    # Refused: visible at once, and tried again with the apply's backoff.
+    with pytest.raises(enforcement.RevertDeferred) as deferred:
+        enforcement.drift_revert(revert_id=revert.pk)
+    assert deferred.value.delay > 0
     revert.refresh_from_db()
-    assert revert.status == Status.FAILED and "refused the credentials" in revert.last_error
+    assert revert.status == Status.PENDING and "refused the credentials" in revert.last_error
     entry = AuditEvent.objects.get(action="registry.revert_failed", model_name=model_name)
-    assert entry.details["outcome"] == "failed" and "refused the credentials" in entry.details["reason"]
+    assert entry.details["outcome"] == "refused" and "refused the credentials" in entry.details["reason"]
     assert DriftEvent.objects.filter(model__name=model_name, resolved=False).count() == 1
     assert stages_of(production_model, model_name)[1] == "Staging"
     client.force_login(reviewer)
     page = client.get(f"/models/{model_name}/").content.decode()
-    assert "Revert failed:" in page and "refused the credentials" in page
+    assert "Revert failed:" in page and "refused the credentials" in page and "tries again" in page
+
+    # Every attempt refused: it ends failed, in the log and on the page.
+    while True:
+        DriftRevert.objects.filter(pk=revert.pk).update(not_before=timezone.now())
+        try:
+            outcome = enforcement.drift_revert(revert_id=revert.pk)
+            break
+        except enforcement.RevertDeferred:
+            continue
+    assert outcome == "failed"
+    revert.refresh_from_db()
+    assert revert.status == Status.FAILED and revert.attempts == settings.PROMOTION_MAX_ATTEMPTS
+    failures = AuditEvent.objects.filter(action="registry.revert_failed", model_name=model_name)
+    assert [e.details["outcome"] for e in failures.order_by("sequence")][-1] == "failed"
+    assert failures.count() == settings.PROMOTION_MAX_ATTEMPTS
+    page = client.get(f"/models/{model_name}/").content.decode()
+    assert "Revert failed:" in page and "tries again" not in page
 
 
 def test_mlflow_down_during_a_revert_retries_with_the_apply_backoff(

@@ -314,23 +314,47 @@ def drift_revert(*, revert_id: int) -> str:
     except _ClaimLost:
         return "lost the claim"
     except gateway.RegistryUnavailable as exc:
-        reason = redact(str(exc))
-        attempts = revert.attempts + 1
-        if attempts >= settings.PROMOTION_MAX_ATTEMPTS:
-            return _fail(revert, f"MLflow unreachable after {attempts} attempts: {reason}", attempts=attempts)
-        delay = retry_delay(attempts)
-        _mine(revert).update(
+        return _retry_later(revert, f"MLflow unreachable: {exc}", refused=False)
+    except gateway.RegistryPermissionDenied as exc:
+        # Visible at once (the page, the log), and tried again: the credentials may be mended.
+        return _retry_later(revert, str(exc), refused=True)
+    except (gateway.RegistryRejected, gateway.ModelNotFound, gateway.VersionNotFound) as exc:
+        return _fail(revert, f"MLflow refused the revert: {exc}", attempts=revert.attempts + 1)
+
+
+def _retry_later(revert: DriftRevert, reason: str, *, refused: bool) -> str:
+    """Another attempt after the apply's backoff, or the end after PROMOTION_MAX_ATTEMPTS. A
+    refusal is recorded as `registry.revert_failed` at every attempt; MLflow not answering only
+    at the last. Raises RevertDeferred when there is another attempt to come."""
+    reason = redact(reason)
+    attempts = revert.attempts + 1
+    if attempts >= settings.PROMOTION_MAX_ATTEMPTS:
+        return _fail(revert, f"{reason} (gave up after {attempts} attempts)", attempts=attempts)
+    delay = retry_delay(attempts)
+    now = timezone.now()
+    with transaction.atomic():
+        if not _mine(revert).update(
             status=Status.PENDING,
             attempts=attempts,
             last_error=reason[:2000],
-            updated_at=timezone.now(),
-            not_before=timezone.now() + timedelta(seconds=delay),
-        )
-        raise RevertDeferred(reason, delay) from None
-    except gateway.RegistryPermissionDenied as exc:
-        return _fail(revert, str(exc), attempts=revert.attempts + 1)
-    except (gateway.RegistryRejected, gateway.ModelNotFound, gateway.VersionNotFound) as exc:
-        return _fail(revert, f"MLflow refused the revert: {exc}", attempts=revert.attempts + 1)
+            updated_at=now,
+            not_before=now + timedelta(seconds=delay),
+        ):
+            return "lost the claim"
+        if refused:
+            event = revert.drift_event
+            audit.record(
+                action=audit.AuditAction.REGISTRY_REVERT_FAILED,
+                meaning=f"Revert refused: {event.model.name} {event.describe()}: {reason}; tried again",
+                details={
+                    **_details(revert, "refused", None),
+                    "reason": reason,
+                    "attempts": attempts,
+                    "retry_in_seconds": round(delay, 1),
+                },
+                **_audit_context(revert),
+            )
+    raise RevertDeferred(reason, delay)
 
 
 def _who(revert: DriftRevert) -> dict:
