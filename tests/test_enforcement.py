@@ -459,6 +459,18 @@ def test_no_revert_link_where_no_request_can_undo_it():
     assert selectors.revert_link(only_event(first_holder)) is None
 
 
+def test_the_page_says_why_a_drift_has_no_revert_link(client, requester):
+    champion("detect")
+    model = mirror_model(versions={1: {}})
+    announce(model, version=1, kind="alias", alias="champion", before="", after="1")
+    client.force_login(requester)
+
+    page = client.get(f"/models/{model.name}/").content.decode()
+
+    assert "Request revert" not in page
+    assert "No request can undo this" in page and "acknowledge it" in page
+
+
 def test_the_model_page_shows_the_link_the_server_computed(client, requester):
     model = mirror_model(versions={3: {"current_stage": "Production"}})
     announce(model, version=3, kind="stage", before="Production", after="Staging")
