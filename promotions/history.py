@@ -236,34 +236,22 @@ def request_changes(request: PromotionRequest, entry: AuditEvent | None) -> list
     archived = _numbers(details.get("archived"))
     previous = _numbers(details.get("previous_holders"))
     alias_only = all(b.kind == ALIAS for b in bindings)
+    sequence = entry.sequence if entry else 0
     changes = []
     for binding in bindings:
         if binding.kind == STAGE:
             archives = request.stage.archive_existing or bool(archived)
-            changes.append(
-                Change(
-                    at=request.applied_at,
-                    binding=binding,
-                    version=request.version.version,
-                    source=source,
-                    leaving=archived,
-                    displaces_all=request.stage.archive_existing,
-                    displaced_to=Binding(STAGE, ARCHIVED) if archives else None,
-                    order=(entry.sequence if entry else 0, 0, request.pk),
-                )
-            )
+            how = {
+                "leaving": archived,
+                "displaces_all": request.stage.archive_existing,
+                "displaced_to": Binding(STAGE, ARCHIVED) if archives else None,
+                "order": (sequence, 0, request.pk),
+            }
         else:
-            changes.append(
-                Change(
-                    at=request.applied_at,
-                    binding=binding,
-                    version=request.version.version,
-                    source=source,
-                    # Recorded together with the stage's holders when the stage has both halves.
-                    leaving=previous if alias_only else frozenset(),
-                    order=(entry.sequence if entry else 0, 1, request.pk),
-                )
-            )
+            # Recorded together with the stage's holders when the stage has both halves.
+            how = {"leaving": previous if alias_only else frozenset(), "order": (sequence, 1, request.pk)}
+        version = request.version.version
+        changes.append(Change(at=request.applied_at, binding=binding, version=version, source=source, **how))
     return changes
 
 

@@ -364,12 +364,17 @@ def model_list(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
-@require_GET
-def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+def _model_or_404(request: HttpRequest, name: str):
     _require_role(request)
     model = mirror.model_by_name(name)
     if model is None:
         raise Http404(f"No model named {name!r} in the mirror.")
+    return model
+
+
+@require_GET
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    model = _model_or_404(request, name)
     page = Paginator(mirror.model_versions(model), PAGE_SIZE).get_page(request.GET.get("page"))
     view = mirror.model_page(model)
     context = {
@@ -388,10 +393,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_GET
 def model_history(request: HttpRequest, name: str) -> HttpResponse:
-    _require_role(request)
-    model = mirror.model_by_name(name)
-    if model is None:
-        raise Http404(f"No model named {name!r} in the mirror.")
+    model = _model_or_404(request, name)
     context = {"history": history.model_history(model), "may_export": policy.is_auditor(request.user)}
     return render(request, "promotions/model_history.html", context)
 

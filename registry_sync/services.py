@@ -97,6 +97,12 @@ def sync_registry(
     except gateway.RegistryError as exc:
         error, cause = redact(str(exc)) or type(exc).__name__, exc
         logger.warning("Registry sync failed: %s", error)
+    return _run_finish(run, stats, error, cause)
+
+
+def _run_finish(run: SyncRun, stats: SyncStats, error: str, cause: Exception | None) -> SyncRun:
+    """Save the run with its counts, announce the changed versions (on a failure too: the pages
+    written before it stand), then raise SyncFailed for a failed run or return it."""
     run.finished_at = timezone.now()
     run.models_seen, run.versions_seen = stats.models, stats.versions
     run.created, run.updated, run.deleted, run.drift = (
@@ -539,20 +545,5 @@ def sync_delta(*, page_size: int = DELTA_PAGE_SIZE) -> SyncRun | None:
         ).update(last_updated_timestamp=newest, updated_at=timezone.now())
     if not (error or stats.created or stats.updated or stats.changed_version_ids):
         return None
-    run = SyncRun.objects.create(
-        trigger=SyncRun.Trigger.DELTA,
-        started_at=started_at,
-        finished_at=timezone.now(),
-        models_seen=stats.models,
-        versions_seen=stats.versions,
-        created=stats.created,
-        updated=stats.updated,
-        drift=stats.drift,
-        error=error,
-    )
-    run.changed_version_ids = frozenset(stats.changed_version_ids)
-    if run.changed_version_ids:
-        versions_changed.send(sender=SyncRun, run=run, version_ids=run.changed_version_ids)
-    if error:
-        raise SyncFailed(run, cause)
-    return run
+    run = SyncRun(trigger=SyncRun.Trigger.DELTA, started_at=started_at)
+    return _run_finish(run, stats, error, cause)

@@ -193,31 +193,31 @@ def _binding_filter(revert: DriftRevert, stages: list[Stage]) -> Q:
     return Q(stage__mlflow_stage__in=sorted(legacy - {""}))
 
 
-def apply_in_progress(revert: DriftRevert, stages: list[Stage]) -> PromotionRequest | None:
-    """A request for the same model and binding being applied under a live lease."""
+def _binding_requests(revert: DriftRevert, stages: list[Stage], **state) -> PromotionRequest | None:
+    """A request of the drift's model for the binding this revert would write, in `state`."""
     return (
         PromotionRequest.objects.filter(
-            _binding_filter(revert, stages),
-            version__model=revert.drift_event.model_id,
-            status=PromotionRequest.Status.APPLYING,
-            lease_expires_at__gt=timezone.now(),
+            _binding_filter(revert, stages), version__model=revert.drift_event.model_id, **state
         )
         .only("pk")
         .first()
     )
 
 
+def apply_in_progress(revert: DriftRevert, stages: list[Stage]) -> PromotionRequest | None:
+    """A request for the same model and binding being applied under a live lease."""
+    return _binding_requests(
+        revert, stages, status=PromotionRequest.Status.APPLYING, lease_expires_at__gt=timezone.now()
+    )
+
+
 def _applied_since(revert: DriftRevert, stages: list[Stage]) -> PromotionRequest | None:
     """A request for the binding applied after the drift was seen: it defines the binding now."""
-    return (
-        PromotionRequest.objects.filter(
-            _binding_filter(revert, stages),
-            version__model=revert.drift_event.model_id,
-            status=PromotionRequest.Status.APPLIED,
-            applied_at__gt=revert.drift_event.detected_at,
-        )
-        .only("pk")
-        .first()
+    return _binding_requests(
+        revert,
+        stages,
+        status=PromotionRequest.Status.APPLIED,
+        applied_at__gt=revert.drift_event.detected_at,
     )
 
 
