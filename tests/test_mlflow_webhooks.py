@@ -171,7 +171,14 @@ def test_an_alias_set_in_mlflow_reaches_the_mirror_through_mlflows_webhook(
     )
     delivery = WebhookDelivery.objects.get(model_name=model_name)
     assert delivery.event == "model_version_alias.created"
-    run = SyncRun.objects.filter(trigger=SyncRun.Trigger.WEBHOOK, scope=model_name).first()
+    # The run's counts are saved when the refresh ends, a moment after its last page is written.
+    run = wait_until(
+        lambda: SyncRun.objects.filter(
+            trigger=SyncRun.Trigger.WEBHOOK, scope=model_name, finished_at__isnull=False
+        ).first(),
+        timeout=30,
+        message="the refresh to finish",
+    )
     assert (run.models_seen, run.versions_seen, run.error) == (1, 2, "")
 
     client.delete_registered_model_alias(model_name, "champion")
