@@ -76,6 +76,20 @@ def current_holder(stage: Stage, model: RegisteredModel, *, exclude_version: int
     return ModelVersion.objects.filter(model=model, version=number).first()
 
 
+# Legacy stages that bind nothing a catalog stage holds.
+_UNHELD = ("", "None", "Archived")
+
+
+def stage_bound_to(*, mlflow_stage: str = "", alias: str = "") -> Stage | None:
+    """The first active catalog stage (pipeline order) bound to an MLflow legacy stage or alias."""
+    stages = Stage.objects.filter(is_active=True).order_by("position", "name")
+    if alias:
+        return stages.filter(mlflow_alias=alias).first()
+    if mlflow_stage in _UNHELD:
+        return None
+    return stages.filter(mlflow_stage=mlflow_stage).first()
+
+
 def drift_stages(event: DriftEvent) -> list[Stage]:
     """The active catalog stages whose MLflow binding a drift event touched."""
     stages = Stage.objects.filter(is_active=True)

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from django.db.models import Count
 from django.urls import reverse
 
-from promotions import roles
+from promotions import catalog, roles
 from promotions.models import AuditEvent, DriftRevert, PromotionRequest, Review, Stage
 from promotions.policy import decidable_requests
 from registry_sync.models import DriftEvent, SyncRun
@@ -188,19 +188,8 @@ def status_counts() -> dict[str, int]:
 
 # --- drift on the model page --------------------------------------------------------------------
 
+
 # Legacy stages nobody "holds": nothing to put back into them, no request to file for them.
-_UNHELD = ("", "None", "Archived")
-
-
-def _catalog_stage(*, mlflow_stage: str = "", alias: str = "") -> Stage | None:
-    stages = Stage.objects.filter(is_active=True).order_by("position", "name")
-    if alias:
-        return stages.filter(mlflow_alias=alias).first()
-    if mlflow_stage in _UNHELD:
-        return None
-    return stages.filter(mlflow_stage=mlflow_stage).first()
-
-
 def _revert_url(model_name: str, number: int, stage: Stage) -> str:
     # rollback=1 only asks: the filing service grants a rollback by the record (catalog.held_before).
     query = urlencode({"model": model_name, "version": number, "stage": stage.name, "rollback": 1})
@@ -238,10 +227,10 @@ def revert_link(event: DriftEvent, record: DriftRevert | None = None) -> str | N
         record = DriftRevert.objects.filter(drift_event=event).first()
     name = event.model.name
     if event.kind == DriftEvent.Kind.ALIAS:
-        stage = _catalog_stage(alias=event.alias)
+        stage = catalog.stage_bound_to(alias=event.alias)
         holders = _holders_before(event, record, stage) if stage else []
         return _revert_url(name, holders[0], stage) if holders else None
-    into = _catalog_stage(mlflow_stage=event.after)
+    into = catalog.stage_bound_to(mlflow_stage=event.after)
     if into is not None:
         displaced = [
             number
@@ -250,7 +239,7 @@ def revert_link(event: DriftEvent, record: DriftRevert | None = None) -> str | N
         ]
         if displaced:
             return _revert_url(name, max(displaced), into)
-    out_of = _catalog_stage(mlflow_stage=event.before)
+    out_of = catalog.stage_bound_to(mlflow_stage=event.before)
     if out_of is not None and event.version is not None:
         return _revert_url(name, event.version, out_of)
     return None
