@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from config import health
-from promotions import api
+from promotions import api, error_pages
 
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
@@ -19,3 +19,6 @@ urlpatterns = [
 
 # JSON for unknown URLs under /api/, the usual page elsewhere.
 handler404 = api.page_not_found
+handler400 = error_pages.bad_request
+handler403 = error_pages.permission_denied
+handler500 = error_pages.server_error

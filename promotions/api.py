@@ -24,14 +24,13 @@ from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from django.urls import URLPattern, URLResolver
-from django.views import defaults
 from ninja import Field, NinjaAPI, Path, Query, Schema, Status, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, field_validator
 
-from promotions import audit, catalog, history, policy, selectors, services, tokens
+from promotions import audit, catalog, error_pages, history, policy, selectors, services, tokens
 from promotions.errors import PromotionError
 from promotions.models import MAX_TEXT, AuditEvent, PromotionRequest, Review, Stage
 from promotions.notifications import request_url
@@ -885,7 +884,7 @@ def page_not_found(request, exception):
     with a line break), the usual page elsewhere."""
     if request.path.startswith("/api/"):
         return JsonResponse({"code": "not_found", "message": "No such API endpoint."}, status=404)
-    return defaults.page_not_found(request, exception)
+    return error_pages.page_not_found(request, exception)
 
 
 def _mark_public(patterns) -> None:

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from promotions import catalog, roles
 from promotions.models import AuditEvent, DriftRevert, PromotionRequest, Review, Stage
-from promotions.policy import decidable_requests
+from promotions.policy import decidable_requests, may_request
 from registry_sync.models import DriftEvent, SyncRun
 
 
@@ -19,6 +19,7 @@ class Frame:
     actionable: int
     roles: list[str]
     is_auditor: bool
+    may_request: bool
     registry_error: str
     last_sync_at: object
 
@@ -34,6 +35,7 @@ def frame_for_user(user) -> Frame:
         actionable=actionable_count(user),
         roles=sorted(roles.role_names(user)),
         is_auditor=roles.has_role(user, roles.AUDITORS),
+        may_request=may_request(user),
         registry_error=last.error if last and last.error else "",
         last_sync_at=last_good.finished_at if last_good else None,
     )

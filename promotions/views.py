@@ -13,7 +13,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling, reswap, retarget
 
-from promotions import catalog, history, policy, selectors, services
+from promotions import catalog, error_pages, history, policy, selectors, services
 from promotions.audit import exports, record_denied, utc_iso
 from promotions.errors import AlreadyDecided, NotAllowed, PromotionError, RegistryUnavailable
 from promotions.forms import (
@@ -50,6 +50,8 @@ def _require_role(request: HttpRequest) -> None:
 
 def bad_input(request: HttpRequest, error: ValidationError, *, back: str = "queue") -> HttpResponse:
     """A value no form of ours sends (a forged link, an edited field): 400, saying which."""
+    if request.htmx:
+        return error_pages.error_response(request, 400, " ".join(error.messages))
     context = {"message": " ".join(error.messages), "back_url": reverse(back)}
     return render(request, "promotions/bad_input.html", context, status=400)
 

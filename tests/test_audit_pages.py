@@ -309,12 +309,14 @@ def test_htmx_swaps_only_the_results(client, auditor, requester, reviewer):
     assert "churn v12" in body and "sales_forecast" not in body
 
 
-def test_htmx_with_a_bad_filter_loads_the_full_page_with_the_reason(client, auditor):
+def test_htmx_with_a_bad_filter_swaps_the_reason_in_under_the_filters(client, auditor):
     client.force_login(auditor)
     response = client.get("/audit/?since=never", HTTP_HX_REQUEST="true")
+    body = response.content.decode()
     assert response.status_code == 400
-    assert response["HX-Redirect"] == "/audit/?since=never"
-    assert "is not a date" in response.content.decode()
+    assert "HX-Redirect" not in response
+    assert body.lstrip().startswith('<div id="audit-results">')
+    assert "is not a date" in body
 
 
 def test_the_page_keeps_the_csp_no_inline_styles_or_scripts(client, auditor, requester, reviewer):

@@ -62,10 +62,9 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     else:
         response = render(request, "promotions/audit_log.html", context)
     if context["error"]:
+        # With htmx the results fragment carries the reason, under the filters (base.html has
+        # htmx swap 4xx answers).
         response.status_code = 400
-        if request.htmx:
-            # htmx swaps no 4xx answer; load the whole page instead, which shows the reason.
-            response["HX-Redirect"] = request.get_full_path()
     return response
 
 
