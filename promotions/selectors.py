@@ -128,11 +128,29 @@ def request_page(request_id: int):
 
 
 def request_timeline(request_id: int):
-    return list(
+    """The request's audit events, one entry per click: the approval that completes the count
+    writes a second event (request.approved) which the page folds into the click's entry.
+    The audit log itself keeps both."""
+    entries = []
+    for event in (
         AuditEvent.objects.filter(request_id=request_id)
         .only("sequence", "created_at", "actor_name", "action", "meaning", "details")
         .order_by("sequence")
-    )
+    ):
+        previous = entries[-1] if entries else None
+        if (
+            event.action == "request.approved"
+            and previous is not None
+            and previous.action == "review.approved"
+            and previous.actor_name == event.actor_name
+        ):
+            reason = (event.details or {}).get("reason", "")
+            previous.meaning = f"{previous.meaning} — approved for promotion" + (
+                f" ({reason})" if reason else ""
+            )
+            continue
+        entries.append(event)
+    return entries
 
 
 QUEUE_TABS = ("mine", "open", "recent")

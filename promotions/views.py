@@ -58,40 +58,59 @@ def bad_input(request: HttpRequest, error: ValidationError, *, back: str = "queu
 
 @require_GET
 def queue(request: HttpRequest) -> HttpResponse:
+    return _queue_page(request, request.GET)
+
+
+def _queue_page(request: HttpRequest, query, *, bulk_errors=(), status: int = 200) -> HttpResponse:
+    """The queue for `query`'s tab and filters; the bulk box shows `bulk_errors` beside its buttons."""
     _require_role(request)
-    tab = request.GET.get("tab", "mine")
+    tab = query.get("tab", "mine")
     tab = tab if tab in selectors.QUEUE_TABS else "mine"
-    status = request.GET.get("status", "")
-    status = status if status in PromotionRequest.Status.values else ""
+    status_filter = query.get("status", "")
+    status_filter = status_filter if status_filter in PromotionRequest.Status.values else ""
     try:
         filters = {
-            "stage": parse_text(request.GET.get("stage", ""), name="stage filter", max_length=64),
-            "model": parse_text(request.GET.get("model", ""), name="model filter", max_length=256),
-            "status": status,
+            "stage": parse_text(query.get("stage", ""), name="stage filter", max_length=64),
+            "model": parse_text(query.get("model", ""), name="model filter", max_length=256),
+            "status": status_filter,
         }
     except ValidationError as error:
         return bad_input(request, error)
     rows = selectors.queue(request.user, tab=tab, **filters)
-    page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(rows, PAGE_SIZE).get_page(query.get("page"))
     if tab == "mine" and not any(filters.values()):
         selectors.actionable_count(request.user, known=page.paginator.count)  # the frame's badge
     page.object_list = selectors.with_approvals(page.object_list)
     page_ids = [row.pk for row in page.object_list]
+    decidable = (
+        set(policy.decidable_requests(request.user).filter(pk__in=page_ids).values_list("pk", flat=True))
+        if tab != "mine"
+        else set(page_ids)
+    )
+    # A request whose checks fail cannot be approved: on "Waiting for you" it is shown apart,
+    # with the failing rules, rather than among the requests the reviewer can decide now.
+    blocked = []
+    if tab == "mine":
+        for row in page.object_list:
+            row.failing = policy.failing(row.check_results)
+        blocked = [row for row in page.object_list if row.failing]
+        page.object_list = [row for row in page.object_list if not row.failing]
     context = {
         "page": page,
+        "blocked": blocked,
         "tab": tab,
         "filters": filters,
         "stages": Stage.objects.values_list("name", flat=True),
         "statuses": PromotionRequest.Status.choices,
         "counts": selectors.status_counts(),
-        "actionable_ids": set(
-            policy.decidable_requests(request.user).filter(pk__in=page_ids).values_list("pk", flat=True)
-        )
-        if tab != "mine"
-        else set(page_ids),
+        "actionable_ids": decidable - {row.pk for row in blocked},
+        "bulk_errors": bulk_errors,
     }
-    template = "promotions/queue.html#queue-rows" if request.htmx else "promotions/queue.html"
-    return render(request, template, context)
+    if request.htmx:
+        template = "promotions/queue.html#queue-form" if bulk_errors else "promotions/queue.html#queue-rows"
+    else:
+        template = "promotions/queue.html"
+    return render(request, template, context, status=status)
 
 
 @require_POST
@@ -104,8 +123,10 @@ def queue_bulk(request: HttpRequest) -> HttpResponse:
     except ValidationError as error:
         return bad_input(request, error)
     if decision not in ("approve", "reject") or not ids:
-        messages.error(request, "Select at least one request and a decision.")
-        return redirect("queue")
+        # 422 with the queue: the reason stands beside the bulk buttons, with or without JavaScript.
+        return _queue_page(
+            request, {"tab": "mine"}, bulk_errors=["Select at least one request and a decision."], status=422
+        )
     done, refused = [], []
     for promotion in PromotionRequest.objects.filter(pk__in=ids).select_related("version__model", "stage"):
         try:
@@ -126,6 +147,10 @@ def queue_bulk(request: HttpRequest) -> HttpResponse:
     if done:
         verb = "Approved" if decision == "approve" else "Rejected"
         messages.success(request, f"{verb} {', '.join(done)}.")
+    if refused and request.htmx:
+        # Each refusal beside the bulk buttons, in the fragment htmx swaps.
+        return _queue_page(request, {"tab": "mine"}, bulk_errors=refused, status=422)
+    # Without htmx the decisions stand: post, redirect, and the refusals in the flash.
     for line in refused:
         messages.error(request, line)
     return redirect(f"{reverse('queue')}?tab=mine")

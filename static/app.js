@@ -31,27 +31,38 @@
   document.addEventListener("htmx:sendError", function () {
     tell("The server did not answer. Check your connection and try again.");
   });
-  // Reject and Cancel ask first. The question sits on the button (data-confirm), since a form
-  // may hold Approve beside Reject: htmx forms ask in htmx:confirm, plain forms on submit.
-  function question(event) {
-    var button = event && event.submitter;
-    return button && button.dataset.confirm;
-  }
-  document.addEventListener("htmx:confirm", function (event) {
-    var text = question(event.detail.triggeringEvent);
-    if (!text) return;
-    event.preventDefault();
-    if (window.confirm(text)) event.detail.issueRequest(true);
-  });
-  document.addEventListener("submit", function (event) {
-    if (event.target.hasAttribute("hx-post")) return;
-    var text = question(event);
-    if (text && !window.confirm(text)) event.preventDefault();
-  });
   // Select-all checkbox for bulk decisions in the queue.
   document.addEventListener("change", function (event) {
     var box = event.target;
     if (!box.matches("[data-select-all]")) return;
     document.querySelectorAll("input[name=request_ids]").forEach(function (el) { el.checked = box.checked; });
+  });
+  // The bulk decision box shows once a request is selected (or when it carries an error);
+  // without JavaScript it is always there.
+  function bulkBox() {
+    var boxEl = document.querySelector("[data-bulk-box]");
+    if (!boxEl) return;
+    var any = document.querySelector("input[name=request_ids]:checked");
+    boxEl.hidden = !any && !boxEl.querySelector("#bulk-errors");
+  }
+  document.addEventListener("DOMContentLoaded", bulkBox);
+  document.addEventListener("change", function (event) {
+    if (event.target.matches("input[name=request_ids], [data-select-all]")) bulkBox();
+  });
+  // A button with data-confirm asks before it submits (CSP allows no inline handlers).
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-confirm]");
+    if (button && !window.confirm(button.dataset.confirm)) event.preventDefault();
+  });
+  // After a swap, focus lands on the part that changed, so keyboard and screen-reader users follow.
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var region = event.detail.target;
+    // Only the queue's regions: a polling status fragment must not pull focus every few seconds.
+    if (!region || ["queue-rows", "queue-form"].indexOf(region.id) < 0) return;
+    var errors = region.querySelector("#bulk-errors");
+    var focusable = errors || region;
+    if (!focusable.hasAttribute("tabindex")) focusable.setAttribute("tabindex", "-1");
+    bulkBox();
+    focusable.focus();
   });
 })();

@@ -69,6 +69,7 @@ def test_request_review_and_apply(
     # The second reviewer first tries to reject without a comment, then approves.
     rita = sign_in("rita")
     rita.goto(f"{live_server.url}/requests/{request.pk}/")
+    rita.once("dialog", lambda dialog: dialog.accept())  # Reject asks first
     rita.get_by_role("button", name="Reject").click()
     expect(rita.get_by_role("alert")).to_contain_text("A rejection needs a comment")
     rita.get_by_role("button", name="Approve").dblclick()
