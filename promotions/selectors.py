@@ -127,6 +127,18 @@ def request_page(request_id: int):
     )
 
 
+def request_seen_token(updated_at) -> str:
+    """The version of a request a page shows: every change a viewer sees (a status, a review, a
+    stale approval, an apply attempt, an error) moves `updated_at`."""
+    return updated_at.strftime("%Y%m%dT%H%M%S%f")
+
+
+def request_seen(request_id: int) -> str | None:
+    """The request's current version, in one read by primary key; None when there is none."""
+    updated_at = PromotionRequest.objects.filter(pk=request_id).values_list("updated_at", flat=True).first()
+    return None if updated_at is None else request_seen_token(updated_at)
+
+
 def request_timeline(request_id: int):
     """The request's audit events, one entry per click: the approval that completes the count
     writes a second event (request.approved) which the page folds into the click's entry.

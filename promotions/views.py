@@ -11,7 +11,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling, reswap, retarget
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from promotions import catalog, error_pages, history, policy, selectors, services
 from promotions.audit import exports, record_denied, utc_iso
@@ -244,7 +244,8 @@ def _detail_context(
         "may_retry": promotion.status == "failed" and policy.is_stage_admin(user),
         "checks_failing": policy.failing(promotion.check_results),
         "form": form or DecisionForm(initial={"evidence_sha256": promotion.evidence_sha256}),
-        "polling": promotion.status in ("approved", "applying"),
+        "polling": promotion.status in PromotionRequest.OPEN_STATUSES,
+        "seen": selectors.request_seen_token(promotion.updated_at),
     }
 
 
@@ -256,15 +257,26 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def request_status(request: HttpRequest, pk: int) -> HttpResponse:
-    """The status fragment that polls while the request is being applied."""
+    """The request panel's poll. Unchanged since the version the page shows (`seen`, or the
+    ETag in If-None-Match): one indexed read of the row, answered 204 for htmx (not swapped) or
+    304. Changed: the panel, with its new ETag; in a final state also the end of the polling."""
+    if not policy.has_any_role(request.user):
+        raise PermissionDenied(NO_ROLE)
+    seen = request.GET.get("seen", "") or request.headers.get("If-None-Match", "").strip('"W/')
+    current = selectors.request_seen(pk)
+    if current is None:
+        raise Http404("No such request.")
+    if seen and seen == current:
+        status = 204 if request.htmx else 304
+        response = HttpResponse(status=status)
+        response["ETag"] = f'"{current}"'
+        return response
     promotion = _get_request_for_user(request, pk)
     context = _detail_context(request, promotion)
-    response = render(request, "promotions/request_detail.html#status", context)
-    if request.htmx and not context["polling"]:
-        # Final (or waiting for people): stop polling and refresh the whole panel once.
-        stop = HttpResponseStopPolling()
-        stop.content = render(request, "promotions/request_detail.html#panel", context).content
-        return reswap(retarget(stop, "#request-panel"), "outerHTML")
+    body = render(request, "promotions/request_detail.html#panel", context).content
+    response = HttpResponse(body) if context["polling"] or not request.htmx else HttpResponseStopPolling()
+    response.content = body
+    response["ETag"] = f'"{context["seen"]}"'
     return response
 
 

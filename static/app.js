@@ -31,6 +31,18 @@
   document.addEventListener("htmx:sendError", function () {
     tell("The server did not answer. Check your connection and try again.");
   });
+  // The request panel polls for changes; a poll never swaps away a comment being written or
+  // a button in focus: it waits, and the next poll after the reviewer is done brings the news.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var panel = event.detail.elt;
+    if (!panel.hasAttribute || !panel.hasAttribute("data-live-panel")) return;
+    var typed = Array.prototype.some.call(panel.querySelectorAll("textarea, input[type=password]"), function (el) {
+      return el.value.trim() !== "";
+    });
+    if (typed || panel.contains(document.activeElement) && document.activeElement.matches("textarea, input, button")) {
+      event.preventDefault();
+    }
+  });
   // Select-all checkbox for bulk decisions in the queue.
   document.addEventListener("change", function (event) {
     var box = event.target;
