@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, JsonResponse
-from django.urls import URLPattern, URLResolver
+from django.http import Http404, HttpResponseNotAllowed, JsonResponse
+from django.urls import URLPattern, URLResolver, path
 from ninja import Field, NinjaAPI, Path, Query, Schema, Status, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -31,6 +31,7 @@ from ninja.security import HttpBearer
 from pydantic import ConfigDict, field_validator
 
 from promotions import audit, catalog, error_pages, history, policy, selectors, services, tokens
+from promotions.audit.filters import FilterError, parse_filter
 from promotions.errors import PromotionError
 from promotions.models import MAX_TEXT, AuditEvent, PromotionRequest, Review, Stage
 from promotions.notifications import request_url
@@ -726,6 +727,11 @@ def audit_list(
     if not policy.is_auditor(user):
         audit.record_denied(actor=user, what="read the audit log through the API", reason="not an auditor")
         raise ApiError(403, "forbidden", "Only auditors read the audit log.")
+    try:
+        # The export's rule: an action the log never recorded is a typo, not an empty page.
+        parse_filter({"action": action})
+    except FilterError as refusal:
+        raise ApiError(422, "invalid", str(refusal)) from None
     events = AuditEvent.objects.filter(sequence__gt=after)
     if action:
         events = events.filter(action=action)
@@ -903,7 +909,49 @@ def _longer_routes_first(patterns) -> list:
     return sorted(patterns, key=lambda p: not re.search(r"<path:\w+>/", str(getattr(p, "pattern", ""))))
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _json_answers(view):
+    """ninja answers a wrong method with plain text and parses any body as JSON whatever its
+    type; a pipeline reading the answer expects JSON, and a body sent as another type is a
+    client mistake worth naming."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if request.body and not _is_json(request.content_type or ""):
+            return JsonResponse(
+                {
+                    "code": "unsupported_media_type",
+                    "message": f"Send the body as application/json, not {request.content_type or 'no type'}.",
+                },
+                status=415,
+            )
+        response = view(request, *args, **kwargs)
+        if isinstance(response, HttpResponseNotAllowed):
+            allowed = response["Allow"]
+            response = JsonResponse(
+                {"code": "method_not_allowed", "message": f"Use {allowed} on this endpoint."}, status=405
+            )
+            response["Allow"] = allowed
+        return response
+
+    return wrapper
+
+
+def _unknown_endpoint(request, rest: str):
+    # Matched last, so an unknown URL under /api/ gets JSON with DEBUG on too (the site's
+    # handler404 only runs with DEBUG off).
+    return page_not_found(request, None)
+
+
 def urls():
     patterns, app_name, namespace = api.urls
     _mark_public(patterns)
-    return _longer_routes_first(patterns), app_name, namespace
+    for pattern in patterns:
+        if isinstance(pattern, URLPattern):
+            pattern.callback = _json_answers(pattern.callback)
+    catch_all = path("<path:rest>", login_not_required(_unknown_endpoint))
+    return [*_longer_routes_first(patterns), catch_all], app_name, namespace

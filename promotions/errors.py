@@ -41,6 +41,13 @@ class AlreadyDecided(PromotionError):
     http_status = 409
 
 
+class EvidenceChanged(PromotionError):
+    """The reviewer decided on evidence that has since changed: a fresh look is needed, not a retry."""
+
+    code = "evidence_changed"
+    http_status = 409
+
+
 class NotAllowed(PromotionError):
     code = "forbidden"
     http_status = 403

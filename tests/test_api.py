@@ -351,12 +351,15 @@ def test_a_role_without_approval_rights_gets_403(pending, auditor):
     assert AuditEvent.objects.filter(action="auth.denied", actor_username="alice").exists()
 
 
-def test_a_stale_evidence_digest_is_409(pending, reviewer):
+def test_a_stale_evidence_digest_is_409_with_its_own_code(pending, reviewer):
     response = post(
         api_client(reviewer), f"/api/requests/{pending.pk}/approve", {"evidence_sha256": "0" * 64}
     )
     assert response.status_code == 409
-    assert response.json()["code"] == "already_decided"
+    assert response.json()["code"] == "evidence_changed"
+    pending.refresh_from_db()
+    assert pending.status == "pending"
+    assert not pending.reviews.exists()
 
 
 def test_a_rejection_needs_a_comment_then_a_second_decision_is_409(pending, reviewer, reviewer2):

@@ -43,6 +43,7 @@ def record_history(requester, reviewer):
         from_stage="None",
         to_stage="Staging",
         request_id=42,
+        details={"justification": "holdout eval green"},
     )
 
 
@@ -77,6 +78,8 @@ def test_it_lists_events_newest_first_with_what_an_auditor_needs(client, auditor
         ("actor=rex", ["review.approved"]),
         ("action=request.created", ["request.created", "request.created"]),
         ("text=churn", ["request.created"]),
+        ("text=HOLDOUT", ["request.created"]),  # the requester's justification, any case
+        ("text=metrics%20fine", ["review.approved"]),  # the reviewer's comment
         ("model=sales_forecast&actor=riley", ["request.created"]),
     ],
 )

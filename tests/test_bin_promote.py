@@ -79,7 +79,9 @@ def test_it_waits_and_exits_1_when_the_request_is_rejected(live_server, version_
         process.kill()
     assert process.returncode == 1, err
     assert f"Request #{request.pk}: Rejected" in out
-    assert f"promote: Request #{request.pk} ended rejected" in err
+    assert (
+        f"promote: Request #{request.pk} ended rejected: Rex Tester wrote: needs a holdout evaluation" in err
+    )
 
 
 @pytest.mark.worker
@@ -158,6 +160,21 @@ def test_a_duplicate_open_request_exits_1(live_server, requester, version_1):
     again = promote(*version_1_to(version_1), url=live_server.url, token=token)
     assert again.returncode == 1
     assert "An open request for" in again.stderr
+
+
+def test_a_rerun_with_wait_follows_the_open_request_instead_of_failing(live_server, requester, version_1):
+    token = token_for(requester)
+    assert promote(*version_1_to(version_1), url=live_server.url, token=token).returncode == 0
+    request = PromotionRequest.objects.get()
+    again = promote(
+        *version_1_to(version_1, "Staging", "--wait", "--timeout", "1", "--interval", "0.2"),
+        url=live_server.url,
+        token=token,
+    )
+    assert f"Following the open request #{request.pk}" in again.stdout
+    assert f"Request #{request.pk} is still pending after 1 s." in again.stderr
+    assert again.returncode == 1
+    assert PromotionRequest.objects.count() == 1
 
 
 def test_an_unreachable_server_exits_3():

@@ -72,7 +72,13 @@ class AuditFilter:
         if self.action:
             events = events.filter(action=self.action)
         if self.text:
-            events = events.filter(meaning__icontains=self.text)
+            # The meaning, and the free text a person wrote: the requester's justification and a
+            # reviewer's comment, both kept in the entry's details. A scan, as the meaning's is.
+            events = events.filter(
+                Q(meaning__icontains=self.text)
+                | Q(details__justification__icontains=self.text)
+                | Q(details__comment__icontains=self.text)
+            )
         return events
 
 

@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from promotions import audit, policy
-from promotions.errors import AlreadyDecided, DuplicateRequest, InvalidRequest
+from promotions.errors import AlreadyDecided, DuplicateRequest, EvidenceChanged, InvalidRequest
 from promotions.models import MAX_TEXT, PromotionRequest, Review
 from promotions.services.lifecycle import (
     audit_context,
@@ -72,7 +72,7 @@ def review_approve(
     with transaction.atomic():
         locked = _locked_pending(request.pk)
         if evidence_sha256 and evidence_sha256 != locked.evidence_sha256:
-            raise AlreadyDecided("The evidence changed since you loaded the page; review it again.")
+            raise EvidenceChanged("The evidence changed since you loaded the page; review it again.")
         now = timezone.now()
         _review_create(locked, reviewer, Review.Decision.APPROVE, comment, now)
         failing = policy.failing(locked.check_results)
