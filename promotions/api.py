@@ -921,7 +921,10 @@ def _json_answers(view):
 
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
-        if request.body and not _is_json(request.content_type or ""):
+        # The declared length, not request.body: reading a body over the upload limit here would
+        # answer Django's 400 before the API's own 413.
+        has_body = request.META.get("CONTENT_LENGTH") not in (None, "", "0")
+        if has_body and not _is_json(request.content_type or ""):
             return JsonResponse(
                 {
                     "code": "unsupported_media_type",

@@ -41,8 +41,9 @@ class AlreadyDecided(PromotionError):
     http_status = 409
 
 
-class EvidenceChanged(PromotionError):
-    """The reviewer decided on evidence that has since changed: a fresh look is needed, not a retry."""
+class EvidenceChanged(AlreadyDecided):
+    """The reviewer decided on evidence that has since changed: a fresh look is needed, not a
+    retry. A kind of AlreadyDecided (the page moved on), with its own code for pipelines."""
 
     code = "evidence_changed"
     http_status = 409

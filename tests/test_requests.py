@@ -11,6 +11,7 @@ from promotions.errors import (
     AlreadyDecided,
     ChecksFailed,
     DuplicateRequest,
+    EvidenceChanged,
     InvalidRequest,
     NotAllowed,
     UnknownStage,
@@ -204,7 +205,7 @@ def test_a_rejection_needs_a_comment_and_decides_the_request(sales, requester, r
 
 def test_a_stale_page_cannot_approve_changed_evidence(sales, requester, reviewer):
     request = file(sales, user=requester)
-    with pytest.raises(AlreadyDecided, match="evidence changed"):
+    with pytest.raises(EvidenceChanged, match="evidence changed"):
         services.review_approve(request=request, reviewer=reviewer, evidence_sha256="0" * 64)
 
 
