@@ -12,22 +12,50 @@ each --repeat times after a warm-up, and prints p50/p95 in milliseconds (target 
 For scale it also times the bare MLflow client answering what MLflow's own model page asks
 (`search_model_versions` for one model) against a local MLflow server, and prints the ratio.
 
+The request page's live poll (`/requests/<id>/status/?seen=<token>`, what every open request
+page asks every 3 s) is timed the same way while nothing changed (answered 204), with the
+queries each poll makes (target: p95 <= 10 ms, 1 query).
+
+Then the same database is served by gunicorn as the Procfile runs it (`--workers 2`, DEBUG off)
+and --clients concurrent clients (default 20), each signed in as a reviewer, fetch the queue
+page for --seconds, then a minimal Django view (same middleware, a constant body) on the same
+gunicorn: requests per second of each and their ratio (target >= 0.5); and, for what sign-in
+itself costs, the minimal view behind `login_required`. The clients run in this
+process, on the same two cores as the server, for both figures alike.
+
     .venv/bin/python bench/pages.py                 # 10,000 requests, 100,000 audit events
     .venv/bin/python bench/pages.py --requests 2000 --events 20000 --repeat 30
+    .venv/bin/python bench/pages.py --clients 20 --seconds 15
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import mlflow_server, setup_django  # noqa: E402
+from bench.common import (  # noqa: E402
+    BIN,
+    free_port,
+    mlflow_server,
+    setup_django,
+    start_process,
+    stop_process_group,
+    wait_for_http,
+)
+
+# Both the in-process client and gunicorn read sessions signed with this key.
+BENCH_SECRET_KEY = "bench-pages-" + "k" * 40
+MINIMAL_PATH = "/bench/minimal/"
+SIGNED_IN_PATH = "/bench/minimal-signed-in/"
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -168,6 +196,86 @@ def time_page(client, url: str, repeat: int) -> list[float]:
     return samples
 
 
+def time_poll(client, request_id: int, repeat: int) -> tuple[list[float], int]:
+    """The live poll while nothing changed: milliseconds per poll, and queries per poll."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from promotions import selectors
+
+    url = f"/requests/{request_id}/status/?seen={selectors.request_seen(request_id)}"
+    client.get(url, HTTP_HX_REQUEST="true")  # warm-up
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, HTTP_HX_REQUEST="true")
+    assert response.status_code == 204, response.status_code
+    # Read now: the next request's start empties the connection's query log.
+    query_count = len(queries)
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        response = client.get(url, HTTP_HX_REQUEST="true")
+        samples.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 204, response.status_code
+    return samples, query_count
+
+
+def serve(database: Path, mlflow_url: str, workdir: Path):
+    """gunicorn as the Procfile starts it, on the bench database, with the minimal view added."""
+    port = free_port()
+    log_path = workdir / "gunicorn.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "bench.pages_settings",
+        "DEBUG": "false",
+        "SECRET_KEY": BENCH_SECRET_KEY,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "false",
+        "DATABASE_URL": f"sqlite:///{database}",
+        "MLFLOW_TRACKING_URI": mlflow_url,
+    }
+    process = start_process(
+        [str(BIN / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+        log_path=log_path,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    wait_for_http(f"http://127.0.0.1:{port}{MINIMAL_PATH}", process, log_path=log_path)
+    return process, port
+
+
+def throughput(port: int, path: str, cookie: str, clients: int, seconds: float) -> float:
+    """Requests per second answered 200 to `clients` threads asking `path` for `seconds`."""
+    done = [0] * clients
+    failures: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        while time.monotonic() < deadline:
+            # gunicorn's sync workers close each connection: a new one per request, as a browser's.
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                connection.request("GET", path, headers={"Cookie": cookie})
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    failures.append(f"{path}: {response.status}")
+                    return
+                done[index] += 1
+            finally:
+                connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    if failures:
+        raise SystemExit(f"the load failed: {failures[0]}")
+    return sum(done) / elapsed
+
+
 def bare_mlflow(url: str, repeat: int) -> list[float]:
     from mlflow import MlflowClient
 
@@ -189,13 +297,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
 
     with (
         tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp,
         mlflow_server(Path(tmp) / "mlflow") as url,
     ):
-        setup_django(Path(tmp) / "django", mlflow_url=url)
+        setup_django(Path(tmp) / "django", mlflow_url=url, extra_env={"SECRET_KEY": BENCH_SECRET_KEY})
         from django.conf import settings
         from django.test import Client
 
@@ -219,7 +329,18 @@ def main() -> None:
             "model page": f"/models/{world['model']}/",
         }
         results = {name: time_page(client, url_, args.repeat) for name, url_ in pages.items()}
+        poll, poll_queries = time_poll(client, world["request"].pk, args.repeat)
         bare = bare_mlflow(url, args.repeat)
+
+        cookie = f"sessionid={client.cookies['sessionid'].value}"
+        server, port = serve(Path(tmp) / "django" / "bench.sqlite3", url, Path(tmp))
+        try:
+            throughput(port, "/", cookie, args.clients, 2)  # warm-up: both workers, templates
+            queue_rps = throughput(port, "/", cookie, args.clients, args.seconds)
+            minimal_rps = throughput(port, MINIMAL_PATH, cookie, args.clients, args.seconds)
+            signed_in_rps = throughput(port, SIGNED_IN_PATH, cookie, args.clients, args.seconds)
+        finally:
+            stop_process_group(server)
 
     bare_p50 = statistics.median(bare)
     print(f"\nserver time over {args.repeat} requests each (ms); target p95 <= 150 ms")
@@ -231,6 +352,22 @@ def main() -> None:
     print(
         "* search_model_versions for one model against a local MLflow server, "
         "what MLflow's own model page asks"
+    )
+    poll_p95 = percentile(poll, 0.95)
+    print(
+        f"\nlive poll, nothing changed (204), over {args.repeat} polls: "
+        f"p50 {statistics.median(poll):.2f} ms, "
+        f"p95 {poll_p95:.2f} ms (target <= 10 ms: {'yes' if poll_p95 <= 10 else 'NO'}); "
+        f"{poll_queries} queries per poll (target 1: {'yes' if poll_queries <= 1 else 'NO'})"
+    )
+    ratio = queue_rps / minimal_rps
+    print(
+        f"\ngunicorn --workers 2, {args.clients} concurrent clients, {args.seconds:.0f} s each:"
+        f"\n  queue page          {queue_rps:8.1f} requests/s"
+        f"\n  minimal Django view {minimal_rps:8.1f} requests/s"
+        f"\n  ratio {ratio:.2f} (target >= 0.5: {'yes' if ratio >= 0.5 else 'NO'})"
+        f"\n  minimal view behind sign-in (session and user read) {signed_in_rps:8.1f} requests/s,"
+        f" queue / that {queue_rps / signed_in_rps:.2f}"
     )
 
 
