@@ -62,6 +62,12 @@ class ErrorOut(Schema):
     code: str = Field(examples=["unknown_stage"])
     message: str
     errors: list[FieldErrorOut] = Field(default_factory=list)
+    request_id: int | None = Field(
+        default=None,
+        description="The request the refusal is about: the open one a duplicate (409 `duplicate`) "
+        "would have repeated, or the applied one through which the version already holds the stage "
+        "(422 `already_holds`).",
+    )
 
 
 def _errors(*statuses: int) -> dict[int, type[ErrorOut]]:
@@ -150,10 +156,14 @@ api = NinjaAPI(
 )
 
 
-def _error(request, status: int, code: str, message: str, errors: list | None = None):
+def _error(
+    request, status: int, code: str, message: str, errors: list | None = None, *, request_id: int | None = None
+):
     body: dict[str, Any] = {"code": code, "message": message}
     if errors:
         body["errors"] = errors
+    if request_id is not None:
+        body["request_id"] = request_id
     response = api.create_response(request, body, status=status)
     if status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="promotions"'
@@ -167,7 +177,7 @@ def _on_api_error(request, exc: ApiError):
 
 @api.exception_handler(PromotionError)
 def _on_refusal(request, exc: PromotionError):
-    return _error(request, exc.http_status, exc.code, exc.message)
+    return _error(request, exc.http_status, exc.code, exc.message, request_id=exc.request_id)
 
 
 @api.exception_handler(AuthenticationError)

@@ -9,14 +9,26 @@ class PromotionError(Exception):
     code = "refused"
     http_status = 400
 
-    def __init__(self, message: str):
+    # The request the refusal is about, when there is one (the open duplicate, the applied
+    # request through which a version holds a stage): a pipeline follows it instead of failing.
+    request_id: int | None = None
+
+    def __init__(self, message: str, *, request_id: int | None = None):
         super().__init__(message)
         self.message = message
+        self.request_id = request_id
 
 
 class InvalidRequest(PromotionError):
     code = "invalid"
     http_status = 422
+
+
+class AlreadyHolds(InvalidRequest):
+    """The version is in the stage already: nothing to request. `request_id` names the applied
+    request that put it there, if one did (a pipeline re-run has its answer)."""
+
+    code = "already_holds"
 
 
 class UnknownStage(InvalidRequest):

@@ -231,6 +231,7 @@ def test_a_second_open_request_is_409(registry, model_name, requester):
     assert response.json() == {
         "code": "duplicate",
         "message": f"An open request for {model_name} v1 → Staging already exists (#{first.json()['id']}).",
+        "request_id": first.json()["id"],
     }
 
 

@@ -11,6 +11,7 @@ from promotions import services, tokens
 from promotions.models import PromotionRequest, Stage
 from tests.conftest import PYTHON
 from tests.registry_helpers import make_version
+from tests.registry_helpers import stage as move
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PROMOTE = str(ROOT / "bin" / "promote")
@@ -175,6 +176,56 @@ def test_a_rerun_with_wait_follows_the_open_request_instead_of_failing(live_serv
     assert f"Request #{request.pk} is still pending after 1 s." in again.stderr
     assert again.returncode == 1
     assert PromotionRequest.objects.count() == 1
+
+
+@pytest.mark.worker
+def test_a_pipeline_rerun_follows_its_request_through_approval_and_a_later_rerun_exits_0(
+    live_server, requester, reviewer, version_1, registry, celery_worker
+):
+    token = token_for(requester)
+    waiting = ("--wait", "--interval", "0.3", "--timeout", "90")
+    first = promote(
+        *version_1_to(version_1, "Staging", *waiting), url=live_server.url, token=token, popen=True
+    )
+    rerun = None
+    try:
+        request = wait_until(lambda: PromotionRequest.objects.first(), timeout=60, message="the request")
+        rerun = promote(
+            *version_1_to(version_1, "Staging", *waiting), url=live_server.url, token=token, popen=True
+        )
+        time.sleep(2)
+        assert rerun.poll() is None, "the re-run should be waiting on the first run's request"
+        services.review_approve(request=request, reviewer=reviewer, comment="holdout looks fine")
+        rerun_out, rerun_err = rerun.communicate(timeout=90)
+        first_out, first_err = first.communicate(timeout=90)
+    finally:
+        for process in (first, rerun):
+            if process is not None:
+                process.kill()
+    log = celery_worker.log()[-2000:]
+    assert first.returncode == 0, first_err + log
+    assert rerun.returncode == 0, rerun_err + log
+    assert f"Following the open request #{request.pk} for this version and stage." in rerun_out
+    assert rerun_out.strip().endswith("Applied")
+    assert registry.client().get_model_version(version_1, "1").current_stage == "Staging"
+
+    # Once applied, the same pipeline run again has nothing to do, and says which request did it.
+    done = promote(*version_1_to(version_1, "Staging", *waiting), url=live_server.url, token=token)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"{version_1} v1 already holds Staging (applied by request #{request.pk}). Nothing to do."
+    )
+    assert PromotionRequest.objects.count() == 1
+
+
+def test_a_version_moved_in_mlflow_behind_the_workflow_still_exits_2(
+    live_server, requester, version_1, registry
+):
+    move(registry.client(), version_1, 1, "Staging")
+    result = promote(*version_1_to(version_1), url=live_server.url, token=token_for(requester))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"promote: {version_1} v1 already holds Staging."
+    assert not PromotionRequest.objects.exists()
 
 
 def test_an_unreachable_server_exits_3():

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from promotions import audit, catalog, notifications, policy
 from promotions.errors import (
+    AlreadyHolds,
     ChecksFailed,
     DuplicateRequest,
     InvalidRequest,
@@ -193,7 +194,17 @@ def promotion_request_create(
         )
     positions = catalog.version_positions(current_stage=version.current_stage, aliases=version.aliases)
     if stage.name in positions:
-        raise InvalidRequest(f"{version.model.name} v{version.version} already holds {stage.name}.")
+        applied = (
+            PromotionRequest.objects.filter(version=version, stage=stage, status=Status.APPLIED)
+            .order_by("-applied_at", "-id")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        raise AlreadyHolds(
+            f"{version.model.name} v{version.version} already holds {stage.name}"
+            + (f" (applied by request #{applied})." if applied else "."),
+            request_id=applied,
+        )
     if not rollback and not catalog.transition_allowed(stage, positions):
         where = ", ".join(positions) or "no stage"
         raise InvalidRequest(
@@ -268,7 +279,8 @@ def promotion_request_create(
         )
         raise DuplicateRequest(
             f"An open request for {version.model.name} v{version.version} → {stage.name} already exists"
-            + (f" (#{existing})." if existing else ".")
+            + (f" (#{existing})." if existing else "."),
+            request_id=existing,
         ) from None
     request.refresh_from_db()
     return request
