@@ -157,7 +157,13 @@ api = NinjaAPI(
 
 
 def _error(
-    request, status: int, code: str, message: str, errors: list | None = None, *, request_id: int | None = None
+    request,
+    status: int,
+    code: str,
+    message: str,
+    errors: list | None = None,
+    *,
+    request_id: int | None = None,
 ):
     body: dict[str, Any] = {"code": code, "message": message}
     if errors:
