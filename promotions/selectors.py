@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.db.models import Count
 from django.urls import reverse
 
@@ -148,7 +149,9 @@ def model_comparison(promotion: PromotionRequest) -> ModelComparison:
     version = promotion.version
     holder_number = (promotion.evidence.get("current_holder") or {}).get("version")
     numbers = [version.version] + ([holder_number] if holder_number else [])
-    files = version_model_files_for(model_id=version.model_id, numbers=numbers)
+    files = version_model_files_for(
+        model_id=version.model_id, numbers=numbers, timeout=settings.MLFLOW_PAGE_TIMEOUT_SECONDS
+    )
     candidate = files.get(version.version)
     holder = files.get(holder_number) if holder_number else None
     error = holder_error = ""

@@ -14,6 +14,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -335,33 +336,57 @@ def _parse_mlmodel(text: str) -> dict:
     }
 
 
-def get_model_files(name: str, version: int, *, run_id: str = "") -> ModelFiles:
+def _read_model_files(name: str, version: int, *, run_id: str, uri: str):
+    """The texts of the small files the version's artifacts hold, and its run (or None)."""
+    location = _client().get_model_version_download_uri(name, str(version))
+    present = {
+        Path(item.path).name
+        for item in mlflow.artifacts.list_artifacts(artifact_uri=location, tracking_uri=uri)
+        if not item.is_dir
+    }
+    if "MLmodel" not in present:
+        raise VersionNotFound(f"Version {version} of model '{name}' has no MLmodel file in its artifacts.")
+    texts: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="model-files-") as scratch:
+        for file_name in _MODEL_FILE_NAMES:
+            if file_name in present:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{location.rstrip('/')}/{file_name}", dst_path=scratch, tracking_uri=uri
+                )
+                texts[file_name] = Path(local).read_text(encoding="utf-8", errors="replace")
+    return texts, (_client().get_run(run_id) if run_id else None)
+
+
+@contextmanager
+def _request_timeout(seconds: int | None) -> Iterator[None]:
+    """MLflow's client reads its HTTP timeout from the environment at each call and takes no
+    per-call argument. Web and worker processes run one request at a time (gunicorn's sync
+    workers, Celery's prefork pool), so setting it around one read touches no other call."""
+    if seconds is None:
+        yield
+        return
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(seconds)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = saved
+
+
+def get_model_files(name: str, version: int, *, run_id: str = "", timeout: int | None = None) -> ModelFiles:
     """The version's MLmodel, requirements.txt and python_env.yaml, and its run's name.
 
     Lists the model's artifact directory once and downloads only those files, one by one,
     into a temporary directory. VersionNotFound when the version or its MLmodel is missing.
+    `timeout` (seconds per call) overrides MLFLOW_TIMEOUT_SECONDS, for a page that waits.
     """
     uri = settings.MLFLOW_TRACKING_URI
     try:
-        location = _client().get_model_version_download_uri(name, str(version))
-        present = {
-            Path(item.path).name
-            for item in mlflow.artifacts.list_artifacts(artifact_uri=location, tracking_uri=uri)
-            if not item.is_dir
-        }
-        if "MLmodel" not in present:
-            raise VersionNotFound(
-                f"Version {version} of model '{name}' has no MLmodel file in its artifacts."
-            )
-        texts: dict[str, str] = {}
-        with tempfile.TemporaryDirectory(prefix="model-files-") as scratch:
-            for file_name in _MODEL_FILE_NAMES:
-                if file_name in present:
-                    local = mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"{location.rstrip('/')}/{file_name}", dst_path=scratch, tracking_uri=uri
-                    )
-                    texts[file_name] = Path(local).read_text(encoding="utf-8", errors="replace")
-        run = _client().get_run(run_id) if run_id else None
+        with _request_timeout(timeout):
+            texts, run = _read_model_files(name, version, run_id=run_id, uri=uri)
     except RegistryError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -21,14 +21,17 @@ from registry_sync.selectors import versions_with_model_files
 logger = logging.getLogger(__name__)
 
 
-def version_model_files_fetch(*, version: ModelVersion) -> VersionModelFiles:
-    """Read the version's files from MLflow and store them; raises gateway.RegistryError."""
+def version_model_files_fetch(*, version: ModelVersion, timeout: int | None = None) -> VersionModelFiles:
+    """Read the version's files from MLflow and store them; raises gateway.RegistryError.
+    `timeout`: seconds per MLflow call, when a person waits for the answer."""
     if not version.source:
         # MLflow gives every version a source; a mirror row without one has no files to read.
         raise gateway.VersionNotFound(
             f"Version {version.version} of model '{version.model.name}' names no artifacts."
         )
-    files = gateway.get_model_files(version.model.name, version.version, run_id=version.run_id)
+    files = gateway.get_model_files(
+        version.model.name, version.version, run_id=version.run_id, timeout=timeout
+    )
     row = VersionModelFiles(version=version, fetched_at=timezone.now(), **asdict(files))
     try:
         with transaction.atomic():
@@ -40,7 +43,7 @@ def version_model_files_fetch(*, version: ModelVersion) -> VersionModelFiles:
 
 
 def version_model_files_for(
-    *, model_id: int, numbers: list[int]
+    *, model_id: int, numbers: list[int], timeout: int | None = None
 ) -> dict[int, VersionModelFiles | gateway.RegistryError]:
     """Each wanted version number -> its files, or the gateway's error saying why they could
     not be read. A number the mirror does not have is left out."""
@@ -55,7 +58,7 @@ def version_model_files_for(
             found[version.version] = unreachable
         else:
             try:
-                found[version.version] = version_model_files_fetch(version=version)
+                found[version.version] = version_model_files_fetch(version=version, timeout=timeout)
             except gateway.RegistryError as exc:
                 logger.info("model files of %s unread: %s", version, exc)
                 found[version.version] = exc

@@ -3,6 +3,7 @@ server, read from their MLmodel files through the gateway and kept per version."
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import mlflow
@@ -20,7 +21,11 @@ from tests.factories import mirror_model, stage, version
 from tests.registry_helpers import experiment_id
 from tests.registry_helpers import stage as move
 
-pytestmark = pytest.mark.django_db
+pytestmark = [
+    pytest.mark.django_db,
+    # The integer columns are on purpose: a long input that becomes a double is the type change.
+    pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer:UserWarning"),
+]
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -212,6 +217,29 @@ def test_mlflow_down_leaves_the_page_up_with_the_reason_and_caches_nothing(
     assert not VersionModelFiles.objects.exists()
     mlflow_proxy.mode = "pass"  # the failure was not kept: the next view reads the files
     assert "type changed" in client.get(f"/requests/{promotion.pk}/").content.decode()
+
+
+def test_a_slow_mlflow_holds_the_page_for_the_page_timeout_only(
+    client, reviewer, mlflow_proxy, two_models, requester, settings
+):
+    promotion = services.promotion_request_file(
+        model_name=two_models["name"],
+        version=2,
+        stage_name="Staging",
+        requested_by=requester,
+        justification="x",
+    )
+    client.force_login(reviewer)
+    settings.MLFLOW_PAGE_TIMEOUT_SECONDS = 1  # the other calls keep MLFLOW_TIMEOUT_SECONDS (10)
+    mlflow_proxy.hold_paths = ("/model-versions/get-download-uri",)
+    started = time.monotonic()
+    response = client.get(f"/requests/{promotion.pk}/")
+    elapsed = time.monotonic() - started
+    mlflow_proxy.release.set()
+    assert response.status_code == 200
+    assert "The model&#x27;s files could not be read: MLflow at" in response.content.decode()
+    assert elapsed < 5
+    assert mlflow_proxy.calls.count(("GET", "/api/2.0/mlflow/model-versions/get-download-uri")) == 1
 
 
 def test_a_version_without_a_signature_says_so(client, registry, reviewer, requester, model_name):
