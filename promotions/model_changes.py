@@ -19,7 +19,7 @@ from registry_sync.models import VersionModelFiles
 @dataclass(frozen=True)
 class ColumnChange:
     name: str
-    change: str  # added | removed | type changed | now required | now optional
+    change: str  # added | added, required | removed | type changed | now required | now optional
     before: str = ""
     after: str = ""
     breaking: bool = False
@@ -106,9 +106,9 @@ def column_changes(old: list[dict] | None, new: list[dict] | None, *, inputs: bo
         previous = before.get(name)
         if previous is None:
             # A caller of the holder does not send a new input: breaking unless it is optional.
-            changes.append(
-                ColumnChange(name, "added", after=column.type, breaking=inputs and column.required)
-            )
+            required = inputs and column.required
+            change = "added, required" if required else "added"
+            changes.append(ColumnChange(name, change, after=column.type, breaking=required))
         elif previous.type != column.type:
             changes.append(ColumnChange(name, "type changed", previous.type, column.type, breaking=True))
         elif inputs and column.required and not previous.required:

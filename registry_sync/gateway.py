@@ -105,7 +105,7 @@ def _client() -> MlflowClient:
 
 
 def _registry():
-    """MLflow's registry client under MlflowClient, for writes.
+    """MLflow's registry client under MlflowClient, for writes (and the download URI read).
 
     MlflowClient reads the registered model (`registered-models/get`) before each write to
     refuse prompts, which doubles the calls of a promotion (a transition and four tags: ten
@@ -306,10 +306,6 @@ class ModelFiles:
     experiment_id: str
 
 
-# Only these small files are read: a model's own artifacts may be gigabytes.
-_MODEL_FILE_NAMES = ("MLmodel", "requirements.txt", "python_env.yaml")
-
-
 def _signature_part(signature: dict, key: str) -> list[dict] | None:
     raw = signature.get(key)
     if not raw:
@@ -337,8 +333,13 @@ def _parse_mlmodel(text: str) -> dict:
 
 
 def _read_model_files(name: str, version: int, *, run_id: str, uri: str):
-    """The texts of the small files the version's artifacts hold, and its run (or None)."""
-    location = _client().get_model_version_download_uri(name, str(version))
+    """The parsed MLmodel, the requirements.txt lines (None when absent), and the run (or None).
+
+    One listing of the model's directory, then each small file on its own: python_env.yaml only
+    when MLmodel names no Python version (MLflow writes it in both).
+    """
+    # The registry client: MlflowClient would read the registered model first (see _registry).
+    location = _registry().get_model_version_download_uri(name, str(version)).rstrip("/")
     present = {
         Path(item.path).name
         for item in mlflow.artifacts.list_artifacts(artifact_uri=location, tracking_uri=uri)
@@ -346,15 +347,26 @@ def _read_model_files(name: str, version: int, *, run_id: str, uri: str):
     }
     if "MLmodel" not in present:
         raise VersionNotFound(f"Version {version} of model '{name}' has no MLmodel file in its artifacts.")
-    texts: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="model-files-") as scratch:
-        for file_name in _MODEL_FILE_NAMES:
-            if file_name in present:
-                local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{location.rstrip('/')}/{file_name}", dst_path=scratch, tracking_uri=uri
-                )
-                texts[file_name] = Path(local).read_text(encoding="utf-8", errors="replace")
-    return texts, (_client().get_run(run_id) if run_id else None)
+
+        def text(file_name: str) -> str:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location}/{file_name}", dst_path=scratch, tracking_uri=uri
+            )
+            return Path(local).read_text(encoding="utf-8", errors="replace")
+
+        try:
+            parsed = _parse_mlmodel(text("MLmodel"))
+            if not parsed["python_version"] and "python_env.yaml" in present:
+                python_env = yaml.safe_load(text("python_env.yaml")) or {}
+                if isinstance(python_env, dict):
+                    parsed["python_version"] = str(python_env.get("python") or "")
+        except (yaml.YAMLError, ValueError) as exc:
+            raise RegistryRejected(
+                f"The MLmodel file of version {version} of '{name}' is not valid: {_short(str(exc))}"
+            ) from exc
+        requirements = text("requirements.txt").splitlines() if "requirements.txt" in present else None
+    return parsed, requirements, (_client().get_run(run_id) if run_id else None)
 
 
 @contextmanager
@@ -377,33 +389,24 @@ def _request_timeout(seconds: int | None) -> Iterator[None]:
 
 
 def get_model_files(name: str, version: int, *, run_id: str = "", timeout: int | None = None) -> ModelFiles:
-    """The version's MLmodel, requirements.txt and python_env.yaml, and its run's name.
+    """The version's MLmodel and requirements.txt (never the model itself), and its run's name.
 
-    Lists the model's artifact directory once and downloads only those files, one by one,
-    into a temporary directory. VersionNotFound when the version or its MLmodel is missing.
-    `timeout` (seconds per call) overrides MLFLOW_TIMEOUT_SECONDS, for a page that waits.
+    VersionNotFound when the version or its MLmodel is missing, RegistryRejected when the
+    MLmodel cannot be read. `timeout` (seconds per call) overrides MLFLOW_TIMEOUT_SECONDS, for
+    a page that waits.
     """
-    uri = settings.MLFLOW_TRACKING_URI
     try:
         with _request_timeout(timeout):
-            texts, run = _read_model_files(name, version, run_id=run_id, uri=uri)
+            parsed, requirements, run = _read_model_files(
+                name, version, run_id=run_id, uri=settings.MLFLOW_TRACKING_URI
+            )
     except RegistryError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise _translate(exc, name=name, version=version) from exc
-    try:
-        parsed = _parse_mlmodel(texts["MLmodel"])
-        python_env = yaml.safe_load(texts.get("python_env.yaml", "")) or {}
-    except (yaml.YAMLError, ValueError) as exc:
-        raise RegistryRejected(
-            f"The MLmodel file of version {version} of '{name}' is not valid: {_short(str(exc))}"
-        ) from exc
-    if not parsed["python_version"] and isinstance(python_env, dict):
-        parsed["python_version"] = str(python_env.get("python") or "")
-    requirements = texts.get("requirements.txt")
     return ModelFiles(
         **parsed,
-        requirements=None if requirements is None else requirements.splitlines(),
+        requirements=requirements,
         run_name=(run.info.run_name or "") if run else "",
         experiment_id=str(run.info.experiment_id) if run else "",
     )

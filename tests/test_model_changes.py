@@ -118,7 +118,7 @@ def test_the_comparison_flags_each_breaking_change(candidate):
     assert (inputs["c"].change, inputs["c"].breaking) == ("removed", True)
     assert (inputs["b"].change, inputs["b"].before, inputs["b"].after) == ("type changed", "long", "double")
     assert inputs["b"].breaking
-    assert (inputs["d"].change, inputs["d"].breaking) == ("added", True)  # newly required
+    assert (inputs["d"].change, inputs["d"].breaking) == ("added, required", True)
     outputs = _by_name(changes.outputs)
     assert (outputs["target"].change, outputs["target"].breaking) == ("type changed", True)
     assert len(changes.breaking) == 5
@@ -137,6 +137,7 @@ def test_the_request_page_shows_what_changes_with_breaking_changes_named(
     assert "What changes in the model (v2 against v1)" in body
     assert "<td><code>c</code></td><td>removed</td><td>double</td><td>—</td>" in body
     assert "<td><code>b</code></td><td>type changed</td><td>long</td><td>double</td>" in body
+    assert "<td><code>d</code></td><td>added, required</td><td>—</td><td>double</td>" in body
     assert body.count('<strong class="status status--failed">BREAKING</strong>') == 6  # 5 rows + summary
     assert "5 changes may break callers of the current version." in body
     assert "pandas ==2.2.0 → ==2.3.1" in body and "lightgbm added (==4.6.0)" in body
@@ -170,9 +171,10 @@ def test_a_second_page_view_makes_no_mlflow_call(client, reviewer, mlflow_proxy,
     mlflow_proxy.calls.clear()
     assert "type changed" in client.get(f"/requests/{promotion.pk}/").content.decode()
     assert mlflow_proxy.calls, "the first view reads both versions' files"
-    downloaded = [path for method, path in mlflow_proxy.calls if "/artifacts/" in path]
-    assert any(path.endswith("/MLmodel") for path in downloaded)
-    assert not any(path.endswith(".pkl") for path in downloaded)  # never the model itself
+    downloaded = sorted(path.rpartition("/")[2] for _, path in mlflow_proxy.calls if "/artifacts/" in path)
+    # Two small files of each version, never the model itself (model.pkl) nor python_env.yaml,
+    # whose Python version MLmodel already states.
+    assert downloaded == ["MLmodel", "MLmodel", "requirements.txt", "requirements.txt"]
     assert VersionModelFiles.objects.count() == 2
     mlflow_proxy.calls.clear()
     assert "type changed" in client.get(f"/requests/{promotion.pk}/").content.decode()
@@ -295,7 +297,7 @@ def test_an_input_that_becomes_required_is_breaking_and_one_that_becomes_optiona
     added_optional = column_changes(
         old, [*old, {"name": "z", "type": "string", "required": False}], inputs=True
     )
-    assert [(c.name, c.breaking) for c in added_optional] == [("z", False)]
+    assert [(c.name, c.change, c.breaking) for c in added_optional] == [("z", "added", False)]
 
 
 def test_an_added_output_is_not_breaking():
