@@ -64,6 +64,11 @@ class FileChanges:
     requirements: list[ValueChange] = field(default_factory=list)
 
     @property
+    def compared(self) -> bool:
+        """Both signatures are known, so the columns were compared."""
+        return self.holder is not None and self.holder.has_signature and self.candidate.has_signature
+
+    @property
     def breaking(self) -> list[ColumnChange]:
         return [c for c in (*self.inputs, *self.outputs) if c.breaking]
 

@@ -263,6 +263,34 @@ def test_a_version_without_a_signature_says_so(client, registry, reviewer, reque
     assert "BREAKING" not in body
 
 
+def test_a_compatible_version_says_so_and_one_without_a_signature_is_not_called_compatible(
+    client, registry, reviewer, requester, model_name
+):
+    frame = pd.DataFrame({"a": [0.1, 0.2, 0.3], "b": [1.5, 2.5, 3.5]})
+    target = pd.Series([1.0, 2.0, 3.0], name="y")
+    log_model(registry.url, model_name, frame, target, requirements=["pandas==2.2.0"])
+    log_model(registry.url, model_name, frame, target, requirements=["pandas==2.3.1"])
+    log_model(registry.url, model_name, frame, target, requirements=["pandas==2.2.0"], signed=False)
+    move(registry.client(), model_name, 1, "Staging")
+    client.force_login(reviewer)
+    pages = {}
+    for number in (2, 3):
+        promotion = services.promotion_request_file(
+            model_name=model_name,
+            version=number,
+            stage_name="Staging",
+            requested_by=requester,
+            justification="x",
+        )
+        pages[number] = client.get(f"/requests/{promotion.pk}/").content.decode()
+    assert "✓ No breaking change in the signature." in pages[2]
+    assert "The signature (inputs and outputs) is the same as v1's." in pages[2]
+    assert "pandas ==2.2.0 → ==2.3.1" in pages[2] and "BREAKING" not in pages[2]
+    assert "v3 was logged without a signature: its inputs cannot be compared with v1&#x27;s." in pages[3]
+    assert "No breaking change" not in pages[3] and "BREAKING" not in pages[3]
+    assert "Requirements: the same as v1's." in pages[3]
+
+
 def test_with_no_holder_the_candidate_signature_is_shown_alone(
     client, registry, reviewer, requester, model_name
 ):
