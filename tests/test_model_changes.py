@@ -3,6 +3,9 @@ server, read from their MLmodel files through the gateway and kept per version."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -13,6 +16,7 @@ import pytest
 from mlflow.models import infer_signature
 from sklearn.linear_model import LinearRegression
 
+from bench.common import ROOT
 from promotions import selectors, services
 from promotions.model_changes import ColumnChange, column_changes, pinned_requirements
 from registry_sync import gateway
@@ -353,6 +357,16 @@ def test_the_ui_links_default_to_the_tracking_uri_without_credentials(settings):
         "https://mlflow.internal:8443/ml/#/models/sales%20forecast%2Feu/versions/3"
     )
     assert gateway.ui_run_url("7", "abc") == "https://mlflow.internal:8443/ml/#/experiments/7/runs/abc"
+
+
+def test_a_ui_url_that_is_not_http_stops_start_up():
+    # It becomes the href of the page's links: a javascript: URL would run in a reviewer's browser.
+    env = {**os.environ, "DEBUG": "true", "MLFLOW_UI_URL": "javascript:alert(1)"}
+    started = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode != 0
+    assert "MLFLOW_UI_URL='javascript:alert(1)' has an unsupported scheme" in started.stdout + started.stderr
 
 
 def test_a_mirror_row_without_artifacts_costs_no_mlflow_call(mlflow_proxy, requester):
