@@ -267,6 +267,11 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # MLflow --------------------------------------------------------------------------------------
 MLFLOW_TRACKING_URI = envurl("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000", schemes=("http", "https"))
 MLFLOW_TIMEOUT_SECONDS = envint("MLFLOW_TIMEOUT_SECONDS", 10, minimum=1)
+# A request page that reads a version's model files from MLflow waits at most this per call.
+MLFLOW_PAGE_TIMEOUT_SECONDS = envint("MLFLOW_PAGE_TIMEOUT_SECONDS", 3, minimum=1)
+# Where links to MLflow's UI point. Empty: the tracking URI, without any credentials it carries
+# (registry_sync.gateway.ui_base_url), read when a link is made so a changed URI follows.
+MLFLOW_UI_URL = envurl("MLFLOW_UI_URL", "", schemes=("http", "https")) if envstr("MLFLOW_UI_URL", "") else ""
 MLFLOW_WEBHOOK_SECRET = envstr("MLFLOW_WEBHOOK_SECRET", "")
 SYNC_INTERVAL_SECONDS = envint("SYNC_INTERVAL_SECONDS", 60, minimum=5)
 # The delta poll: the versions MLflow updated since the last poll (legacy stage transitions send

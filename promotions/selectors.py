@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.db.models import Count
 from django.urls import reverse
 
 from promotions import catalog, roles
+from promotions.model_changes import FileChanges, file_changes
 from promotions.models import AuditEvent, DriftRevert, PromotionRequest, Review, Stage
 from promotions.policy import decidable_requests, may_request
+from registry_sync import gateway
+from registry_sync.model_files import version_model_files_for
 from registry_sync.models import DriftEvent, SyncRun
 
 
@@ -116,6 +120,68 @@ def comparison(evidence: dict) -> dict:
         else []
     )
     return {"holder_version": holder.get("version"), "metrics": rows, "params": params}
+
+
+@dataclass(frozen=True)
+class ModelComparison:
+    """The request page's "What changes in the model": the full page only, never its poll."""
+
+    candidate_number: int
+    holder_number: int | None
+    changes: FileChanges | None
+    error: str  # why the candidate's files are not shown
+    holder_error: str  # why the holder's files are not compared
+    description: str
+    run_name: str
+    version_url: str
+    run_url: str
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def model_comparison(promotion: PromotionRequest) -> ModelComparison:
+    """The candidate's model files against those of the version holding the target when the
+    evidence was taken. Reads both cached rows in one query; a version not read yet is read
+    from MLflow now and kept (registry_sync.model_files)."""
+    version = promotion.version
+    holder_number = (promotion.evidence.get("current_holder") or {}).get("version")
+    numbers = [version.version] + ([holder_number] if holder_number else [])
+    files = version_model_files_for(
+        model_id=version.model_id, numbers=numbers, timeout=settings.MLFLOW_PAGE_TIMEOUT_SECONDS
+    )
+    candidate = files.get(version.version)
+    holder = files.get(holder_number) if holder_number else None
+    error = holder_error = ""
+    if isinstance(candidate, Exception):
+        error = f"The model's files could not be read: {_reason(candidate)}"
+        candidate = None
+    if isinstance(holder, Exception):
+        holder_error = f"The files of v{holder_number} (current) could not be read: {_reason(holder)}"
+        holder = None
+    elif holder_number and holder is None:
+        holder_error = f"v{holder_number} (current) is not in the mirror any more."
+    changes = (
+        file_changes(candidate, holder, candidate_number=version.version, holder_number=holder_number)
+        if candidate is not None
+        else None
+    )
+    run_url = ""
+    if candidate is not None and candidate.experiment_id and version.run_id:
+        run_url = gateway.ui_run_url(candidate.experiment_id, version.run_id)
+    return ModelComparison(
+        candidate_number=version.version,
+        holder_number=holder_number if holder is not None else None,
+        changes=changes,
+        error=error,
+        holder_error=holder_error,
+        description=version.description,
+        run_name=candidate.run_name if candidate is not None else "",
+        version_url=gateway.ui_version_url(version.model.name, version.version),
+        run_url=run_url,
+    )
 
 
 def request_page(request_id: int):

@@ -252,7 +252,10 @@ def _detail_context(
 @require_GET
 def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     promotion = _get_request_for_user(request, pk)
-    return render(request, "promotions/request_detail.html", _detail_context(request, promotion))
+    context = _detail_context(request, promotion)
+    # The full page only: the panel's 3-second poll re-renders no model files and calls no MLflow.
+    context["model_comparison"] = selectors.model_comparison(promotion)
+    return render(request, "promotions/request_detail.html", context)
 
 
 @require_GET

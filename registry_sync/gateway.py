@@ -8,14 +8,19 @@ the MLflow client itself and therefore honoured as they are.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import yaml
 from django.conf import settings
 
 from common.redact import redact
@@ -30,6 +35,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.MLFLOW_TIMEOUT_SECONDS))
 
 import mlflow  # noqa: E402
+import mlflow.artifacts  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402
@@ -99,7 +105,7 @@ def _client() -> MlflowClient:
 
 
 def _registry():
-    """MLflow's registry client under MlflowClient, for writes.
+    """MLflow's registry client under MlflowClient, for writes (and the download URI read).
 
     MlflowClient reads the registered model (`registered-models/get`) before each write to
     refuse prompts, which doubles the calls of a promotion (a transition and four tags: ten
@@ -280,6 +286,148 @@ def get_run_data(run_id: str) -> RunData:
             return RunData()  # the run was deleted; the version still exists
         raise error from exc
     return RunData(metrics=dict(run.data.metrics), params=dict(run.data.params))
+
+
+# --- the version's model files ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a version's `MLmodel` (and its requirements) say, parsed; column specs as MLflow
+    writes them ({"name", "type", "required"}, or a tensor spec), None when no signature."""
+
+    flavors: dict[str, str]  # flavor -> the library version it names ("" when none)
+    inputs: list[dict] | None
+    outputs: list[dict] | None
+    python_version: str
+    mlflow_version: str
+    requirements: list[str] | None  # requirements.txt lines; None when the model has none
+    run_name: str
+    experiment_id: str
+
+
+def _signature_part(signature: dict, key: str) -> list[dict] | None:
+    raw = signature.get(key)
+    if not raw:
+        return None
+    value = json.loads(raw) if isinstance(raw, str) else raw
+    return [dict(item) for item in value] if isinstance(value, list) else None
+
+
+def _parse_mlmodel(text: str) -> dict:
+    document = yaml.safe_load(text) or {}
+    if not isinstance(document, dict):
+        raise ValueError("MLmodel is not a YAML mapping")
+    flavors = document.get("flavors") or {}
+    signature = document.get("signature") or {}
+    return {
+        "flavors": {
+            str(name): str((spec or {}).get(f"{name}_version", "")) if isinstance(spec, dict) else ""
+            for name, spec in flavors.items()
+        },
+        "inputs": _signature_part(signature, "inputs"),
+        "outputs": _signature_part(signature, "outputs"),
+        "python_version": str(((flavors.get("python_function") or {}).get("python_version")) or ""),
+        "mlflow_version": str(document.get("mlflow_version") or ""),
+    }
+
+
+def _read_model_files(name: str, version: int, *, run_id: str, uri: str):
+    """The parsed MLmodel, the requirements.txt lines (None when absent), and the run (or None).
+
+    One listing of the model's directory, then each small file on its own: python_env.yaml only
+    when MLmodel names no Python version (MLflow writes it in both).
+    """
+    # The registry client: MlflowClient would read the registered model first (see _registry).
+    location = _registry().get_model_version_download_uri(name, str(version)).rstrip("/")
+    present = {
+        Path(item.path).name
+        for item in mlflow.artifacts.list_artifacts(artifact_uri=location, tracking_uri=uri)
+        if not item.is_dir
+    }
+    if "MLmodel" not in present:
+        raise VersionNotFound(f"Version {version} of model '{name}' has no MLmodel file in its artifacts.")
+    with tempfile.TemporaryDirectory(prefix="model-files-") as scratch:
+
+        def text(file_name: str) -> str:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location}/{file_name}", dst_path=scratch, tracking_uri=uri
+            )
+            return Path(local).read_text(encoding="utf-8", errors="replace")
+
+        try:
+            parsed = _parse_mlmodel(text("MLmodel"))
+            if not parsed["python_version"] and "python_env.yaml" in present:
+                python_env = yaml.safe_load(text("python_env.yaml")) or {}
+                if isinstance(python_env, dict):
+                    parsed["python_version"] = str(python_env.get("python") or "")
+        except (yaml.YAMLError, ValueError) as exc:
+            raise RegistryRejected(
+                f"The MLmodel file of version {version} of '{name}' is not valid: {_short(str(exc))}"
+            ) from exc
+        requirements = text("requirements.txt").splitlines() if "requirements.txt" in present else None
+    return parsed, requirements, (_client().get_run(run_id) if run_id else None)
+
+
+@contextmanager
+def _request_timeout(seconds: int | None) -> Iterator[None]:
+    """MLflow's client reads its HTTP timeout from the environment at each call and takes no
+    per-call argument. Web and worker processes run one request at a time (gunicorn's sync
+    workers, Celery's prefork pool), so setting it around one read touches no other call."""
+    if seconds is None:
+        yield
+        return
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(seconds)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = saved
+
+
+def get_model_files(name: str, version: int, *, run_id: str = "", timeout: int | None = None) -> ModelFiles:
+    """The version's MLmodel and requirements.txt (never the model itself), and its run's name.
+
+    VersionNotFound when the version or its MLmodel is missing, RegistryRejected when the
+    MLmodel cannot be read. `timeout` (seconds per call) overrides MLFLOW_TIMEOUT_SECONDS, for
+    a page that waits.
+    """
+    try:
+        with _request_timeout(timeout):
+            parsed, requirements, run = _read_model_files(
+                name, version, run_id=run_id, uri=settings.MLFLOW_TRACKING_URI
+            )
+    except RegistryError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name, version=version) from exc
+    return ModelFiles(
+        **parsed,
+        requirements=requirements,
+        run_name=(run.info.run_name or "") if run else "",
+        experiment_id=str(run.info.experiment_id) if run else "",
+    )
+
+
+def ui_base_url() -> str:
+    """MLflow's UI as people open it: MLFLOW_UI_URL, else the tracking URI without credentials."""
+    configured = settings.MLFLOW_UI_URL
+    if configured:
+        return configured.rstrip("/")
+    parts = urlsplit(settings.MLFLOW_TRACKING_URI)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def ui_version_url(name: str, version: int) -> str:
+    return f"{ui_base_url()}/#/models/{quote(name, safe='')}/versions/{int(version)}"
+
+
+def ui_run_url(experiment_id: str, run_id: str) -> str:
+    return f"{ui_base_url()}/#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
 def transition_stage(name: str, version: int, stage: str, *, archive_existing: bool) -> ModelVersionInfo:

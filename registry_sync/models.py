@@ -173,3 +173,33 @@ class PendingRefresh(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name}: {self.state}"
+
+
+class VersionModelFiles(models.Model):
+    """What a version's MLmodel file and requirements say, read once from MLflow.
+
+    A version's artifacts do not change under its number, so the row, once written, is reused
+    and never refreshed; a read that failed writes nothing (the next page view tries again).
+    The run's name is kept with it: MLflow lets it be renamed, but rarely, and the page shows it
+    beside the version's own description, which the sync keeps current on ModelVersion.
+    """
+
+    version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="model_files")
+    flavors = models.JSONField(default=dict, blank=True)
+    # Column specs as MLflow writes them; null when the version was logged without a signature.
+    inputs = models.JSONField(null=True, blank=True)
+    outputs = models.JSONField(null=True, blank=True)
+    python_version = models.CharField(max_length=64, blank=True, default="")
+    mlflow_version = models.CharField(max_length=64, blank=True, default="")
+    # requirements.txt lines; null when the model carries no requirements.txt
+    requirements = models.JSONField(null=True, blank=True)
+    run_name = models.CharField(max_length=256, blank=True, default="")
+    experiment_id = models.CharField(max_length=64, blank=True, default="")
+    fetched_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"model files of version #{self.version_id}"
+
+    @property
+    def has_signature(self) -> bool:
+        return self.inputs is not None or self.outputs is not None

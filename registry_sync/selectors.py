@@ -63,3 +63,13 @@ def model_page(model: RegisteredModel) -> ModelPage:
 
 def model_versions(model: RegisteredModel) -> QuerySet[ModelVersion]:
     return ModelVersion.objects.filter(model=model).order_by("-version")
+
+
+def versions_with_model_files(*, model_id: int, numbers: list[int]) -> QuerySet[ModelVersion]:
+    """The model's versions with these numbers, each with its cached model files (the reverse
+    one-to-one `model_files`, absent when not read yet), in one query."""
+    return (
+        ModelVersion.objects.filter(model_id=model_id, version__in=numbers)
+        .select_related("model", "model_files")
+        .order_by("version")
+    )
