@@ -149,6 +149,7 @@ def request_reopen(
         decided_at=None,
         enqueued_at=None,
         last_error=reason,
+        last_error_detail="",
         **LEASE_ENDED,
     ):
         return False
