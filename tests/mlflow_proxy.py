@@ -1,10 +1,10 @@
 """A loopback HTTP proxy in front of the real test MLflow server.
 
 It forwards everything unchanged, and lets a test make MLflow refuse credentials (403),
-fail (503), hang up without an answer, or hold a call (to kill a worker while it is inside the MLflow write, or to keep an
-apply inside one call for longer than its lease). It also counts the writes that reach MLflow.
-It stands in for faults we cannot cause in MLflow itself; every answer it forwards comes from
-the real server.
+fail (503), hang up without an answer, or hold a call (to kill a worker while it is inside the
+MLflow write, or to keep an apply inside one call for longer than its lease). It also counts
+the writes that reach MLflow. It stands in for faults we cannot cause in MLflow itself; every
+answer it forwards comes from the real server.
 """
 
 from __future__ import annotations
