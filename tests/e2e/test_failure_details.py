@@ -1,7 +1,11 @@
 """A failed request's raw error, a long unbroken urllib3 message, wraps inside its Details block:
-at 390 px the page never becomes wider than the screen."""
+at 390 px the page never becomes wider than the screen. A retrying one counts down to its next try."""
+
+import re
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from promotions import services
@@ -20,18 +24,22 @@ RAW = (
 )
 
 
-@pytest.fixture
-def failed(requester):
+def filed(requester, **state):
     sales = mirror_model(
         "sales_forecast", {3: {"current_stage": "Production"}, 5: {"current_stage": "Staging"}}
     )
     promotion = services.promotion_request_create(
         version=version(sales, 5), stage=stage("Production"), requested_by=requester, justification="Q3"
     )
-    PromotionRequest.objects.filter(pk=promotion.pk).update(
-        status=PromotionRequest.Status.FAILED, attempts=5, last_error=REASON, last_error_detail=RAW
-    )
+    PromotionRequest.objects.filter(pk=promotion.pk).update(**state)
     return promotion
+
+
+@pytest.fixture
+def failed(requester):
+    return filed(
+        requester, status=PromotionRequest.Status.FAILED, attempts=5, last_error=REASON, last_error_detail=RAW
+    )
 
 
 def test_at_390_px_the_details_of_a_failure_wrap_inside_the_screen(sign_in, live_server, failed):
@@ -47,3 +55,22 @@ def test_at_390_px_the_details_of_a_failure_wrap_inside_the_screen(sign_in, live
     expect(details.locator("pre")).to_be_visible()
     expect(details.locator("pre")).to_contain_text("Connection_refused")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_the_retry_line_counts_down_to_the_next_try(sign_in, live_server, requester, settings):
+    settings.PROMOTION_MAX_ATTEMPTS = 5
+    retrying = filed(
+        requester,
+        status=PromotionRequest.Status.APPROVED,
+        attempts=2,
+        last_error="MLflow at http://mlflow.internal:5000 is not answering.",
+        enqueued_at=timezone.now() + timedelta(seconds=4),
+    )
+    page = sign_in("riley")
+    page.goto(f"{live_server.url}/requests/{retrying.pk}/")
+    line = page.locator("[data-apply-retry]")
+    expect(line).to_contain_text(
+        re.compile(r"Retrying: attempt 2 of 5, next try in about [1-4] s — MLflow at")
+    )
+
+    expect(line).to_contain_text("next try now — MLflow at", timeout=8_000)
