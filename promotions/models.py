@@ -463,6 +463,7 @@ class DriftRevert(models.Model):
     changes = models.JSONField(default=list, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
+    last_error_detail = models.TextField(blank=True, default="")  # MLflow's own text, redacted
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     claimed_at = models.DateTimeField(null=True, blank=True)
