@@ -150,7 +150,8 @@ class ApplyRetry:
     max_attempts: int
     next_at: datetime | None
     seconds: int  # until next_at, rounded; 0 when due (or running)
-    reason: str
+    reason: str  # why the last attempt did not apply
+    running: bool  # the worker is making attempt `attempt` now
 
 
 def apply_retry(promotion: PromotionRequest, *, now: datetime | None = None) -> ApplyRetry | None:
@@ -175,6 +176,7 @@ def apply_retry(promotion: PromotionRequest, *, now: datetime | None = None) -> 
         next_at=next_at,
         seconds=seconds,
         reason=promotion.last_error,
+        running=promotion.status == Status.APPLYING,
     )
 
 

@@ -70,6 +70,27 @@ def test_a_retry_that_is_due_says_now(client, requester, promotion, settings):
     assert f"Retrying: attempt 1 of 5, next try now — {REASON}" in panel(client, promotion)
 
 
+def test_while_the_retry_runs_it_says_so(client, requester, promotion, settings):
+    settings.PROMOTION_MAX_ATTEMPTS = 5
+    set_state(promotion, status=Status.APPLYING, attempts=2, last_error=REASON, enqueued_at=timezone.now())
+    client.force_login(requester)
+
+    assert f"Retrying: attempt 2 of 5, trying now — {REASON}" in panel(client, promotion)
+
+
+def test_a_reopened_request_approved_again_is_not_retrying(client, requester, reviewer, reviewer2, promotion):
+    # An apply attempt reopened it (an approver left): attempts made, a reason, back to pending.
+    set_state(promotion, attempts=1, last_error="1 of the 2 approvals needed still count")
+    for who in (reviewer, reviewer2):
+        promotion = services.review_approve(request=promotion, reviewer=who)
+    assert promotion.status == Status.APPROVED and promotion.attempts == 1
+    client.force_login(requester)
+
+    body = panel(client, promotion)
+
+    assert "Retrying" not in body and "still count" not in body
+
+
 def test_an_approved_request_never_tried_shows_no_retry(client, requester, promotion):
     set_state(promotion, status=Status.APPROVED, enqueued_at=timezone.now())
     client.force_login(requester)
