@@ -21,6 +21,13 @@ MASK = "***"
 # scheme://userinfo@ — userinfo stops at anything that ends a URL's authority part, so a
 # path or an e-mail address after the host is left as it is.
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^\s/?#@'\"<>]+@")
+# An Authorization header quoted in an error ("Authorization: Bearer abc", "'Authorization':
+# 'Basic ...'"), or a bare bearer token: the scheme stays, the credential goes.
+_AUTHORIZATION = re.compile(
+    r"(?P<name>\bauthorization['\"]?\s*[:=]\s*['\"]?(?:(?:bearer|basic|token)\s+)?)[^\s'\",;}]+"
+    r"|(?P<bearer>\b(?-i:Bearer)\s+)[A-Za-z0-9._~+/=-]{8,}",
+    re.IGNORECASE,
+)
 # A value this short cannot be told apart from ordinary words, and replacing it everywhere
 # would mangle the text it is meant to protect; it is no real protection anyway.
 _MIN_SECRET_LENGTH = 4
@@ -65,6 +72,7 @@ def redact(text: str, *, also: Iterable[str] = ()) -> str:
     if not text:
         return text
     text = _USERINFO.sub(rf"\g<scheme>{MASK}@", str(text))
+    text = _AUTHORIZATION.sub(lambda m: (m.group("name") or m.group("bearer")) + MASK, text)
     for secret in configured_secrets(also=also):
         text = text.replace(secret, MASK)
     return text

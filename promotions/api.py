@@ -358,6 +358,10 @@ class RequestOut(Schema):
     evidence_sha256: str
     then_stages: list[str]
     last_error: str
+    attempts: int = Field(description="Apply attempts made so far.")
+    next_attempt_at: datetime | None = Field(
+        description="When the worker tries to apply again after MLflow could not be reached; null otherwise."
+    )
     reviews: list[ReviewOut]
     created_at: datetime
     updated_at: datetime
@@ -466,6 +470,7 @@ class AuditPageOut(Schema):
 
 def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
     reviews = list(promotion.reviews.all())
+    retry = selectors.apply_retry(promotion)
     return {
         "id": promotion.pk,
         "status": promotion.status,
@@ -484,6 +489,8 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
         "evidence_sha256": promotion.evidence_sha256,
         "then_stages": promotion.then_stages,
         "last_error": promotion.last_error,
+        "attempts": promotion.attempts,
+        "next_attempt_at": retry.next_at if retry else None,
         "reviews": [
             {
                 "reviewer": r.reviewer_name,

@@ -136,7 +136,10 @@ class PromotionRequest(models.Model):
     applied_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Why the last attempt did not apply, as a sentence a reviewer understands; the library's
+    # own text (redacted) beside it, for the page's collapsed Details.
     last_error = models.TextField(blank=True, default="")
+    last_error_detail = models.TextField(blank=True, default="")
     # The apply attempt holding an applying request: a fresh token per claim, renewed while
     # the attempt works. Another attempt takes over only once the lease has expired, and every
     # MLflow write is fenced by the token, so a slow attempt is never applied twice.
@@ -460,6 +463,7 @@ class DriftRevert(models.Model):
     changes = models.JSONField(default=list, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
+    last_error_detail = models.TextField(blank=True, default="")  # MLflow's own text, redacted
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     claimed_at = models.DateTimeField(null=True, blank=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db.models import Count
 from django.urls import reverse
+from django.utils import timezone
 
 from promotions import catalog, roles
 from promotions.model_changes import FileChanges, file_changes
@@ -203,6 +205,44 @@ def request_seen(request_id: int) -> str | None:
     """The request's current version, in one read by primary key; None when there is none."""
     updated_at = PromotionRequest.objects.filter(pk=request_id).values_list("updated_at", flat=True).first()
     return None if updated_at is None else request_seen_token(updated_at)
+
+
+@dataclass(frozen=True)
+class ApplyRetry:
+    """An apply that failed for a reason worth retrying, and the worker's next try."""
+
+    attempt: int  # the attempts made so far (the one running, while applying)
+    max_attempts: int
+    next_at: datetime | None
+    seconds: int  # until next_at, rounded; 0 when due (or running)
+    reason: str  # why the last attempt did not apply
+    running: bool  # the worker is making attempt `attempt` now
+
+
+def apply_retry(promotion: PromotionRequest, *, now: datetime | None = None) -> ApplyRetry | None:
+    """What the worker does with an approved request whose last attempt could not reach MLflow;
+    None when it is not retrying (never tried, or in any other state).
+
+    Only a transient failure leaves a request approved with attempts made (a retry by a stage
+    admin starts again from 0); `enqueued_at` is the time the task's own retry was set for.
+    """
+    Status = PromotionRequest.Status
+    if promotion.status not in (Status.APPROVED, Status.APPLYING) or not promotion.attempts:
+        return None
+    if not promotion.last_error:
+        return None
+    next_at = promotion.enqueued_at if promotion.status == Status.APPROVED else None
+    seconds = 0
+    if next_at is not None:
+        seconds = max(0, round((next_at - (now or timezone.now())).total_seconds()))
+    return ApplyRetry(
+        attempt=promotion.attempts,
+        max_attempts=settings.PROMOTION_MAX_ATTEMPTS,
+        next_at=next_at,
+        seconds=seconds,
+        reason=promotion.last_error,
+        running=promotion.status == Status.APPLYING,
+    )
 
 
 def request_timeline(request_id: int):

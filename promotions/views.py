@@ -244,6 +244,7 @@ def _detail_context(
         "may_retry": promotion.status == "failed" and policy.is_stage_admin(user),
         "checks_failing": policy.failing(promotion.check_results),
         "form": form or DecisionForm(initial={"evidence_sha256": promotion.evidence_sha256}),
+        "retry": selectors.apply_retry(promotion),
         "polling": promotion.status in PromotionRequest.OPEN_STATUSES,
         "seen": selectors.request_seen_token(promotion.updated_at),
     }

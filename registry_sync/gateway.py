@@ -41,11 +41,24 @@ from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402
 
 LEGACY_STAGES = ("None", "Staging", "Production", "Archived")
-_STATUS_IN_MESSAGE = re.compile(r"(?:error code|status code|HTTP) (\d{3})", re.IGNORECASE)
+_STATUS_IN_MESSAGE = re.compile(
+    # urllib3 names a status it gave up on as "too many 503 error responses"
+    r"(?:error code|status code|HTTP) (\d{3})|too many (\d{3}) error responses",
+    re.IGNORECASE,
+)
+_TIMED_OUT = re.compile(r"timed? ?out|ReadTimeout|ConnectTimeout", re.IGNORECASE)
 
 
 class RegistryError(Exception):
-    """Base class: the registry refused or could not serve a call."""
+    """Base class: the registry refused or could not serve a call.
+
+    `str(error)` is a sentence a reviewer understands ("MLflow at http://mlflow:5000 is not
+    answering"); `detail` is the library's own text for whoever debugs it. Both are redacted.
+    """
+
+    def __init__(self, message: str = "", detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
 
 
 class RegistryUnavailable(RegistryError):
@@ -145,31 +158,37 @@ def _http_status(exc: MlflowException) -> int | None:
         if code and code != 500:
             return code
     match = _STATUS_IN_MESSAGE.search(str(exc))
-    return int(match.group(1)) if match else None
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def _translate(exc: Exception, *, name: str | None = None, version: int | None = None) -> RegistryError:
     """Map an MLflow or HTTP failure to one of our exceptions (returned, for `raise ... from`).
 
-    Its text is redacted here, once: it is stored (sync runs, a request's last error, the audit
-    log), logged and shown, and MLflow's messages may quote the URL with its credentials.
+    The sentence and the raw text are redacted here, once: both are stored (sync runs, a
+    request's last error, the audit log), logged and shown, and MLflow's messages may quote the
+    URL with its credentials.
     """
     error = _classify(exc, name=name, version=version)
-    return type(error)(redact(str(error)))
+    raw = f"{type(exc).__name__}: {exc}" if isinstance(exc, requests.RequestException) else str(exc)
+    return type(error)(redact(str(error)), detail=redact(_without_userinfo(raw))[:_DETAIL_LIMIT])
+
+
+_DETAIL_LIMIT = 4000
 
 
 def _classify(exc: Exception, *, name: str | None, version: int | None) -> RegistryError:
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return RegistryUnavailable(f"MLflow at {tracking_host()} is not answering: {type(exc).__name__}")
+    host = tracking_host()
+    if isinstance(exc, requests.Timeout):
+        return RegistryUnavailable(f"MLflow at {host} did not answer in time.")
+    if isinstance(exc, requests.ConnectionError):
+        return RegistryUnavailable(f"MLflow at {host} is not answering.")
     if not isinstance(exc, MlflowException):
-        return RegistryUnavailable(f"MLflow call failed: {_short(str(exc))}")
+        return RegistryUnavailable(f"The call to MLflow at {host} failed.")
     status = _http_status(exc)
     error_code = getattr(exc, "error_code", "")
     message = exc.message if hasattr(exc, "message") else str(exc)
     if status in (401, 403) or error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
-        return RegistryPermissionDenied(
-            f"MLflow at {tracking_host()} refused the credentials (HTTP {status or 403})."
-        )
+        return RegistryPermissionDenied(f"MLflow at {host} refused the credentials (HTTP {status or 403}).")
     if error_code == "RESOURCE_DOES_NOT_EXIST" or status == 404:
         if version is not None:
             return VersionNotFound(f"Version {version} of model '{name}' does not exist in MLflow.")
@@ -177,14 +196,14 @@ def _classify(exc: Exception, *, name: str | None, version: int | None) -> Regis
     if error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE") or (
         status is not None and 400 <= status < 500
     ):
+        # MLflow's own words say what it refused (an invalid alias...): they are the sentence.
         return RegistryRejected(_without_userinfo(message))
-    # Connection refused, timeouts and 5xx all arrive as a generic MlflowException.
-    return RegistryUnavailable(f"MLflow at {tracking_host()} is not answering: {_short(message)}")
-
-
-def _short(message: str, limit: int = 300) -> str:
-    message = " ".join(_without_userinfo(message).split())
-    return message if len(message) <= limit else message[: limit - 1] + "…"
+    if status is not None and status >= 500:
+        return RegistryUnavailable(f"MLflow at {host} answered with an error (HTTP {status}).")
+    # Connection refused and timeouts arrive as a generic MlflowException quoting urllib3.
+    if _TIMED_OUT.search(message):
+        return RegistryUnavailable(f"MLflow at {host} did not answer in time.")
+    return RegistryUnavailable(f"MLflow at {host} is not answering.")
 
 
 def _model_info(model) -> RegisteredModelInfo:

@@ -96,7 +96,8 @@ def sync_registry(
         _sync(stats, model_name=model_name, full=full, progress=progress, page_size=page_size)
     except gateway.RegistryError as exc:
         error, cause = redact(str(exc)) or type(exc).__name__, exc
-        logger.warning("Registry sync failed: %s", error)
+        # The run keeps the sentence pages show; the log keeps MLflow's own words as well.
+        logger.warning("Registry sync failed: %s (%s)", error, exc.detail or "no detail")
     return _run_finish(run, stats, error, cause)
 
 

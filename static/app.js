@@ -2,7 +2,7 @@
 (function () {
   function localise(root) {
     root.querySelectorAll("time[datetime]").forEach(function (el) {
-      if (el.dataset.localised) return;
+      if (el.dataset.localised || el.hasAttribute("data-countdown")) return;
       var when = new Date(el.getAttribute("datetime"));
       if (isNaN(when)) return;
       el.title = el.title || when.toISOString().replace("T", " ").slice(0, 16) + " UTC";
@@ -12,6 +12,17 @@
   }
   document.addEventListener("DOMContentLoaded", function () { localise(document); });
   document.addEventListener("htmx:afterSettle", function (event) { localise(event.target); });
+
+  // "next try in about 8 s": counted down from the seconds the server computed when it rendered
+  // the panel (not from the datetime, so a skewed client clock cannot mislead), until "now".
+  function countDown() {
+    document.querySelectorAll("time[data-countdown]").forEach(function (el) {
+      if (!el.dataset.deadline) el.dataset.deadline = Date.now() + 1000 * Number(el.dataset.countdown);
+      var left = Math.round((Number(el.dataset.deadline) - Date.now()) / 1000);
+      el.textContent = left > 0 ? "in about " + left + " s" : "now";
+    });
+  }
+  setInterval(countDown, 1000);
   // A refusal (4xx) is swapped in by htmx (base.html's responseHandling); a failure of the
   // server or the network is not, so say it in the message area instead of doing nothing.
   function tell(text) {

@@ -1,10 +1,10 @@
 """A loopback HTTP proxy in front of the real test MLflow server.
 
 It forwards everything unchanged, and lets a test make MLflow refuse credentials (403),
-fail (503), or hold a call (to kill a worker while it is inside the MLflow write, or to keep an
-apply inside one call for longer than its lease). It also counts the writes that reach MLflow.
-It stands in for faults we cannot cause in MLflow itself; every answer it forwards comes from
-the real server.
+fail (503), hang up without an answer, or hold a call (to kill a worker while it is inside the
+MLflow write, or to keep an apply inside one call for longer than its lease). It also counts
+the writes that reach MLflow. It stands in for faults we cannot cause in MLflow itself; every
+answer it forwards comes from the real server.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from bench.common import QuietHandler, serve_in_thread, stop_serving
 class MlflowProxy:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
-        self.mode = "pass"  # pass | deny | down
+        # pass | deny | down (503) | hangup (closes the connection unanswered: MLflow unreachable)
+        self.mode = "pass"
         self.hold_paths: tuple[str, ...] = ()
         # Hold only calls with this method ("POST": the alias write, not the alias read).
         self.hold_method: str | None = None
@@ -45,6 +46,9 @@ class MlflowProxy:
                     )
                 if proxy.mode == "down":
                     return self._reply(503, b"Service Unavailable")
+                if proxy.mode == "hangup":
+                    self.close_connection = True
+                    return self.connection.close()
                 if any(path.endswith(p) for p in proxy.hold_paths) and proxy.hold_method in (
                     None,
                     self.command,

@@ -125,7 +125,9 @@ def test_mlflow_down_retries_then_fails_and_a_retry_applies(
             services.promotion_apply(request_id=request.pk)
         request.refresh_from_db()
         assert (request.status, request.attempts) == (Status.APPROVED, attempt)
-        assert "not answering" in request.last_error
+        # The proxy answers 503: the page says MLflow answered with an error, not that it is silent.
+        assert "answered with an error (HTTP 503)" in request.last_error
+        assert "too many 503 error responses" in request.last_error_detail
     assert services.promotion_apply(request_id=request.pk) == "failed"
 
     request.refresh_from_db()

@@ -242,3 +242,31 @@ def test_a_crash_between_the_stage_and_the_alias_is_completed_on_retry(
     assert event.details["written"] == ["alias"]
     assert (event.details["previous_holders"], event.details["archived"]) == ([1], [1])
     assert sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name).drift == 0
+
+
+def test_while_mlflow_is_unreachable_the_page_says_the_worker_is_retrying_then_applied(
+    mlflow_proxy, model_name, requester, reviewer, reviewer2, worker_factory, registry, client, settings
+):
+    settings.PROMOTION_MAX_ATTEMPTS = 5  # the page says "of 5": the same bound as the worker's
+    registry_with_production(registry.client(), model_name)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    mlflow_proxy.mode = "hangup"  # the connection closes unanswered, as when MLflow is down
+    worker = worker_factory(
+        PROMOTION_MAX_ATTEMPTS="5", PROMOTION_RETRY_BASE_SECONDS="2", PROMOTION_RETRY_CAP_SECONDS="4"
+    )
+    client.force_login(requester)
+
+    def retrying_line():
+        body = client.get(f"/requests/{request.pk}/").content.decode()
+        return "Retrying: attempt 1 of 5, next try" in body and body
+
+    body = wait_until(
+        retrying_line, timeout=60, interval=0.1, message=f"the retry line\n{worker.log()[-3000:]}"
+    )
+    assert f"MLflow at {mlflow_proxy.url} is not answering." in body
+    mlflow_proxy.mode = "pass"
+
+    wait_for_status(request, Status.APPLIED, worker=worker)
+    assert request.attempts >= 2 and request.last_error == ""
+    assert "Retrying" not in client.get(f"/requests/{request.pk}/").content.decode()
+    assert applied_count(request) == 1

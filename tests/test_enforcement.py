@@ -302,6 +302,10 @@ def test_a_revert_mlflow_refuses_fails_visibly(production_model, model_name, mlf
     client.force_login(reviewer)
     page = client.get(f"/models/{model_name}/").content.decode()
     assert "Revert failed:" in page and "refused the credentials" in page and "tries again" in page
+    # MLflow's own answer, for whoever mends the credentials, folded away under the sentence.
+    assert "PERMISSION_DENIED" in revert.last_error_detail
+    assert "PERMISSION_DENIED" not in revert.last_error
+    assert '<details class="error-detail"><summary>Details</summary><pre>' in page
 
     # Every attempt refused: it ends failed, in the log and on the page.
     while True:

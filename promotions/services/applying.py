@@ -67,9 +67,14 @@ def requests_sweep(*, now=None) -> list[int]:
 
 
 def apply_retry_scheduled(*, request_id: int, delay: float) -> None:
-    """Hold the sweeper off until the task's own retry, `delay` seconds away, has had its chance."""
-    PromotionRequest.objects.filter(pk=request_id).update(
-        enqueued_at=timezone.now() + timedelta(seconds=delay)
+    """Hold the sweeper off until the task's own retry, `delay` seconds away, has had its chance.
+
+    `enqueued_at` is also the time the page announces for the next try, so this moves
+    `updated_at`: the open pages' poll sends the panel that says so.
+    """
+    now = timezone.now()
+    PromotionRequest.objects.filter(pk=request_id, status=Status.APPROVED).update(
+        enqueued_at=now + timedelta(seconds=delay), updated_at=now
     )
 
 
@@ -162,12 +167,15 @@ def _claim(request_id: int) -> tuple[PromotionRequest, _Lease] | None:
     return request, _Lease(request_id, token)
 
 
-def _fail(request: PromotionRequest, lease: _Lease, reason: str, *, permanent: bool = True) -> None:
+def _fail(
+    request: PromotionRequest, lease: _Lease, reason: str, *, detail: str = "", permanent: bool = True
+) -> None:
     # The reason lands in the immutable audit log: nothing that could be a credential may reach it.
-    reason = redact(reason)
+    # The detail (the library's own text) is for the page's Details only, redacted as well.
+    reason, detail = redact(reason), redact(detail)
     now = timezone.now()
     with transaction.atomic():
-        if lease.release(Status.FAILED, now=now, last_error=reason[:2000]):
+        if lease.release(Status.FAILED, now=now, last_error=reason[:2000], last_error_detail=detail[:4000]):
             audit.record(
                 action="promotion.failed",
                 meaning=meaning("Failed", request) + f": {reason}",
@@ -220,21 +228,31 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
     try:
         outcome = _apply_to_registry(request, approvers, lease)
     except gateway.RegistryUnavailable as exc:
-        reason = redact(str(exc))
+        reason, detail = redact(str(exc)), redact(exc.detail)
         if request.attempts >= settings.PROMOTION_MAX_ATTEMPTS:
-            _fail(request, lease, f"MLflow unreachable after {request.attempts} attempts: {reason}")
+            _fail(
+                request,
+                lease,
+                f"MLflow unreachable after {request.attempts} attempts: {reason}",
+                detail=detail,
+            )
             return "failed"
-        if not lease.release(Status.APPROVED, last_error=reason[:2000]):
+        if not lease.release(Status.APPROVED, last_error=reason[:2000], last_error_detail=detail[:4000]):
             raise _LeaseLost from None
         raise TransientApplyError(reason, request.attempts) from None
     except gateway.RegistryPermissionDenied as exc:
-        _fail(request, lease, str(exc))
+        _fail(request, lease, str(exc), detail=exc.detail)
         return "failed"
-    except (gateway.VersionNotFound, gateway.ModelNotFound):
-        _fail(request, lease, f"Version {number} of model '{model_name}' no longer exists in MLflow.")
+    except (gateway.VersionNotFound, gateway.ModelNotFound) as exc:
+        _fail(
+            request,
+            lease,
+            f"Version {number} of model '{model_name}' no longer exists in MLflow.",
+            detail=exc.detail,
+        )
         return "failed"
     except gateway.RegistryRejected as exc:
-        _fail(request, lease, f"MLflow refused the change: {exc}")
+        _fail(request, lease, f"MLflow refused the change: {exc}", detail=exc.detail)
         return "failed"
     except _PreconditionFailed as exc:
         _fail(request, lease, str(exc))
@@ -242,7 +260,7 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
 
     now = timezone.now()
     with transaction.atomic():
-        if not lease.release(Status.APPLIED, now=now, applied_at=now, last_error=""):
+        if not lease.release(Status.APPLIED, now=now, applied_at=now, last_error="", last_error_detail=""):
             raise _LeaseLost
         _update_mirror(request, outcome)
         audit.record(

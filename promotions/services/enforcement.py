@@ -314,22 +314,26 @@ def drift_revert(*, revert_id: int) -> str:
     except _ClaimLost:
         return "lost the claim"
     except gateway.RegistryUnavailable as exc:
-        return _retry_later(revert, f"MLflow unreachable: {exc}", refused=False)
+        return _retry_later(revert, f"MLflow unreachable: {exc}", refused=False, detail=exc.detail)
     except gateway.RegistryPermissionDenied as exc:
         # Visible at once (the page, the log), and tried again: the credentials may be mended.
-        return _retry_later(revert, str(exc), refused=True)
+        return _retry_later(revert, str(exc), refused=True, detail=exc.detail)
     except (gateway.RegistryRejected, gateway.ModelNotFound, gateway.VersionNotFound) as exc:
-        return _fail(revert, f"MLflow refused the revert: {exc}", attempts=revert.attempts + 1)
+        return _fail(
+            revert, f"MLflow refused the revert: {exc}", attempts=revert.attempts + 1, detail=exc.detail
+        )
 
 
-def _retry_later(revert: DriftRevert, reason: str, *, refused: bool) -> str:
+def _retry_later(revert: DriftRevert, reason: str, *, refused: bool, detail: str = "") -> str:
     """Another attempt after the apply's backoff, or the end after PROMOTION_MAX_ATTEMPTS. A
     refusal is recorded as `registry.revert_failed` at every attempt; MLflow not answering only
     at the last. Raises RevertDeferred when there is another attempt to come."""
-    reason = redact(reason)
+    reason, detail = redact(reason), redact(detail)
     attempts = revert.attempts + 1
     if attempts >= settings.PROMOTION_MAX_ATTEMPTS:
-        return _fail(revert, f"{reason} (gave up after {attempts} attempts)", attempts=attempts)
+        return _fail(
+            revert, f"{reason} (gave up after {attempts} attempts)", attempts=attempts, detail=detail
+        )
     delay = retry_delay(attempts)
     now = timezone.now()
     with transaction.atomic():
@@ -337,6 +341,7 @@ def _retry_later(revert: DriftRevert, reason: str, *, refused: bool) -> str:
             status=Status.PENDING,
             attempts=attempts,
             last_error=reason[:2000],
+            last_error_detail=detail[:4000],
             updated_at=now,
             not_before=now + timedelta(seconds=delay),
         ):
@@ -401,7 +406,9 @@ def _finish(revert: DriftRevert, status: str, *, outcome: str, plan: _Plan | Non
     who = _who(revert) if outcome in ("reverted", "already_in_place") else {}
     now = timezone.now()
     with transaction.atomic():
-        if not _mine(revert).update(status=status, finished_at=now, updated_at=now, last_error=""):
+        if not _mine(revert).update(
+            status=status, finished_at=now, updated_at=now, last_error="", last_error_detail=""
+        ):
             return "lost the claim"
         if plan is not None:
             # The mirror shows the record at once: a change made in MLflow right after the revert
@@ -425,13 +432,18 @@ def _finish(revert: DriftRevert, status: str, *, outcome: str, plan: _Plan | Non
     return outcome
 
 
-def _fail(revert: DriftRevert, reason: str, *, attempts: int) -> str:
-    reason = redact(reason)
+def _fail(revert: DriftRevert, reason: str, *, attempts: int, detail: str = "") -> str:
+    reason, detail = redact(reason), redact(detail)
     event = revert.drift_event
     now = timezone.now()
     with transaction.atomic():
         if not _mine(revert).update(
-            status=Status.FAILED, attempts=attempts, last_error=reason[:2000], finished_at=now, updated_at=now
+            status=Status.FAILED,
+            attempts=attempts,
+            last_error=reason[:2000],
+            last_error_detail=detail[:4000],
+            finished_at=now,
+            updated_at=now,
         ):
             return "lost the claim"
         audit.record(

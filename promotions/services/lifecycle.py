@@ -102,7 +102,10 @@ def request_decide(
     it: the three together in the caller's transaction, or nothing at all when another actor
     moved the request first (False)."""
     now = now or timezone.now()
-    if not status_set(request.pk, old, new, now=now, decided_at=now):
+    # An approval ends what stood in the way before (a reopened request's reason): from here on
+    # last_error is the apply's, which the page reads as "retrying" while attempts remain.
+    cleared = {"last_error": "", "last_error_detail": ""} if new == Status.APPROVED else {}
+    if not status_set(request.pk, old, new, now=now, decided_at=now, **cleared):
         return False
     action, verb, event = _DECISIONS[new]
     audit.record(
@@ -149,6 +152,7 @@ def request_reopen(
         decided_at=None,
         enqueued_at=None,
         last_error=reason,
+        last_error_detail="",
         **LEASE_ENDED,
     ):
         return False
