@@ -382,7 +382,8 @@ def _read_model_files(name: str, version: int, *, run_id: str, uri: str):
                     parsed["python_version"] = str(python_env.get("python") or "")
         except (yaml.YAMLError, ValueError) as exc:
             raise RegistryRejected(
-                f"The MLmodel file of version {version} of '{name}' is not valid: {_short(str(exc))}"
+                f"The MLmodel file of version {version} of '{name}' is not valid YAML.",
+                detail=redact(str(exc))[:_DETAIL_LIMIT],
             ) from exc
         requirements = text("requirements.txt").splitlines() if "requirements.txt" in present else None
     return parsed, requirements, (_client().get_run(run_id) if run_id else None)

@@ -219,7 +219,7 @@ def test_mlflow_down_leaves_the_page_up_with_the_reason_and_caches_nothing(
     body = response.content.decode()
     assert response.status_code == 200
     assert "The model&#x27;s files could not be read: MLflow at http://127.0.0.1:" in body
-    assert "is not answering" in body
+    assert "answered with an error (HTTP 503)" in body  # what the proxy's "down" answers
     assert not VersionModelFiles.objects.exists()
     mlflow_proxy.mode = "pass"  # the failure was not kept: the next view reads the files
     assert "type changed" in client.get(f"/requests/{promotion.pk}/").content.decode()
