@@ -128,6 +128,9 @@ class PromotionRequest(models.Model):
     # the stage later does not let its members decide an open request).
     approver_groups_at_filing = models.ManyToManyField(Group, blank=True, related_name="+")
     check_results = models.JSONField(default=list)
+    # Some check in check_results failed: kept beside them so that "Waiting for you" and its
+    # count leave out, in SQL, the requests nobody can approve until their checks pass.
+    checks_blocked = models.BooleanField(default=False)
     via = models.CharField(max_length=16, default="web")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()

@@ -47,6 +47,24 @@ def frame_for_user(user) -> Frame:
     )
 
 
+def waiting_for(user):
+    """What `user` can decide now: the requests they may decide whose checks all passed (one
+    whose checks fail cannot be approved, so it is not waiting for them)."""
+    return decidable_requests(user).filter(checks_blocked=False)
+
+
+def inbox(user, *, stage: str = "", model: str = "", status: str = ""):
+    """ "Waiting for you": what `user` can decide now, and apart from it what they could decide
+    once its checks pass. One read of the user's stages serves both."""
+    decidable = decidable_requests(user)
+
+    def shaped(requests):
+        requests = requests_filtered(requests, stage=stage, model_contains=model, status=status)
+        return requests.select_related("version__model", "stage").order_by("-created_at", "-id")
+
+    return shaped(decidable.filter(checks_blocked=False)), shaped(decidable.filter(checks_blocked=True))
+
+
 def actionable_count(user, *, known: int | None = None) -> int:
     """How many requests wait for `user`'s decision, counted once per page: the queue's first
     tab counts exactly these for its pager and hands the figure on with `known`."""
@@ -54,7 +72,7 @@ def actionable_count(user, *, known: int | None = None) -> int:
         user._actionable_count = known
     cached = getattr(user, "_actionable_count", None)
     if cached is None:
-        cached = user._actionable_count = decidable_requests(user).count()
+        cached = user._actionable_count = waiting_for(user).count()
     return cached
 
 
@@ -276,8 +294,8 @@ QUEUE_TABS = ("mine", "open", "recent")
 
 def queue(user, *, tab: str = "mine", stage: str = "", model: str = "", status: str = ""):
     if tab == "mine":
-        requests = decidable_requests(user)
-    elif tab == "recent":
+        return inbox(user, stage=stage, model=model, status=status)[0]
+    if tab == "recent":
         requests = PromotionRequest.objects.exclude(status__in=PromotionRequest.OPEN_STATUSES).order_by(
             "-updated_at"
         )

@@ -76,7 +76,10 @@ def _queue_page(request: HttpRequest, query, *, bulk_errors=(), status: int = 20
         }
     except ValidationError as error:
         return bad_input(request, error)
-    rows = selectors.queue(request.user, tab=tab, **filters)
+    if tab == "mine":
+        rows, blocked_rows = selectors.inbox(request.user, **filters)
+    else:
+        rows, blocked_rows = selectors.queue(request.user, tab=tab, **filters), None
     page = Paginator(rows, PAGE_SIZE).get_page(query.get("page"))
     if tab == "mine" and not any(filters.values()):
         selectors.actionable_count(request.user, known=page.paginator.count)  # the frame's badge
@@ -88,13 +91,13 @@ def _queue_page(request: HttpRequest, query, *, bulk_errors=(), status: int = 20
         else set(page_ids)
     )
     # A request whose checks fail cannot be approved: on "Waiting for you" it is shown apart,
-    # with the failing rules, rather than among the requests the reviewer can decide now.
+    # with the failing rules, rather than among (or counted with) the requests the reviewer
+    # can decide now.
     blocked = []
-    if tab == "mine":
-        for row in page.object_list:
+    if blocked_rows is not None and page.number == 1:
+        blocked = list(blocked_rows[:PAGE_SIZE])
+        for row in blocked:
             row.failing = policy.failing(row.check_results)
-        blocked = [row for row in page.object_list if row.failing]
-        page.object_list = [row for row in page.object_list if not row.failing]
     context = {
         "page": page,
         "blocked": blocked,
@@ -103,7 +106,7 @@ def _queue_page(request: HttpRequest, query, *, bulk_errors=(), status: int = 20
         "stages": Stage.objects.values_list("name", flat=True),
         "statuses": PromotionRequest.Status.choices,
         "counts": selectors.status_counts(),
-        "actionable_ids": decidable - {row.pk for row in blocked},
+        "actionable_ids": decidable,
         "bulk_errors": bulk_errors,
     }
     if request.htmx:

@@ -8,6 +8,7 @@ from django.utils import timezone
 from promotions import services
 from promotions.models import AuditEvent, PromotionRequest, Review
 from promotions.templatetags.promotions_tags import duration
+from registry_sync.models import ModelVersion
 from tests.factories import mirror_model, stage, version
 
 pytestmark = pytest.mark.django_db
@@ -162,6 +163,42 @@ def test_the_blocked_section_costs_no_query_per_row(
         file(sales, requester, number)
     client.force_login(reviewer)
     # The same pin as an unblocked "Waiting for you" in tests/test_page_queries.py.
-    with django_assert_num_queries(10):
+    with django_assert_num_queries(11):
         body = client.get("/?tab=mine").content.decode()
     assert "Blocked by checks (3)" in body
+
+
+def test_waiting_for_you_and_its_badge_count_only_what_the_reviewer_can_approve_now(
+    client, sales, requester, reviewer
+):
+    production = stage("Production")
+    production.checks = "metric accuracy >= 0.9"
+    production.save()
+    file(sales, requester, 5)
+    for number in (6, 7):  # blocked by their checks: not waiting for the reviewer
+        file(sales, requester, number)
+    client.force_login(reviewer)
+    for tab in ("mine", "open"):
+        body = client.get(f"/?tab={tab}").content.decode()
+        assert 'title="Requests waiting for your decision">1</span>' in body
+        assert "Waiting for you (1)" in body
+    assert "Blocked by checks (2)" in client.get("/?tab=mine").content.decode()
+
+
+def test_a_request_whose_checks_pass_after_new_evidence_leaves_the_blocked_section(
+    client, sales, requester, reviewer
+):
+    production = stage("Production")
+    production.checks = "metric accuracy >= 0.9"
+    production.save()
+    blocked = file(sales, requester, 6)
+    assert PromotionRequest.objects.get(pk=blocked.pk).checks_blocked
+    # The sync finds the version's metric corrected in MLflow: the evidence is taken again.
+    ModelVersion.objects.filter(pk=blocked.version_id).update(metrics={"accuracy": 0.95})
+    assert services.requests_refresh_evidence(version_ids={blocked.version_id}) == 1
+    assert not PromotionRequest.objects.get(pk=blocked.pk).checks_blocked
+    client.force_login(reviewer)
+    body = client.get("/?tab=mine").content.decode()
+    assert "Blocked by checks" not in body
+    assert f'name="request_ids" value="{blocked.pk}"' in body
+    assert "Waiting for you (1)" in body

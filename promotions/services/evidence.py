@@ -102,6 +102,7 @@ def requests_refresh_evidence(*, version_ids: set[int]) -> int:
                 evidence=evidence,
                 evidence_sha256=digest,
                 check_results=evidence["checks"],
+                checks_blocked=bool(policy.failing(evidence["checks"])),
                 previous_holder=(evidence["current_holder"] or {}).get("version"),
                 updated_at=timezone.now(),
             )

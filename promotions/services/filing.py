@@ -239,6 +239,7 @@ def promotion_request_create(
                 then_stages=list(then_stages or []),
                 required_approvals_at_filing=stage.required_approvals,
                 check_results=evidence["checks"],
+                checks_blocked=bool(failing),
                 via=via,
                 created_at=now,
                 updated_at=now,
