@@ -101,6 +101,24 @@ def test_a_holder_tagged_before_the_stage_records_loses_its_stage_tag(
     assert v1.tags["promotion.request_id"] == "7"  # the rest of its provenance stays
 
 
+def test_a_promoted_version_tagged_before_the_stage_records_loses_its_stage_tag(
+    mlflow_proxy, registry, model_name, requester, reviewer, reviewer2
+):
+    client = registry.client()
+    _two_versions_in_staging(client, model_name)
+    client.set_model_version_tag(model_name, "2", "promotion.stage", "Staging")
+    request = approved_request(model_name, requester, [reviewer, reviewer2], number=2)
+
+    before = len(mlflow_proxy.calls)
+    _apply(request)
+
+    # once per version tagged before the upgrade: it would say v2 was last promoted to Staging
+    assert _calls_since(mlflow_proxy, before) == [SEARCH, TRANSITION, DELETE_TAG, *TAGS]
+    v2 = client.get_model_version(model_name, "2")
+    assert "promotion.stage" not in v2.tags
+    assert v2.tags["promotion.request_id"] == str(request.pk)
+
+
 def test_a_version_promoted_on_to_an_alias_keeps_its_production_record(
     mlflow_proxy, registry, model_name, requester, reviewer, reviewer2
 ):
