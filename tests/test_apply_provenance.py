@@ -5,7 +5,7 @@ import json
 import pytest
 from django.contrib.auth.models import Group
 
-from promotions import services
+from promotions import provenance, services
 from promotions.models import PromotionRequest, Stage
 from tests.apply_helpers import approved_request
 from tests.registry_helpers import make_version, stage
@@ -234,3 +234,22 @@ def test_a_crash_after_the_move_closes_the_displaced_record_on_retry(
     before = len(mlflow_proxy.calls)
     _apply(request)
     assert all(method == "GET" for method, _ in _calls_since(mlflow_proxy, before))
+
+
+@pytest.mark.parametrize(
+    "stage_name, key",
+    [
+        ("Production", "promotion.stage.Production"),
+        ("Bench Champion", "promotion.stage.Bench Champion"),
+        ("EU/Prod: live", "promotion.stage.EU_Prod_ live"),
+        ("../stage", "promotion.stage..._stage"),
+        ("applied_at", "promotion.stage.applied_at"),  # never the latest promotion's tag
+    ],
+)
+def test_every_stage_name_makes_a_tag_key_mlflow_accepts(registry, model_name, stage_name, key):
+    client = registry.client()
+    make_version(client, model_name, run=False)
+
+    assert provenance.record_key(stage_name) == key
+    client.set_model_version_tag(model_name, "1", key, "{}")
+    assert client.get_model_version(model_name, "1").tags[key] == "{}"
