@@ -7,7 +7,8 @@ then, for each size M models x S stages (S <= 3), on separate but identical sets
 models with S+1 versions each (every version backed by its own run with metrics):
 
   (a)  a bare MlflowClient loop doing the same MLflow writes serially: per promotion the stage
-       transition (or alias move) plus the same four provenance tags (set_model_version_tag);
+       transition (or alias move), the displaced holder's closed stage record where the product
+       writes one, plus the same four provenance tags (set_model_version_tag);
   (b)  our worker with --concurrency 1: S x M requests approved through the product's services
        (two reviewers), then enqueued with promotions.services.enqueue_apply; timed from the first
        enqueue until the last `applied_at` in the database;
@@ -17,7 +18,9 @@ The bench stages are "Bench Staging" (legacy stage Staging), "Bench Production" 
 Production, archive_existing) and "Bench Champion" (alias champion); each needs two approvals and
 has one check (`metric accuracy >= 0.5`). Version 1 of every model starts in Production (Staging
 when S = 1) and, when S = 3, holds the alias champion, so the promotions displace a previous
-holder; version k+1 is promoted to bench stage k. The same calls are made to every set (checked).
+holder; it carries the stage records a promotion by the product would have left (`seeded_tags`),
+so the Production and champion promotions close them (one write more each, in every phase).
+Version k+1 is promoted to bench stage k. The same calls are made to every set (checked).
 
 It prints b/a (target <= 1.15) and the throughput of (c) as a fraction of the threaded bare client
 (target >= 0.85), the time per promotion at every size, the MLflow calls per promotion of every
@@ -77,13 +80,18 @@ from bench.common import (  # noqa: E402
     stop_process_group,
     wait_for_process,
 )
+from promotions import provenance  # noqa: E402 - no Django needed: keys and values only
 
 TARGET_B = 1.15
 TARGET_C = 0.85
 DEFAULT_SIZES = "10x1,20x2,25x3"  # about 5 minutes on 2 cores; 10x1,50x2,100x3 about 13
 DEFAULT_REDIS = "redis://127.0.0.1:6379/7"
 POLL_SECONDS = 0.1  # the elapsed time comes from applied_at, not from when the poll saw it
-APPROVED_BY = "Bench Reviewer-One,Bench Reviewer-Two"  # what our tags carry; the bare loop copies it
+APPROVERS = [
+    "bench-reviewer-1",
+    "bench-reviewer-2",
+]  # usernames, as our tags carry them; the bare loop copies them
+SEEDED_AT = "2026-01-01T00:00:00.000000+00:00"  # when version 1 "was promoted" (seeded_tags)
 warnings.filterwarnings("ignore", category=FutureWarning)  # legacy stages, deprecated in MLflow
 
 
@@ -357,9 +365,24 @@ def populate(ctx: Context, names: list[str], stages: int, threads: int = 8) -> N
         mlflow.transition_model_version_stage(name, "1", holder_stage)
         if stages >= 3:
             mlflow.set_registered_model_alias(name, "champion", "1")
+        for key, value in seeded_tags(stages).items():
+            mlflow.set_model_version_tag(name, "1", key, value)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one_model, names))
+
+
+def seeded_tags(stages: int) -> dict[str, str]:
+    """Version 1's stage records, as the product's promotions to the stages it holds would leave them."""
+    held = [STAGE_SPECS[1] if stages >= 2 else STAGE_SPECS[0]] + ([STAGE_SPECS[2]] if stages >= 3 else [])
+    tags: dict[str, str] = {}
+    for request_id, spec in enumerate(held, start=1):
+        tags.update(
+            provenance.promotion_tags(
+                request_id=request_id, stage_name=spec.name, approved_by=APPROVERS, at=SEEDED_AT
+            )
+        )
+    return tags
 
 
 def items_for(names: list[str], stages: int) -> list[Item]:
@@ -376,12 +399,18 @@ def bare_apply(client: Any, item: Item, request_id: int) -> None:
         )
     if item.spec.mlflow_alias:
         client.set_registered_model_alias(item.name, item.spec.mlflow_alias, version)
-    tags = {
-        "promotion.request_id": str(request_id),
-        "promotion.stage": item.spec.name,
-        "promotion.approved_by": APPROVED_BY,
-        "promotion.applied_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-    }
+    at = datetime.now(UTC).isoformat(timespec="microseconds")
+    if item.spec.archive_existing or item.spec.mlflow_alias:
+        # Version 1 holds the stage with a record (seeded_tags): the product closes it, so do we.
+        # Its tags are known here without a read, as the product knows them from its own reads.
+        closed = provenance.displacement(
+            seeded_tags(len(STAGE_SPECS)), stage_name=item.spec.name, request_id=request_id, at=at
+        )
+        if closed is not None:
+            client.set_model_version_tag(item.name, "1", *closed)
+    tags = provenance.promotion_tags(
+        request_id=request_id, stage_name=item.spec.name, approved_by=APPROVERS, at=at
+    )
     for key, value in tags.items():
         client.set_model_version_tag(item.name, version, key, value)
 

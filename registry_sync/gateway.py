@@ -495,6 +495,13 @@ def set_version_tags(name: str, version: int, tags: dict[str, str]) -> None:
         raise _translate(exc, name=name, version=version) from exc
 
 
+def delete_version_tag(name: str, version: int, key: str) -> None:
+    try:
+        _registry().delete_model_version_tag(name, str(version), key)
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name, version=version) from exc
+
+
 def mlflow_version() -> str:
     return mlflow.__version__
 

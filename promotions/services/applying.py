@@ -19,7 +19,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from common.redact import redact
-from promotions import audit, catalog, notifications, outbox, policy
+from promotions import audit, catalog, notifications, outbox, policy, provenance
 from promotions.errors import TransientApplyError
 from promotions.models import PromotionRequest, Stage
 from promotions.services.lifecycle import (
@@ -185,14 +185,27 @@ def _fail(
             notifications.notify("promotion.failed", request.pk)
 
 
-def _approvers(request: PromotionRequest) -> tuple[list[str], str]:
-    """The names of the approvals that count now, and why they do not suffice ("" when they do):
-    an approver left (deactivated, or out of the approver groups), or the policy asks for more."""
+@dataclass(frozen=True)
+class _Approvers:
+    """The approvals that count now: printed names for the audit log, usernames for MLflow's
+    tags (a printed name changes with the user's first and last name; a username does not)."""
+
+    names: list[str]
+    usernames: list[str]
+
+
+def _approvers(request: PromotionRequest) -> tuple[_Approvers, str]:
+    """The approvals that count now, and why they do not suffice ("" when they do): an approver
+    left (deactivated, or out of the approver groups), or the policy asks for more."""
     approvals, required = policy.counting_approvals(request), policy.required_approvals(request)
-    names = [review.reviewer_name for review in approvals]
+    approvers = _Approvers(
+        names=[review.reviewer_name for review in approvals],
+        # counting_approvals keeps active reviewers only, so each review still has its user
+        usernames=[review.reviewer.username for review in approvals],
+    )
     if len(approvals) < required:
-        return names, f"{len(approvals)} of the {required} approvals needed still count"
-    return names, ""
+        return approvers, f"{len(approvals)} of the {required} approvals needed still count"
+    return approvers, ""
 
 
 def promotion_apply(*, request_id: int) -> str:
@@ -271,7 +284,7 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
                 "archived": outcome.archived,
                 "already_in_place": outcome.already_in_place,
                 "written": outcome.written,
-                "approved_by": approvers,
+                "approved_by": approvers.names,
                 "attempts": request.attempts,
                 "binding": stage.binding_label,
             },
@@ -316,25 +329,27 @@ def _read_candidate(
     raise gateway.VersionNotFound(f"Version {number} of model '{model_name}' does not exist in MLflow.")
 
 
-def _apply_to_registry(request: PromotionRequest, approvers: list[str], lease: _Lease) -> _Outcome:
-    """Check the preconditions against MLflow, then bind the stage and tag the version.
+def _apply_to_registry(request: PromotionRequest, approvers: _Approvers, lease: _Lease) -> _Outcome:
+    """Check the preconditions against MLflow, then bind the stage and tag the versions.
 
     MLflow calls: the reads of `_read_candidate` (one, or two when the catalog has alias
     stages), the run when a check needs its metrics, the previous alias holder for an alias
-    target, then the transition and/or alias move and the four provenance tags. Each write is
-    fenced by the lease (SQL, no MLflow call): an attempt taken over writes nothing more.
+    target, then the transition and/or alias move, one write on the version the move displaced
+    when its tags say it holds the stage (`_mark_displaced`), and the four provenance tags.
+    Each write is fenced by the lease (SQL, no MLflow call): an attempt taken over writes
+    nothing more.
     """
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
     stages = list(Stage.objects.prefetch_related("allowed_from"))
     live, versions = _read_candidate(stage, model_name, number, stages)
     if live.status and live.status != "READY":
         raise _PreconditionFailed(f"{model_name} v{number} is {live.status} in MLflow, not READY.")
-    tags = {
-        "promotion.request_id": str(request.pk),
-        "promotion.stage": stage.name,
-        "promotion.approved_by": ",".join(approvers) or "automatic",
-        "promotion.applied_at": audit.utc_iso(timezone.now()),
-    }
+    at = audit.utc_iso(timezone.now())
+    tags = provenance.promotion_tags(
+        request_id=request.pk, stage_name=stage.name, approved_by=approvers.usernames, at=at
+    )
+    # The versions read so far, with their tags: the displaced holder's are among them.
+    known = {version.version: version for version in versions or ()}
     # What an earlier attempt of this request saw before it began writing, if one did.
     observed = request.observed_holders or {}
     missing = {
@@ -343,12 +358,13 @@ def _apply_to_registry(request: PromotionRequest, approvers: list[str], lease: _
     }
     if not any(missing.values()):
         # A crash after the MLflow writes and before our commit: finish without a second move,
-        # writing the provenance tags if the crash came before them. The holders are the ones
-        # the crashed attempt saw: MLflow no longer shows them.
-        if live.tags.get("promotion.request_id") != tags["promotion.request_id"]:
-            lease.fence()
-            gateway.set_version_tags(model_name, number, tags)
-        return _outcome(stage, observed.get("stage", []), observed.get("alias", []), written=[], live=live)
+        # writing the provenance tags if the crash came before them (the request id is written
+        # last). The holders are the ones the crashed attempt saw: MLflow no longer shows them.
+        previous_stage, previous_alias = observed.get("stage", []), observed.get("alias", [])
+        if live.tags.get(provenance.REQUEST_ID) != str(request.pk):
+            _mark_displaced(request, _displaced(stage, previous_stage, previous_alias), known, lease, at)
+            _tag_promoted(live, tags, lease)
+        return _outcome(stage, previous_stage, previous_alias, written=[], live=live)
 
     # A half this request set out to write and now finds in place is its own work: an attempt
     # crashed between the stage and the alias. That attempt passed the catalog rules and the
@@ -366,6 +382,8 @@ def _apply_to_registry(request: PromotionRequest, approvers: list[str], lease: _
     if missing["alias"]:
         holder = gateway.get_version_by_alias(model_name, stage.mlflow_alias)
         previous_alias = [holder.version] if holder is not None and holder.version != number else []
+        if previous_alias:
+            known[holder.version] = holder
     writing = [half for half, needed in missing.items() if needed]
     # Kept before the first write, so a retry after a crash can record who held the target.
     lease.fence(observed_holders={"stage": previous_stage, "alias": previous_alias, "writing": writing})
@@ -376,9 +394,56 @@ def _apply_to_registry(request: PromotionRequest, approvers: list[str], lease: _
     if missing["alias"]:
         lease.fence()
         gateway.set_alias(model_name, stage.mlflow_alias, number)
-    lease.fence()
-    gateway.set_version_tags(model_name, number, tags)
+    _mark_displaced(request, _displaced(stage, previous_stage, previous_alias), known, lease, at)
+    _tag_promoted(live, tags, lease)
     return _outcome(stage, previous_stage, previous_alias, written=writing, live=live)
+
+
+def _displaced(stage: Stage, previous_stage: list[int], previous_alias: list[int]) -> list[int]:
+    """The versions this promotion takes the stage from: the legacy stage's holders when MLflow
+    archives them, and the alias's previous holder. Holders left in place are not displaced."""
+    archived = previous_stage if stage.mlflow_stage and stage.archive_existing else []
+    return sorted({*archived, *previous_alias})
+
+
+def _mark_displaced(
+    request: PromotionRequest,
+    displaced: list[int],
+    known: dict[int, gateway.ModelVersionInfo],
+    lease: _Lease,
+    at: str,
+) -> None:
+    """Close the stage record of each displaced version (or drop its old `promotion.stage` tag),
+    so that its tags no longer say it holds the stage: one call each, none when nothing says so.
+
+    Written before the promoted version's tags, whose request id marks the apply as done.
+    """
+    model_name = request.version.model.name
+    for number in displaced:
+        try:
+            # Read only after a crash: the attempt that saw the holder is gone, and so is its read.
+            holder = known.get(number) or gateway.get_model_version(model_name, number)
+            change = provenance.displacement(
+                holder.tags, stage_name=request.stage.name, request_id=request.pk, at=at
+            )
+            if change is None:
+                continue
+            key, value = change
+            lease.fence()
+            if value is None:
+                gateway.delete_version_tag(model_name, number, key)
+            else:
+                gateway.set_version_tags(model_name, number, {key: value})
+        except gateway.VersionNotFound:
+            continue  # deleted since: a version that is gone claims no stage
+
+
+def _tag_promoted(live: gateway.ModelVersionInfo, tags: dict[str, str], lease: _Lease) -> None:
+    lease.fence()
+    if provenance.LEGACY_STAGE in live.tags:
+        # Written before the per-stage records, it names the stage of an earlier promotion.
+        gateway.delete_version_tag(live.name, live.version, provenance.LEGACY_STAGE)
+    gateway.set_version_tags(live.name, live.version, tags)
 
 
 def _check_preconditions(
