@@ -281,8 +281,9 @@ def request_status(request: HttpRequest, pk: int) -> HttpResponse:
     promotion = _get_request_for_user(request, pk)
     context = _detail_context(request, promotion)
     body = render(request, "promotions/request_detail.html#panel", context).content
-    response = HttpResponse(body) if context["polling"] or not request.htmx else HttpResponseStopPolling()
-    response.content = body
+    # In a final state htmx gets the last panel with 286: swap it, then stop polling.
+    final = not context["polling"] and request.htmx
+    response = (HttpResponseStopPolling if final else HttpResponse)(body)
     response["ETag"] = f'"{context["seen"]}"'
     return response
 

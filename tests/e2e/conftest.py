@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from registry_sync.models import SyncRun
+from registry_sync.services import sync_registry
+from tests.apply_helpers import registry_with_production
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -62,3 +66,11 @@ def sign_in(browser, live_server):
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def staged_model(registry, model_name):
+    """A model in MLflow with v1 in Production and v2 in Staging, mirrored."""
+    registry_with_production(registry.client(), model_name)
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
+    return model_name

@@ -6,18 +6,8 @@ from playwright.sync_api import expect
 
 from promotions import services
 from promotions.models import PromotionRequest
-from registry_sync.models import SyncRun
-from registry_sync.services import sync_registry
-from tests.apply_helpers import registry_with_production
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def staged_model(registry, model_name):
-    registry_with_production(registry.client(), model_name)
-    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
-    return model_name
 
 
 def test_a_duplicate_filed_with_javascript_on_shows_the_reason_in_the_form(

@@ -6,19 +6,9 @@ import pytest
 from playwright.sync_api import expect
 
 from promotions.models import PromotionRequest
-from registry_sync.models import SyncRun
-from registry_sync.services import sync_registry
-from tests.apply_helpers import registry_with_production
 from tests.e2e.conftest import screenshot
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def staged_model(registry, model_name):
-    registry_with_production(registry.client(), model_name)
-    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
-    return model_name
 
 
 def test_request_review_and_apply(
