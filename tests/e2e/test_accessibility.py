@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from promotions.models import PromotionRequest
+from promotions.models import PromotionRequest, Review
 from tests.e2e.conftest import ARTIFACTS
 from tests.factories import mirror_model, stage, version
 
@@ -22,9 +22,10 @@ SCHEMES = ["light", "dark"]
 ROLES = ["requester", "reviewer", "stage_admin", "auditor"]
 
 
-def filed(model, number, stage_name, status):
+def filed(model, number, stage_name, status, **fields):
     now = timezone.now()
     return PromotionRequest.objects.create(
+        **fields,
         version=version(model, number),
         stage=stage(stage_name),
         requested_by_name="riley",
@@ -49,7 +50,39 @@ def site(requester, reviewer, stage_admin, auditor):
     )
     pending = filed(model, 2, "Production", PromotionRequest.Status.PENDING)
     applied = filed(model, 3, "Staging", PromotionRequest.Status.APPLIED)
-    return {"model": model.name, "pending": pending.pk, "applied": applied.pk}
+    # The states with the most to say: a failure with its sentence and raw details, a
+    # rejection with the reviewer's comment, an expiry.
+    failed = filed(
+        model,
+        3,
+        "Production",
+        PromotionRequest.Status.FAILED,
+        attempts=5,
+        last_error="MLflow at http://mlflow.internal:5000 is not answering.",
+        last_error_detail="ConnectionError: HTTPConnectionPool(host='mlflow.internal', port=5000): "
+        "Max retries exceeded with url: /api/2.0/mlflow/model-versions/transition-stage "
+        "(Caused by NewConnectionError('<urllib3.connection.HTTPConnection object at 0x7f2e>: "
+        "Failed to establish a new connection: [Errno 111] Connection refused'))",
+    )
+    rejected = filed(model, 1, "Staging", PromotionRequest.Status.REJECTED)
+    Review.objects.create(
+        request=rejected,
+        reviewer=reviewer,
+        reviewer_name="Rex Tester",
+        decision=Review.Decision.REJECT,
+        comment="The holdout set overlaps the training window; re-run on a clean split.",
+        evidence_sha256="0" * 64,
+        created_at=timezone.now(),
+    )
+    expired = filed(model, 2, "Archived", PromotionRequest.Status.EXPIRED)
+    return {
+        "model": model.name,
+        "pending": pending.pk,
+        "applied": applied.pk,
+        "failed": failed.pk,
+        "rejected": rejected.pk,
+        "expired": expired.pk,
+    }
 
 
 def pages(role: str, site: dict) -> list[tuple[str, str]]:
@@ -64,6 +97,9 @@ def pages(role: str, site: dict) -> list[tuple[str, str]]:
         ("stages", "/stages/"),
         ("request-pending", f"/requests/{site['pending']}/"),
         ("request-applied", f"/requests/{site['applied']}/"),
+        ("request-failed", f"/requests/{site['failed']}/"),
+        ("request-rejected", f"/requests/{site['rejected']}/"),
+        ("request-expired", f"/requests/{site['expired']}/"),
         ("tokens", "/settings/tokens/"),
     ]
     if role == "requester":
