@@ -196,14 +196,23 @@ def time_page(client, url: str, repeat: int) -> list[float]:
     return samples
 
 
-def time_poll(client, request_id: int, repeat: int) -> tuple[list[float], int]:
-    """The live poll while nothing changed: milliseconds per poll, and queries per poll."""
+def time_poll(client, request_id: int, viewer_id: int, repeat: int) -> tuple[list[float], int]:
+    """The live poll while nothing changed, with the key the page hands it: milliseconds per
+    poll, and queries per poll."""
+    from urllib.parse import urlencode
+
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from promotions import selectors
+    from promotions import polling, selectors
 
-    url = f"/requests/{request_id}/status/?seen={selectors.request_seen(request_id)}"
+    query = urlencode(
+        {
+            "seen": selectors.request_seen(request_id),
+            "key": polling.poll_key(user_id=viewer_id, request_id=request_id),
+        }
+    )
+    url = f"/requests/{request_id}/status/?{query}"
     client.get(url, HTTP_HX_REQUEST="true")  # warm-up
     with CaptureQueriesContext(connection) as queries:
         response = client.get(url, HTTP_HX_REQUEST="true")
@@ -329,7 +338,7 @@ def main() -> None:
             "model page": f"/models/{world['model']}/",
         }
         results = {name: time_page(client, url_, args.repeat) for name, url_ in pages.items()}
-        poll, poll_queries = time_poll(client, world["request"].pk, args.repeat)
+        poll, poll_queries = time_poll(client, world["request"].pk, world["reviewer"].pk, args.repeat)
         bare = bare_mlflow(url, args.repeat)
 
         cookie = f"sessionid={client.cookies['sessionid'].value}"

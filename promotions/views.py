@@ -4,6 +4,8 @@ history. Views parse, call one service or selector, render."""
 from __future__ import annotations
 
 from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
@@ -13,7 +15,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from promotions import catalog, error_pages, history, policy, selectors, services
+from promotions import catalog, error_pages, history, policy, polling, selectors, services
 from promotions.audit import exports, record_denied, utc_iso
 from promotions.errors import AlreadyDecided, NotAllowed, PromotionError, RegistryUnavailable
 from promotions.forms import (
@@ -250,6 +252,7 @@ def _detail_context(
         "retry": selectors.apply_retry(promotion),
         "polling": promotion.status in PromotionRequest.OPEN_STATUSES,
         "seen": selectors.request_seen_token(promotion.updated_at),
+        "poll_key": polling.poll_key(user_id=user.pk, request_id=promotion.pk),
     }
 
 
@@ -262,22 +265,28 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "promotions/request_detail.html", context)
 
 
+@login_not_required  # the page's poll key stands for it on the cheap path; checked below otherwise
 @require_GET
 def request_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The request panel's poll. Unchanged since the version the page shows (`seen`, or the
     ETag in If-None-Match): one indexed read of the row, answered 204 for htmx (not swapped) or
     304. Changed: the panel, with its new ETag; in a final state also the end of the polling."""
+    seen = request.GET.get("seen", "") or request.headers.get("If-None-Match", "").strip('"W/')
+    current = None
+    # The page's poll key: "unchanged" is answered from the row alone (see promotions/polling.py).
+    if seen and polling.poll_key_allows(request.GET.get("key", ""), pk):
+        current = selectors.request_seen(pk)
+        if current == seen:
+            return _unchanged(request, current)
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
     if not policy.has_any_role(request.user):
         raise PermissionDenied(NO_ROLE)
-    seen = request.GET.get("seen", "") or request.headers.get("If-None-Match", "").strip('"W/')
-    current = selectors.request_seen(pk)
+    current = current or selectors.request_seen(pk)
     if current is None:
         raise Http404("No such request.")
     if seen and seen == current:
-        status = 204 if request.htmx else 304
-        response = HttpResponse(status=status)
-        response["ETag"] = f'"{current}"'
-        return response
+        return _unchanged(request, current)
     promotion = _get_request_for_user(request, pk)
     context = _detail_context(request, promotion)
     body = render(request, "promotions/request_detail.html#panel", context).content
@@ -285,6 +294,13 @@ def request_status(request: HttpRequest, pk: int) -> HttpResponse:
     final = not context["polling"] and request.htmx
     response = (HttpResponseStopPolling if final else HttpResponse)(body)
     response["ETag"] = f'"{context["seen"]}"'
+    return response
+
+
+def _unchanged(request: HttpRequest, current: str) -> HttpResponse:
+    """Nothing changed since the version the page shows: 204 for htmx (nothing swapped), else 304."""
+    response = HttpResponse(status=204 if request.htmx else 304)
+    response["ETag"] = f'"{current}"'
     return response
 
 
