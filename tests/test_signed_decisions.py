@@ -1,0 +1,231 @@
+"""Signed decisions: on a stage that requires a signature, a decision needs the password again and
+a meaning, is signed over the evidence digest, is shown with the signer's name, time and meaning,
+and a form cannot be sent twice."""
+
+import re
+
+import pytest
+from django.test import Client
+
+from promotions import services, tokens
+from promotions.models import AuditEvent, PromotionRequest, Review, SignatureNonce
+from tests.factories import mirror_model, stage, version
+
+pytestmark = pytest.mark.django_db
+Status = PromotionRequest.Status
+
+
+@pytest.fixture
+def signing_stage():
+    production = stage("Production")
+    production.signature_required = True
+    production.save()
+    return production
+
+
+@pytest.fixture
+def pending(requester, signing_stage):
+    sales = mirror_model(
+        "sales_forecast",
+        {3: {"current_stage": "Production"}, 5: {"current_stage": "Staging", "metrics": {"accuracy": 0.93}}},
+    )
+    return services.promotion_request_create(
+        version=version(sales, 5), stage=signing_stage, requested_by=requester, justification="beats v3"
+    )
+
+
+def form_fields(client, promotion) -> dict:
+    """The decision form's hidden fields as the page draws them."""
+    html = client.get(f"/requests/{promotion.pk}/").content.decode()
+    return {
+        name: re.search(rf'name="{name}" value="([^"]*)"', html).group(1)
+        for name in ("signature_token", "evidence_sha256")
+    }
+
+
+def decide(client, promotion, *, fields=None, htmx=True, **data):
+    body = {"decision": "approve", "comment": "fine", **(fields or form_fields(client, promotion)), **data}
+    headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    return client.post(f"/requests/{promotion.pk}/decide/", body, **headers)
+
+
+def test_the_form_asks_for_the_password_and_the_meaning(client, reviewer, pending):
+    client.force_login(reviewer)
+    html = client.get(f"/requests/{pending.pk}/").content.decode()
+    assert 'autocomplete="current-password"' in html
+    for meaning in ("Approved for release", "Reviewed — technical", "Reviewed — quality"):
+        assert f'<option value="{meaning}"' in html
+
+
+def test_the_form_of_a_stage_without_signatures_asks_for_neither(client, reviewer, pending, signing_stage):
+    signing_stage.signature_required = False
+    signing_stage.save()
+    client.force_login(reviewer)
+    html = client.get(f"/requests/{pending.pk}/").content.decode()
+    assert 'name="password"' not in html and 'name="signature_token"' not in html
+
+
+def test_the_right_password_and_a_meaning_sign_the_approval(client, reviewer, pending, settings):
+    settings.AUDIT_SIGNING_KEY = "k" * 40
+    client.force_login(reviewer)
+    response = decide(client, pending, password="pw-rex", meaning="Reviewed — technical")
+    assert response.status_code == 200, response.content.decode()[:500]
+    review = Review.objects.get(request=pending)
+    assert (review.signer_username, review.signer_name, review.signed_meaning) == (
+        "rex",
+        "Rex Tester",
+        "Reviewed — technical",
+    )
+    assert review.signed_digest == pending.evidence_sha256
+    assert len(review.signature_seal) == 64
+    stamp = review.signed_at.strftime("%Y-%m-%d %H:%M:%S")
+    line = f"Signed by Rex Tester (rex) · {stamp} UTC · Reviewed — technical"
+    assert line in client.get(f"/requests/{pending.pk}/").content.decode()
+    event = AuditEvent.objects.get(action="review.approved", request_id=pending.pk)
+    assert event.details["signature"] == {
+        "name": "Rex Tester",
+        "username": "rex",
+        "signed_at": review.signed_at.isoformat(timespec="microseconds"),
+        "meaning": "Reviewed — technical",
+        "digest": pending.evidence_sha256,
+        "key_id": settings.AUDIT_SIGNING_KEY_ID,
+        "seal": review.signature_seal,
+    }
+
+
+def test_a_wrong_password_refuses_the_decision_beside_the_field_and_is_audited(client, reviewer, pending):
+    client.force_login(reviewer)
+    for htmx in (True, False):
+        response = decide(client, pending, htmx=htmx, password="wrong", meaning="Approved for release")
+        assert response.status_code == 422
+        html = response.content.decode()
+        assert re.search(r'id="id_password_error"[^>]*>Wrong password: nothing was signed', html)
+    assert not Review.objects.filter(request=pending).exists()
+    assert AuditEvent.objects.filter(action="signature.refused", request_id=pending.pk).count() == 2
+    assert AuditEvent.objects.filter(action="auth.login_failed").exists()
+
+
+def test_wrong_passwords_lock_the_account_as_failed_sign_ins_do(client, reviewer, pending, settings):
+    client.force_login(reviewer)
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        decide(client, pending, password="wrong", meaning="Approved for release")
+    assert AuditEvent.objects.filter(action="auth.locked_out").exists()
+    # Locked: the right password signs nothing (axes answers 429, as on the sign-in page), and
+    # the sign-in page refuses it too.
+    response = decide(client, pending, password="pw-rex", meaning="Approved for release")
+    assert response.status_code == 429
+    assert not Review.objects.filter(request=pending).exists()
+    signed_in = Client().post("/accounts/login/", {"username": "rex", "password": "pw-rex"})
+    assert signed_in.status_code != 302
+
+
+@pytest.mark.parametrize(
+    ("meaning", "message"),
+    [
+        ("", "Choose what your signature means."),
+        ("Approved by the CEO", "is not a meaning this stage offers"),
+    ],
+)
+def test_a_missing_or_forged_meaning_is_refused(client, reviewer, pending, meaning, message):
+    client.force_login(reviewer)
+    response = decide(client, pending, password="pw-rex", meaning=meaning)
+    assert response.status_code == 422
+    assert re.search(r'id="id_meaning_error"[^>]*>[^<]*' + re.escape(message), response.content.decode())
+    assert not Review.objects.filter(request=pending).exists()
+
+
+def test_the_stage_lists_its_own_meanings(client, reviewer, pending, signing_stage):
+    signing_stage.signature_meanings = ["Released by QA"]
+    signing_stage.save()
+    client.force_login(reviewer)
+    assert decide(client, pending, password="pw-rex", meaning="Approved for release").status_code == 422
+    assert decide(client, pending, password="pw-rex", meaning="Released by QA").status_code == 200
+    assert Review.objects.get(request=pending).signed_meaning == "Released by QA"
+
+
+def test_a_replayed_signed_form_is_refused(client, reviewer, reviewer2, pending, signing_stage):
+    signing_stage.required_approvals = 2
+    signing_stage.save()
+    client.force_login(reviewer)
+    fields = form_fields(client, pending)
+    assert (
+        decide(client, pending, fields=fields, password="pw-rex", meaning="Approved for release").status_code
+        == 200
+    )
+    # The same POST again, after the review went stale: refused as used, nothing signed twice.
+    Review.objects.filter(request=pending).update(stale=True, stale_reason="evidence changed")
+    again = decide(client, pending, fields=fields, password="pw-rex", meaning="Approved for release")
+    assert again.status_code == 422
+    assert "already sent once" in again.content.decode()
+    assert Review.objects.filter(request=pending).count() == 1
+
+
+def test_an_old_signed_form_is_refused(client, reviewer, pending, settings, monkeypatch):
+    client.force_login(reviewer)
+    fields = form_fields(client, pending)
+    monkeypatch.setattr("django.core.signing.time.time", lambda: 10**10)
+    response = decide(client, pending, fields=fields, password="pw-rex", meaning="Approved for release")
+    assert response.status_code == 422
+    assert "too old" in response.content.decode()
+    assert not Review.objects.filter(request=pending).exists()
+
+
+def test_a_form_issued_to_another_reviewer_is_refused(client, reviewer, reviewer2, pending):
+    client.force_login(reviewer2)
+    fields = form_fields(client, pending)
+    client.force_login(reviewer)
+    response = decide(client, pending, fields=fields, password="pw-rex", meaning="Approved for release")
+    assert response.status_code == 422
+    assert "not issued to you" in response.content.decode()
+    assert SignatureNonce.objects.count() == 0
+
+
+def test_a_rejection_signs_as_rejected(client, reviewer, pending):
+    client.force_login(reviewer)
+    response = decide(
+        client, pending, decision="reject", comment="no", password="pw-rex", meaning="Approved for release"
+    )
+    assert response.status_code == 200
+    review = Review.objects.get(request=pending)
+    assert (review.decision, review.signed_meaning) == ("reject", "Rejected")
+    event = AuditEvent.objects.get(action="review.rejected", request_id=pending.pk)
+    assert event.details["signature"]["meaning"] == "Rejected"
+    assert PromotionRequest.objects.get(pk=pending.pk).status == Status.REJECTED
+
+
+def test_a_decision_without_the_signature_fields_is_refused(client, reviewer, pending):
+    client.force_login(reviewer)
+    response = client.post(f"/requests/{pending.pk}/decide/", {"decision": "approve"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 422
+    assert not Review.objects.filter(request=pending).exists()
+
+
+def test_the_service_refuses_an_unsigned_decision(reviewer, pending):
+    with pytest.raises(services.decisions.SignatureRequired):
+        services.review_approve(request=pending, reviewer=reviewer, evidence_sha256=pending.evidence_sha256)
+    assert AuditEvent.objects.filter(action="auth.denied", request_id=pending.pk).exists()
+
+
+def test_the_api_refuses_decisions_on_a_signing_stage(reviewer, pending):
+    _, raw = tokens.api_token_create(user=reviewer, name="ci")
+    api = Client(headers={"Authorization": f"Bearer {raw}"})
+    for action, body in (("approve", "{}"), ("reject", '{"comment": "no"}')):
+        response = api.post(f"/api/requests/{pending.pk}/{action}", body, content_type="application/json")
+        assert response.status_code == 403
+        assert response.json()["code"] == "signature_required"
+        assert f"/requests/{pending.pk}/" in response.json()["message"]
+    assert not Review.objects.filter(request=pending).exists()
+
+
+def test_the_api_shows_the_signature(client, reviewer, auditor, pending):
+    client.force_login(reviewer)
+    decide(client, pending, password="pw-rex", meaning="Approved for release")
+    review = Review.objects.get(request=pending)
+    _, raw = tokens.api_token_create(user=reviewer, name="ci")
+    api = Client(headers={"Authorization": f"Bearer {raw}"})
+    [shown] = api.get(f"/api/requests/{pending.pk}").json()["reviews"]
+    assert shown["signature"]["name"] == "Rex Tester"
+    assert shown["signature"]["username"] == "rex"
+    assert shown["signature"]["meaning"] == "Approved for release"
+    assert shown["signature"]["digest"] == pending.evidence_sha256
+    assert shown["signature"]["signed_at"].startswith(review.signed_at.strftime("%Y-%m-%dT%H:%M:%S"))
