@@ -2,14 +2,18 @@
 a meaning, is signed over the evidence digest, is shown with the signer's name, time and meaning,
 and a form cannot be sent twice."""
 
+import io
+import json
 import re
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import Client
 
-from promotions import services, tokens
+from promotions import audit, services, tokens
 from promotions.models import AuditEvent, PromotionRequest, Review, SignatureNonce
 from tests.factories import mirror_model, stage, version
+from tests.tampering import tamper, tampering_db
 
 pytestmark = pytest.mark.django_db
 Status = PromotionRequest.Status
@@ -229,3 +233,75 @@ def test_the_api_shows_the_signature(client, reviewer, auditor, pending):
     assert shown["signature"]["meaning"] == "Approved for release"
     assert shown["signature"]["digest"] == pending.evidence_sha256
     assert shown["signature"]["signed_at"].startswith(review.signed_at.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+# --- verify_audit_log -------------------------------------------------------------------------
+
+
+def verify_command() -> str:
+    try:
+        call_command("verify_audit_log", stdout=io.StringIO(), stderr=io.StringIO())
+    except CommandError as exc:
+        assert exc.returncode == 1
+        return str(exc)
+    return ""
+
+
+@pytest.fixture
+def signed(client, reviewer, pending, settings):
+    settings.AUDIT_SIGNING_KEY, settings.AUDIT_SIGNING_KEY_ID = "k" * 40, "key-2026"
+    client.force_login(reviewer)
+    assert decide(client, pending, password="pw-rex", meaning="Approved for release").status_code == 200
+    return Review.objects.get(request=pending)
+
+
+def test_verify_accepts_intact_signatures(signed):
+    assert verify_command() == ""
+
+
+def test_verify_names_a_review_whose_signed_digest_was_edited(signed, pending):
+    # The reviews table has no append-only trigger: an edit there breaks no hash.
+    Review.objects.filter(pk=signed.pk).update(signed_digest="f" * 64)
+    message = verify_command()
+    event = AuditEvent.objects.get(action="review.approved", request_id=pending.pk)
+    assert (
+        f"signature of entry #{event.sequence}, request #{pending.pk}, by Rex Tester (rex): the review's "
+        "record differs from the audit entry in digest" in message
+    )
+
+
+@tampering_db
+def test_verify_names_a_signature_whose_digest_is_not_the_requests(signed, pending):
+    event = AuditEvent.objects.get(action="review.approved", request_id=pending.pk)
+    details = {**event.details, "signature": {**event.details["signature"], "digest": "e" * 64}}
+    tamper("UPDATE promotions_auditevent SET details = %s WHERE id = %s", [json.dumps(details), event.pk])
+    tamper("UPDATE promotions_review SET signed_digest = %s WHERE id = %s", ["e" * 64, signed.pk])
+    message = verify_command()
+    # The chain names the edited entry; the signature is named with what it signed and what the
+    # record held, and its seal no longer checks.
+    assert f"broken at entry #{event.sequence}" in message
+    who = (
+        f"Signature broken: signature of entry #{event.sequence}, request #{pending.pk}, by Rex Tester (rex)"
+    )
+    assert (
+        f"{who}: it signed digest {'e' * 64}, but the request's evidence digest on the record then was "
+        f"{pending.evidence_sha256}." in message
+    )
+    assert f"{who}: its seal: the MAC does not match" in message
+
+
+def test_a_signature_made_before_an_evidence_change_still_matches(signed, pending):
+    audit.record(
+        action="request.evidence_changed",
+        meaning="evidence changed",
+        request_id=pending.pk,
+        details={"old_sha256": signed.signed_digest, "new_sha256": "d" * 64},
+    )
+    assert audit.signature_problems() == []
+
+
+def test_verify_names_a_seal_made_without_the_key(signed, pending, settings):
+    # The same key id, another secret: a seal forged without the key does not check.
+    settings.AUDIT_SIGNING_KEY = "another key, not the one that sealed" * 2
+    [problem] = [p for p in audit.signature_problems() if "seal" in p]
+    assert f"request #{pending.pk}, by Rex Tester (rex): its seal" in problem
