@@ -2,6 +2,8 @@
 a meaning, is signed over the evidence digest, is shown with the signer's name, time and meaning,
 and a form cannot be sent twice."""
 
+import csv
+import hashlib
 import io
 import json
 import re
@@ -11,6 +13,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from promotions import audit, services, tokens
+from promotions.audit import signing
 from promotions.models import AuditEvent, PromotionRequest, Review, SignatureNonce
 from tests.factories import mirror_model, stage, version
 from tests.tampering import tamper, tampering_db
@@ -305,3 +308,58 @@ def test_verify_names_a_seal_made_without_the_key(signed, pending, settings):
     settings.AUDIT_SIGNING_KEY = "another key, not the one that sealed" * 2
     [problem] = [p for p in audit.signature_problems() if "seal" in p]
     assert f"request #{pending.pk}, by Rex Tester (rex): its seal" in problem
+
+
+# --- exports ----------------------------------------------------------------------------------
+
+
+def export_file(tmp_path, fmt: str):
+    path = tmp_path / f"log.{fmt}"
+    call_command("export_audit_log", "--format", fmt, "-o", str(path), stdout=io.StringIO())
+    return path
+
+
+def verify_file(path) -> str:
+    try:
+        call_command("verify_audit_log", "--export", str(path), stdout=io.StringIO())
+    except CommandError as exc:
+        return str(exc)
+    return ""
+
+
+def test_every_export_carries_the_signature_as_columns(signed, tmp_path):
+    expected = {
+        "signature_name": "Rex Tester",
+        "signature_username": "rex",
+        "signature_time": signed.signed_at.isoformat(timespec="microseconds"),
+        "signature_meaning": "Approved for release",
+        "signature_digest": signed.signed_digest,
+    }
+    rows = list(csv.DictReader(io.StringIO(export_file(tmp_path, "csv").read_text(), newline="")))
+    lines = [json.loads(line) for line in export_file(tmp_path, "jsonl").read_text().splitlines()]
+    for exported in (rows, lines):
+        [approval] = [r for r in exported if r["action"] == "review.approved"]
+        assert {name: approval[name] for name in expected} == expected
+        unsigned = next(r for r in exported if r["action"] == "request.created")
+        assert all(unsigned[name] == "" for name in expected)
+    assert verify_file(tmp_path / "log.csv") == verify_file(tmp_path / "log.jsonl") == ""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_export_whose_signature_columns_were_edited_fails_verification(signed, tmp_path, fmt):
+    path = export_file(tmp_path, fmt)
+    text = path.read_text()
+    assert text.count("Approved for release") == 2  # in details and in its column
+    # Only the column changed (the last occurrence on the line), details left as it was.
+    head, _, tail = text.rpartition("Approved for release")
+    path.write_text(head + "Reviewed — quality" + tail)
+    manifest = tmp_path / f"log.{fmt}.manifest.json"
+    content = json.loads(manifest.read_text())
+    content["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    content.pop("signature", None)
+    # Re-signed, as someone holding the key could: only the row's own check is left to catch it.
+    manifest.write_text(json.dumps(signing.sign_manifest(content)))
+    event = AuditEvent.objects.get(action="review.approved")
+    message = verify_file(path)
+    assert f"#{event.sequence}" in message
+    assert "its signature columns do not say what its details record" in message
