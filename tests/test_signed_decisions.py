@@ -363,3 +363,10 @@ def test_an_export_whose_signature_columns_were_edited_fails_verification(signed
     message = verify_file(path)
     assert f"#{event.sequence}" in message
     assert "its signature columns do not say what its details record" in message
+
+
+def test_the_audit_page_shows_the_signature_with_its_entry(client, signed, auditor):
+    client.force_login(auditor)
+    html = client.get("/audit/").content.decode()
+    stamp = signed.signed_at.strftime("%Y-%m-%d %H:%M:%S")
+    assert f"Signed by Rex Tester (rex) · {stamp} UTC · Approved for release" in html
