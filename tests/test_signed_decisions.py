@@ -11,6 +11,9 @@ import re
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from promotions import audit, services, tokens
 from promotions.audit import signing
@@ -370,3 +373,36 @@ def test_the_audit_page_shows_the_signature_with_its_entry(client, signed, audit
     html = client.get("/audit/").content.decode()
     stamp = signed.signed_at.strftime("%Y-%m-%d %H:%M:%S")
     assert f"Signed by Rex Tester (rex) · {stamp} UTC · Approved for release" in html
+
+
+# --- hostile input ----------------------------------------------------------------------------
+
+FIELDS = ("decision", "comment", "evidence_sha256", "meaning", "password", "signature_token")
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.dictionaries(
+        st.sampled_from(FIELDS),
+        st.one_of(
+            st.sampled_from(["approve", "reject", "", "\x00", "Approved for release", "pw-rex", "x" * 5000]),
+            st.text(max_size=60),
+        ),
+    ),
+    htmx=st.booleans(),
+    keep_token=st.booleans(),
+)
+def test_no_hostile_signed_form_gives_a_server_error_or_signs(
+    client, reviewer, pending, values, htmx, keep_token
+):
+    client.force_login(reviewer)
+    fields = form_fields(client, pending) if keep_token else {}
+    body = {**fields, **values}
+    if keep_token and "password" in values:
+        body["password"] = "not-" + str(values["password"])  # never the right one
+    headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    response = client.post(f"/requests/{pending.pk}/decide/", body, **headers)
+    assert response.status_code < 500
+    assert not Review.objects.filter(request=pending).exists()
