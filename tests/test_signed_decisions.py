@@ -406,3 +406,20 @@ def test_no_hostile_signed_form_gives_a_server_error_or_signs(
     response = client.post(f"/requests/{pending.pk}/decide/", body, **headers)
     assert response.status_code < 500
     assert not Review.objects.filter(request=pending).exists()
+
+
+def test_bulk_approval_cannot_sign_and_refuses_a_signing_stage(client, reviewer, pending):
+    client.force_login(reviewer)
+    response = client.post(
+        "/queue/bulk/",
+        {
+            "decision": "approve",
+            "comment": "all fine",
+            "request_ids": [str(pending.pk)],
+            f"evidence_{pending.pk}": pending.evidence_sha256,
+        },
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 422
+    assert "requires a signed decision" in response.content.decode()
+    assert not Review.objects.filter(request=pending).exists()

@@ -39,7 +39,9 @@ def _review_permission(request: PromotionRequest, reviewer, action: str) -> None
         raise refusal(reviewer, request, action, refused.reason, refused.message)
 
 
-def _signature_required(request: PromotionRequest, reviewer, action: str, signature: SignatureProof | None):
+def _signature_required(
+    request: PromotionRequest, reviewer, action: str, signature: SignatureProof | None
+) -> None:
     """A stage that requires signatures takes no decision without the signer's fresh proof."""
     if not request.stage.signature_required:
         return
