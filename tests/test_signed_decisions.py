@@ -423,3 +423,17 @@ def test_bulk_approval_cannot_sign_and_refuses_a_signing_stage(client, reviewer,
     assert response.status_code == 422
     assert "requires a signed decision" in response.content.decode()
     assert not Review.objects.filter(request=pending).exists()
+
+
+def test_an_account_without_a_password_cannot_sign_and_is_not_counted_as_a_failed_sign_in(
+    client, reviewer, pending
+):
+    reviewer.set_unusable_password()
+    reviewer.save()
+    client.force_login(reviewer)
+    response = decide(client, pending, password="anything", meaning="Approved for release")
+    assert response.status_code == 422
+    assert "single sign-on" in response.content.decode()
+    assert not Review.objects.filter(request=pending).exists()
+    assert not AuditEvent.objects.filter(action="auth.login_failed").exists()
+    assert AuditEvent.objects.get(action="signature.refused").details["reason"] == "no password to sign with"

@@ -113,6 +113,15 @@ def signature_check(
             f"'{meaning[:80]}' is not a meaning this stage offers: choose one of {', '.join(allowed)}.",
             field="meaning",
         )
+    if not user.has_usable_password():
+        # A single-sign-on account has no password here to re-enter; a fresh re-authentication at
+        # its provider will sign instead (not built yet). Not a failed sign-in: nothing is counted.
+        _refused(user, promotion, "no password to sign with")
+        raise SignatureRefused(
+            "Your account has no password here (single sign-on), so it cannot sign yet; "
+            "ask a stage admin for a reviewer who can.",
+            field="password",
+        )
     if not password:
         raise SignatureRefused("Enter your password to sign.", field="password")
     # authenticate() is the sign-in page's own check: django-axes counts a failure here as a
