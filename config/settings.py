@@ -182,6 +182,8 @@ AXES_CLIENT_IP_CALLABLE = "promotions.auth_events.client_address"
 # The audit log records failed sign-ins for this many user names per address and cool-off
 # window; beyond it, one address's failures are counted under one entry.
 SIGN_IN_AUDIT_NAMES_PER_ADDRESS = envint("SIGN_IN_AUDIT_NAMES_PER_ADDRESS", 20, minimum=1)
+# A signed decision form (stages with signature_required) is good for this long, and once.
+SIGNATURE_FORM_MAX_AGE_SECONDS = envint("SIGNATURE_FORM_MAX_AGE_SECONDS", 600, minimum=30)
 
 # Internationalisation ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

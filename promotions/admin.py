@@ -14,6 +14,8 @@ from django.contrib import admin, messages
 
 from promotions import notifications, policy, webhook_targets
 from promotions.models import (
+    DEFAULT_SIGNATURE_MEANINGS,
+    REJECTION_MEANING,
     WEBHOOK_EVENTS,
     AuditEvent,
     OutboundDelivery,
@@ -30,10 +32,49 @@ _ALIAS = re.compile(r"^[\w\-]+$")
 _RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 
 
+class MeaningsField(forms.CharField):
+    """A list of signature meanings, edited one a line."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def prepare_value(self, value):
+        if isinstance(value, list):
+            return "\n".join(value)
+        return value
+
+    def to_python(self, value) -> list[str]:
+        if isinstance(value, list):
+            return value
+        text = super().to_python(value)
+        meanings = []
+        for line in text.splitlines():
+            if line.strip() and line.strip() not in meanings:
+                meanings.append(line.strip())
+        return meanings
+
+
 class StageForm(forms.ModelForm):
+    signature_meanings = MeaningsField(
+        label="Signature meanings",
+        required=False,
+        help_text=Stage._meta.get_field("signature_meanings").help_text
+        + " Leave empty for: "
+        + ", ".join(DEFAULT_SIGNATURE_MEANINGS)
+        + ".",
+    )
+
     class Meta:
         model = Stage
         fields = [*STAGE_FIELDS[:8], "allowed_from", "approver_groups", *STAGE_FIELDS[8:]]
+
+    def clean_signature_meanings(self) -> list[str]:
+        meanings = self.cleaned_data["signature_meanings"] or list(DEFAULT_SIGNATURE_MEANINGS)
+        too_long = [m for m in meanings if len(m) > 200]
+        if too_long:
+            raise forms.ValidationError("A meaning is at most 200 characters.")
+        if REJECTION_MEANING in meanings:
+            raise forms.ValidationError(f"'{REJECTION_MEANING}' is what every signed rejection means.")
+        return meanings
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()
@@ -92,6 +133,7 @@ class StageAdmin(admin.ModelAdmin):
         "mlflow_alias",
         "required_approvals",
         "enforcement",
+        "signature_required",
         "is_active",
     )
     list_editable = ()

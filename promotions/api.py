@@ -5,9 +5,11 @@ no CSRF to forge, and every call acts as the token's user with that user's roles
 goes through the same services as the pages; the API only parses, calls and renders.
 
 Errors are `{"code", "message"}` (plus `errors` for field errors): 401 no or bad token, 403 a
-valid token without the role, 404 unknown ids (only ever after the role check, so existence
-never leaks), 409 already decided or duplicate, 413 body too large, 422 malformed or invalid,
-503 `registry_unavailable` when filing cannot ask MLflow (nothing filed; try again later).
+valid token without the role (`signature_required` for a decision on a stage that requires an
+electronic signature: those are made on the request page, with the password), 404 unknown ids
+(only ever after the role check, so existence never leaks), 409 already decided or duplicate,
+413 body too large, 422 malformed or invalid, 503 `registry_unavailable` when filing cannot ask
+MLflow (nothing filed; try again later).
 """
 
 from __future__ import annotations
@@ -332,12 +334,23 @@ class CheckOut(Schema):
     message: str
 
 
+class SignatureOut(Schema):
+    name: str = Field(description="The signer's full name when they signed.")
+    username: str
+    signed_at: datetime = Field(description="UTC.")
+    meaning: str = Field(examples=["Approved for release"])
+    digest: str = Field(description="The request's evidence_sha256 that was signed.")
+
+
 class ReviewOut(Schema):
     reviewer: str
     decision: Literal["approve", "reject"]
     comment: str
     created_at: datetime
     stale: bool
+    signature: SignatureOut | None = Field(
+        description="The reviewer's electronic signature, on stages that require one; null otherwise."
+    )
 
 
 class RequestOut(Schema):
@@ -411,6 +424,8 @@ class StageOut(Schema):
     request_ttl_seconds: int
     is_active: bool
     enforcement: str
+    signature_required: bool = Field(description="Decisions need an electronic signature (on the page).")
+    signature_meanings: list[str]
 
 
 class VersionOut(Schema):
@@ -498,6 +513,7 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
                 "comment": r.comment,
                 "created_at": r.created_at,
                 "stale": r.stale,
+                "signature": _signature_out(r),
             }
             for r in reviews
         ],
@@ -507,6 +523,18 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
         "decided_at": promotion.decided_at,
         "applied_at": promotion.applied_at,
         "url": request_url(promotion.pk),
+    }
+
+
+def _signature_out(review: Review) -> dict[str, Any] | None:
+    if not review.is_signed:
+        return None
+    return {
+        "name": review.signer_name,
+        "username": review.signer_username,
+        "signed_at": review.signed_at,
+        "meaning": review.signed_meaning,
+        "digest": review.signed_digest,
     }
 
 
@@ -530,6 +558,8 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
         "request_ttl_seconds": int(stage.request_ttl.total_seconds()),
         "is_active": stage.is_active,
         "enforcement": stage.enforcement,
+        "signature_required": stage.signature_required,
+        "signature_meanings": stage.approval_meanings(),
     }
 
 
@@ -646,7 +676,9 @@ def request_get(request, request_id: RequestId):
     "/requests/{request_id}/approve", response={200: RequestOut, **_errors(404, 409, 413)}, tags=["requests"]
 )
 def request_approve(request, request_id: RequestId, payload: DecisionIn | None = None):
-    """Approve as the token's user (an approver of the stage, not the requester)."""
+    """Approve as the token's user (an approver of the stage, not the requester). On a stage that
+    requires a signature (`signature_required`) the answer is 403 `signature_required`: a token
+    proves the pipeline, not the person, so signed decisions are made on the request page."""
     promotion = _get_request_for_user(request, request_id)
     payload = payload or DecisionIn()
     services.review_approve(
@@ -663,7 +695,8 @@ def request_approve(request, request_id: RequestId, payload: DecisionIn | None =
     "/requests/{request_id}/reject", response={200: RequestOut, **_errors(404, 409, 413)}, tags=["requests"]
 )
 def request_reject(request, request_id: RequestId, payload: DecisionIn):
-    """Reject as the token's user; a comment saying what must change is required."""
+    """Reject as the token's user; a comment saying what must change is required. Refused with 403
+    `signature_required` on a stage that requires a signature, as approving is."""
     promotion = _get_request_for_user(request, request_id)
     services.review_reject(request=promotion, reviewer=_user(request), comment=payload.comment, via="api")
     return _reloaded(promotion.pk)

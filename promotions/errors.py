@@ -66,6 +66,24 @@ class NotAllowed(PromotionError):
     http_status = 403
 
 
+class SignatureRequired(NotAllowed):
+    """The stage requires an electronic signature, which only the decision page takes: a token
+    proves the pipeline, not the person at the keyboard."""
+
+    code = "signature_required"
+
+
+class SignatureRefused(InvalidRequest):
+    """The signature did not check: a wrong password, a meaning the stage does not offer, a form
+    already used or too old. `field` names the form field the message belongs beside."""
+
+    code = "signature_refused"
+
+    def __init__(self, message: str, *, field: str = ""):
+        super().__init__(message)
+        self.field = field
+
+
 class RegistryUnavailable(PromotionError):
     """MLflow could not be asked, so nothing was filed: worth trying again later."""
 

@@ -108,3 +108,11 @@ class DecisionForm(forms.Form):
     )
     decision = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
     evidence_sha256 = forms.CharField(required=False, widget=forms.HiddenInput)
+    # On stages that require a signature (services/signatures.py checks all three): what the
+    # approval means, the reviewer's password, and the form's one-time token. Free text here: a
+    # meaning the stage does not offer is refused, and audited, by the service.
+    meaning = forms.CharField(label="Meaning of your signature", max_length=200, required=False)
+    password = forms.CharField(
+        label="Password", strip=False, max_length=4096, required=False, widget=forms.PasswordInput
+    )
+    signature_token = forms.CharField(max_length=1000, required=False, widget=forms.HiddenInput)

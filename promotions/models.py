@@ -9,10 +9,21 @@ from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models.functions import Lower
 
+from promotions.text import signature_line
 from registry_sync.models import ModelVersion
 
 # The longest justification or comment a person may write (forms, API and services agree).
 MAX_TEXT = 10_000
+
+# What a signer may say their signature means, unless the stage lists its own (21 CFR 11.50).
+DEFAULT_SIGNATURE_MEANINGS = ["Approved for release", "Reviewed — technical", "Reviewed — quality"]
+# A signed rejection means one thing only.
+REJECTION_MEANING = "Rejected"
+
+
+def default_signature_meanings() -> list[str]:
+    return list(DEFAULT_SIGNATURE_MEANINGS)
+
 
 LEGACY_STAGE_CHOICES = [
     ("", "(none: alias only)"),
@@ -71,6 +82,18 @@ class Stage(models.Model):
         default=Enforcement.DETECT,
         help_text="What happens when the stage's MLflow binding changes without a request.",
     )
+    signature_required = models.BooleanField(
+        "signature required",
+        default=False,
+        help_text="Approving or rejecting needs the reviewer's password again and the meaning of "
+        "the signature; the API refuses decisions on this stage.",
+    )
+    signature_meanings = models.JSONField(
+        "signature meanings",
+        default=default_signature_meanings,
+        blank=True,
+        help_text="What an approver's signature may mean, one a line. A rejection always means 'Rejected'.",
+    )
 
     class Meta:
         ordering = ["position", "name"]
@@ -90,6 +113,11 @@ class Stage(models.Model):
 
     def check_rules(self) -> list[str]:
         return [line.strip() for line in self.checks.splitlines() if line.strip()]
+
+    def approval_meanings(self) -> list[str]:
+        return [m for m in (self.signature_meanings or []) if isinstance(m, str) and m.strip()] or list(
+            DEFAULT_SIGNATURE_MEANINGS
+        )
 
 
 class PromotionRequest(models.Model):
@@ -188,6 +216,17 @@ class Review(models.Model):
     created_at = models.DateTimeField()
     stale = models.BooleanField(default=False)
     stale_reason = models.CharField(max_length=500, blank=True, default="")
+    # The electronic signature, on stages that require one (signed_at is None: unsigned). What was
+    # signed is signed_digest, the request's evidence digest at that moment; signature_seal is the
+    # AUDIT_SIGNING_KEY MAC over the fields (audit.signing.review_signature_message), empty
+    # without a key. The same record is in the review's audit entry, under the hash chain.
+    signed_at = models.DateTimeField(null=True, blank=True)
+    signer_username = models.CharField(max_length=150, blank=True, default="")
+    signer_name = models.CharField(max_length=300, blank=True, default="")
+    signed_meaning = models.CharField(max_length=200, blank=True, default="")
+    signed_digest = models.CharField(max_length=64, blank=True, default="")
+    signature_key_id = models.CharField(max_length=64, blank=True, default="")
+    signature_seal = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -201,6 +240,31 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reviewer_name} {self.decision} #{self.request_id}"
+
+    @property
+    def is_signed(self) -> bool:
+        return self.signed_at is not None
+
+    @property
+    def signature_line(self) -> str:
+        if self.signed_at is None:
+            return ""
+        return signature_line(
+            name=self.signer_name,
+            username=self.signer_username,
+            signed_at=self.signed_at,
+            meaning=self.signed_meaning,
+        )
+
+
+class SignatureNonce(models.Model):
+    """A signed decision form's one-time nonce, once used: the same form posted again is refused."""
+
+    nonce = models.CharField(max_length=64, unique=True)
+    used_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.nonce
 
 
 class AuditChainHead(models.Model):

@@ -17,7 +17,13 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from promotions import catalog, error_pages, history, policy, polling, selectors, services
 from promotions.audit import exports, record_denied, utc_iso
-from promotions.errors import AlreadyDecided, NotAllowed, PromotionError, RegistryUnavailable
+from promotions.errors import (
+    AlreadyDecided,
+    NotAllowed,
+    PromotionError,
+    RegistryUnavailable,
+    SignatureRefused,
+)
 from promotions.forms import (
     DecisionForm,
     PromotionRequestForm,
@@ -25,8 +31,8 @@ from promotions.forms import (
     parse_optional_number,
     parse_text,
 )
-from promotions.models import PromotionRequest, Stage
-from promotions.services import enforcement
+from promotions.models import REJECTION_MEANING, PromotionRequest, Stage
+from promotions.services import enforcement, signatures
 from registry_sync import selectors as mirror
 from registry_sync.models import DriftEvent
 
@@ -236,13 +242,23 @@ def _detail_context(
     reviews = list(promotion.reviews.all())
     approvals = [r for r in reviews if r.decision == "approve" and not r.stale]
     already = any(r.reviewer_id == user.pk and not r.stale for r in reviews)
+    may_decide = policy.may_decide(user, promotion, reviews=reviews)
+    signing = promotion.stage.signature_required and may_decide
     return {
         "promotion": promotion,
         "reviews": reviews,
         "approvals": len(approvals),
         "comparison": selectors.comparison(promotion.evidence),
         "timeline": selectors.request_timeline(promotion.pk),
-        "may_decide": policy.may_decide(user, promotion, reviews=reviews),
+        "may_decide": may_decide,
+        # A stage that requires signatures: the form asks for the password and the meaning, and
+        # carries a fresh one-time token each time it is drawn.
+        "signing": signing,
+        "signature_meanings": promotion.stage.approval_meanings() if signing else [],
+        "signature_token": signatures.signature_form_token(user=user, request_id=promotion.pk)
+        if signing
+        else "",
+        "rejection_meaning": REJECTION_MEANING,
         "already_reviewed": already,
         "is_requester": promotion.requested_by_id == user.pk,
         "may_cancel": promotion.status in ("pending", "approved") and policy.may_cancel(user, promotion),
@@ -304,6 +320,19 @@ def _unchanged(request: HttpRequest, current: str) -> HttpResponse:
     return response
 
 
+def _signature_refused(
+    request: HttpRequest, promotion: PromotionRequest, form: DecisionForm, exc
+) -> HttpResponse:
+    """422, the reason beside the field it is about, in the panel htmx swaps or the whole page."""
+    form.add_error(exc.field or None, exc.message)
+    promotion = selectors.request_page(promotion.pk)
+    context = _detail_context(request, promotion, form=form)
+    if request.htmx:
+        return render(request, "promotions/request_detail.html#panel", context, status=422)
+    context["model_comparison"] = selectors.model_comparison(promotion)
+    return render(request, "promotions/request_detail.html", context, status=422)
+
+
 def _after_action(
     request: HttpRequest, promotion: PromotionRequest, *, error: str = "", form=None
 ) -> HttpResponse:
@@ -332,16 +361,38 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
             request, promotion, error="Choose Approve or Reject; a comment is at most 10,000 characters."
         )
     data = form.cleaned_data
+    approve = data["decision"] == "approve"
+    signature = None
     try:
-        if data["decision"] == "approve":
+        # Who may decide is asked first: a refusal is a 403 whether or not the stage signs.
+        if promotion.stage.signature_required and policy.decide_refusal(request.user, promotion) is None:
+            signature = signatures.signature_check(
+                http_request=request,
+                user=request.user,
+                promotion=promotion,
+                decision=data["decision"],
+                token=data["signature_token"],
+                password=data["password"],
+                meaning=data["meaning"] if approve else REJECTION_MEANING,
+            )
+        if approve:
             services.review_approve(
                 request=promotion,
                 reviewer=request.user,
                 comment=data["comment"],
                 evidence_sha256=data["evidence_sha256"] or None,
+                signature=signature,
             )
         else:
-            services.review_reject(request=promotion, reviewer=request.user, comment=data["comment"])
+            services.review_reject(
+                request=promotion,
+                reviewer=request.user,
+                comment=data["comment"],
+                evidence_sha256=data["evidence_sha256"] or None,
+                signature=signature,
+            )
+    except SignatureRefused as exc:
+        return _signature_refused(request, promotion, form, exc)
     except PromotionError as exc:
         if exc.http_status == 403 and not request.htmx:
             raise PermissionDenied(exc.message) from None

@@ -31,6 +31,11 @@ COLUMNS = [
     "details",
     "prev_hash",
     "hash",
+    "signature_name",
+    "signature_username",
+    "signature_time",
+    "signature_meaning",
+    "signature_digest",
 ]
 
 

@@ -6,6 +6,7 @@ content that breaks hand-made JSON: quotes, backslashes, control characters, cha
 the Basic Multilingual Plane, NULL numbers, nested details, any microsecond.
 """
 
+import csv
 import io
 import json
 import tempfile
@@ -53,6 +54,19 @@ moments = st.datetimes(
 hex_hash = st.text("0123456789abcdef", min_size=64, max_size=64)
 
 
+def signatures(strings):
+    """details.signature as a signed review records it (its texts as awkward as any)."""
+    keys = ("name", "username", "signed_at", "meaning", "digest", "key_id", "seal")
+    return st.fixed_dictionaries({key: strings for key in keys})
+
+
+def details_maybe_signed(strings):
+    return st.one_of(
+        details(strings),
+        st.builds(lambda d, s: {**d, "signature": s}, details(strings), signatures(strings)),
+    )
+
+
 def payloads(strings=text):
     return st.fixed_dictionaries(
         {
@@ -67,7 +81,7 @@ def payloads(strings=text):
             "to_stage": strings,
             "request_id": st.one_of(st.none(), st.integers(0, 2**62)),
             "meaning": strings,
-            "details": details(strings),
+            "details": details_maybe_signed(strings),
             "prev_hash": hex_hash,
         }
     )
@@ -114,13 +128,20 @@ def test_every_fast_hash_of_a_row_is_compute_hash(payload):
     assert [recomputed for _, recomputed, _, _ in verify._csv_rows(csv_file, exact=True)] == [expected]
     # a JSON Lines row, hashed from its tokens without decoding it
     line = exports.jsonl_line(texts)
-    assert json.loads(line) == row
-    head = verify._LINE_HEAD.match(line)
-    cut = len(line) - verify._LINE_TAIL_LENGTH
-    tail = verify._LINE_TAIL.match(line, cut)
-    assert head is not None and tail is not None
-    assert format.hash_of_line_tokens(head.groups(), line[head.end() : cut], tail.group(1)) == expected
+    signature = row["details"].get("signature") or {}
+    cells = [signature.get(key, "") for key in ("name", "username", "signed_at", "meaning", "digest")]
+    assert json.loads(line) == {**row, **dict(zip(format.SIGNATURE_COLUMNS, cells, strict=True))}
+    assert list(csv.reader(io.StringIO(exports.csv_line(texts), newline="")))[0][-5:] == [
+        "'" + c if c[:1] in "=+-@\t\r'" and c else c for c in cells
+    ]
+    if not signature:
+        head = verify._LINE_HEAD.match(line)
+        cut = len(line) - verify._LINE_TAIL_LENGTH
+        tail = verify._LINE_TAIL.match(line, cut)
+        assert head is not None and tail is not None
+        assert format.hash_of_line_tokens(head.groups(), line[head.end() : cut], tail.group(1)) == expected
     assert [h for _, h, _, _ in verify._jsonl_rows(io.StringIO(line, newline=""), exact=False)] == [expected]
+    assert [h for _, h, _, _ in verify._jsonl_rows(io.StringIO(line, newline=""), exact=True)] == [expected]
 
 
 @pytest.mark.django_db

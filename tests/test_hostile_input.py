@@ -121,7 +121,12 @@ ENDPOINTS = [
     ("request_detail", "get", "/requests/{pk}/", ()),
     ("request_detail_path", "get", "/requests/{number}/", ()),
     ("request_status", "get", "/requests/{pk}/status/", ()),
-    ("request_decide", "post", "/requests/{pk}/decide/", ("decision", "comment", "evidence_sha256")),
+    (
+        "request_decide",
+        "post",
+        "/requests/{pk}/decide/",
+        ("decision", "comment", "evidence_sha256", "meaning", "password", "signature_token"),
+    ),
     ("request_cancel", "post", "/requests/{pk}/cancel/", ()),
     ("request_retry", "post", "/requests/{pk}/retry/", ()),
     ("drift_acknowledge", "post", "/drift/{drift}/acknowledge/", ("comment",)),

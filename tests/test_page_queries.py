@@ -103,3 +103,23 @@ def test_the_stage_catalog(client, requester, django_assert_max_num_queries):
     client.force_login(requester)
     with django_assert_max_num_queries(10):
         assert client.get("/stages/").status_code == 200
+
+
+def test_a_request_page_on_a_signing_stage_costs_no_more(
+    client, requester, reviewer, reviewer2, django_assert_max_num_queries
+):
+    # The signed form's token is made without the database, and the signatures ride on the
+    # review rows already read: the same 13 as any request page.
+    Stage.objects.filter(name="Production").update(signature_required=True)
+    requests = fill(10, requester, reviewer)
+    Review.objects.filter(request=requests[0]).update(
+        signed_at=timezone.now(),
+        signer_username="rex",
+        signer_name="Rex",
+        signed_meaning="Approved for release",
+    )
+    client.force_login(reviewer2)
+    with django_assert_max_num_queries(13):
+        response = client.get(f"/requests/{requests[0].pk}/")
+    html = response.content.decode()
+    assert 'name="signature_token"' in html and "Signed by Rex (rex)" in html

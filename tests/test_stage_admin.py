@@ -157,3 +157,40 @@ def test_raising_a_policy_is_not_flagged(admin_client):
     )
     assert admin_client.post(f"/admin/promotions/stage/{production.pk}/change/", data).status_code == 302
     assert "lowered" not in AuditEvent.objects.get(action="stage.changed").details
+
+
+def test_requiring_signatures_is_audited_and_dropping_them_is_flagged_as_lowered(admin_client):
+    production = Stage.objects.get(name="Production")
+    data = form(
+        name="Production",
+        mlflow_stage="Production",
+        mlflow_alias="",
+        required_approvals="2",
+        archive_existing="on",
+        checks="",
+        request_ttl="7 00:00:00",
+        position="20",
+        signature_required="on",
+        signature_meanings="Released by QA\n\nReviewed — technical\n",
+    )
+    response = admin_client.post(f"/admin/promotions/stage/{production.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    production.refresh_from_db()
+    assert production.signature_required
+    assert production.signature_meanings == ["Released by QA", "Reviewed — technical"]
+    changes = AuditEvent.objects.get(action="stage.changed").details["changes"]
+    assert changes["signature_required"] == {"before": False, "after": True}
+    assert changes["signature_meanings"]["after"] == ["Released by QA", "Reviewed — technical"]
+    data.pop("signature_required")
+    admin_client.post(f"/admin/promotions/stage/{production.pk}/change/", data)
+    last = AuditEvent.objects.filter(action="stage.changed").order_by("-sequence").first()
+    assert last.details["changes"]["signature_required"] == {"before": True, "after": False}
+    assert "decisions no longer signed" in last.details["lowered"]
+
+
+def test_the_catalog_page_says_in_words_which_stages_sign(client, requester):
+    Stage.objects.filter(name="Production").update(signature_required=True)
+    client.force_login(requester)
+    html = client.get("/stages/").content.decode()
+    assert "approvers re-enter their password and say what their signature means" in html
+    assert "Approved for release, Reviewed — technical, Reviewed — quality" in html

@@ -3,7 +3,8 @@
 A module a job: `actions` (every action recorded), `format` (the canonical row, its hash), `log`
 (recording), `filters`, `exports` (files, manifests), `verify` (files and the database), `views` and
 `urls` (auditors' pages; not imported here: recording needs no templates), `triggers` (append-only),
-`signing` (the keyed MACs of the chain head, seals and manifests).
+`signing` (the keyed MACs of the chain head, seals and manifests), `signatures` (reviewers'
+signatures checked against the log).
 """
 
 from common.operator import acting_from_cli
@@ -19,6 +20,7 @@ from promotions.audit.log import (
     record_denied,
     seal,
 )
+from promotions.audit.signatures import signature_problems
 from promotions.audit.verify import ChainReport, verify_database, verify_export
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "record",
     "record_denied",
     "seal",
+    "signature_problems",
     "utc_iso",
     "verify_database",
     "verify_export",

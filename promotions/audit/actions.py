@@ -31,6 +31,7 @@ class AuditAction(models.TextChoices):
     REQUEST_RETRIED = "request.retried"
     REVIEW_APPROVED = "review.approved"
     REVIEW_REJECTED = "review.rejected"
+    SIGNATURE_REFUSED = "signature.refused"
     STAGE_CHANGED = "stage.changed"
     STAGE_CREATED = "stage.created"
     STAGE_DELETED = "stage.deleted"

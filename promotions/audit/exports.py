@@ -5,8 +5,13 @@ Shared by the auditors' pages (`promotions/audit/views.py`) and `manage.py expor
 
 Export files
 ------------
-Both formats hold the columns `EXPORT_COLUMNS`, one event a row, by sequence ascending, UTF-8.
-`created_at` is `format.utc_iso` (UTC, microseconds); `details` is `format.canonical_json` text.
+Both formats hold the columns `FILE_COLUMNS`, one event a row, by sequence ascending, UTF-8: the
+hashed row and its hash (`EXPORT_COLUMNS`), then the reviewer's electronic signature the entry
+records (`SIGNATURE_COLUMNS`: signature_name, signature_username, signature_time (UTC),
+signature_meaning, signature_digest; empty when it records none). The signature cells are
+details.signature's name, username, signed_at, meaning and digest: hashed as part of details, and
+refused by verification when they say anything else. `created_at` is `format.utc_iso` (UTC,
+microseconds); `details` is `format.canonical_json` text.
 
 - CSV: RFC 4180 (comma; double quotes only where needed; CRLF), a header row first, `details` as
   its canonical JSON string. Against formula injection a cell that starts with ``= + - @``, TAB,
@@ -42,9 +47,12 @@ from django.utils import timezone
 from promotions.audit.actions import AuditAction
 from promotions.audit.filters import AuditFilter
 from promotions.audit.format import (
-    EXPORT_COLUMNS,
+    FILE_COLUMNS,
     GENESIS_HASH,
+    NO_SIGNATURE,
+    SIGNATURE_COLUMNS,
     number_token,
+    signature_cells,
     stored_rows,
     string_token,
     utc_iso,
@@ -165,8 +173,18 @@ def _csv_cell(text: str) -> str:
     return text
 
 
+_NO_SIGNATURE_CSV = "," * len(SIGNATURE_COLUMNS) + "\r\n"
+
+
+def _csv_signature(details_text: str) -> str:
+    cells = signature_cells(details_text)
+    if cells == NO_SIGNATURE:
+        return _NO_SIGNATURE_CSV
+    return "".join("," + _csv_cell(cell) for cell in cells) + "\r\n"
+
+
 def csv_line(texts: tuple[str, ...]) -> str:
-    """A row's 14 texts as the export's CSV record, CRLF included."""
+    """A row's 14 texts as the export's CSV record, with its signature cells, CRLF included."""
     t = texts
     # sequence, version and request_id are digits (or empty): nothing to quote or escape. Most
     # rows need nothing done to the other cells but quoting details, and a few substring tests
@@ -183,11 +201,11 @@ def csv_line(texts: tuple[str, ...]) -> str:
         c = _csv_cell
         return (
             f"{t[0]},{c(t[1])},{c(t[2])},{c(t[3])},{c(t[4])},{c(t[5])},{c(t[6])},{t[7]},{c(t[8])},"
-            f"{c(t[9])},{t[10]},{c(t[11])},{c(t[12])},{c(t[13])}\r\n"
+            f"{c(t[9])},{t[10]},{c(t[11])},{c(t[12])},{c(t[13])}{_csv_signature(t[11])}"
         )
     return (
         f"{t[0]},{t[1]},{t[2]},{t[3]},{t[4]},{t[5]},{t[6]},{t[7]},{t[8]},{t[9]},{t[10]},"
-        f"{_csv_cell(t[11])},{t[12]},{t[13]}\r\n"
+        f"{_csv_cell(t[11])},{t[12]},{t[13]}{_csv_signature(t[11])}"
     )
 
 
@@ -196,7 +214,7 @@ def csv_line(texts: tuple[str, ...]) -> str:
 _ESCAPED_CELL_AFTER_NUL = re.compile("\x00[=+\\-@\t']").search
 
 
-CSV_HEADER = ",".join(EXPORT_COLUMNS) + "\r\n"
+CSV_HEADER = ",".join(FILE_COLUMNS) + "\r\n"
 
 
 def csv_record(cells) -> str:
@@ -204,8 +222,21 @@ def csv_record(cells) -> str:
     return ",".join(_csv_cell(cell) for cell in cells) + "\r\n"
 
 
+def jsonl_signature(details_text: str) -> str:
+    """The signature keys of a JSON Lines line (after hash), their values from details."""
+    cells = signature_cells(details_text)
+    if cells == NO_SIGNATURE:
+        return JSONL_NO_SIGNATURE
+    return "".join(
+        f',"{name}":{string_token(cell)}' for name, cell in zip(SIGNATURE_COLUMNS, cells, strict=True)
+    )
+
+
+JSONL_NO_SIGNATURE = "".join(f',"{name}":""' for name in SIGNATURE_COLUMNS)
+
+
 def jsonl_line(texts: tuple[str, ...]) -> str:
-    """A row's 14 texts as the export's JSON Lines line, LF included."""
+    """A row's 14 texts as the export's JSON Lines line, with its signature keys, LF included."""
     # Equal to json.dumps(row, ensure_ascii=False, separators=(",", ":")) with the keys in column
     # order and details already canonical; spliced by hand for speed.
     s = string_token
@@ -214,7 +245,7 @@ def jsonl_line(texts: tuple[str, ...]) -> str:
         f'"actor_name":{s(texts[3])},"action":{s(texts[4])},"meaning":{s(texts[5])},'
         f'"model_name":{s(texts[6])},"version":{number_token(texts[7])},"from_stage":{s(texts[8])},'
         f'"to_stage":{s(texts[9])},"request_id":{number_token(texts[10])},"details":{texts[11]},'
-        f'"prev_hash":{s(texts[12])},"hash":{s(texts[13])}}}\n'
+        f'"prev_hash":{s(texts[12])},"hash":{s(texts[13])}{jsonl_signature(texts[11])}}}\n'
     )
 
 
@@ -271,7 +302,7 @@ def build_manifest(cut: ExportCut, *, fmt: str, tally: ExportTally) -> dict[str,
         "filter": cut.filter.as_dict(),
         "complete": cut.filter.is_empty,
         "generated_at": utc_iso(timezone.now()),
-        "columns": list(EXPORT_COLUMNS),
+        "columns": list(FILE_COLUMNS),
     }
     if fmt == "csv":
         manifest["csv_formula_escape"] = CSV_FORMULA_ESCAPE

@@ -19,6 +19,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from promotions.audit.actions import AuditAction
 from promotions.audit.format import canonical_json, payload_of, utc_iso
 from promotions.models import AuditEvent, Stage
+from promotions.text import signature_line
 
 FILTER_FIELDS = ("since", "until", "model", "stage", "actor", "action", "text")
 KNOWN_ACTIONS = tuple(sorted(AuditAction.values))  # what the page's action menu offers
@@ -187,4 +188,18 @@ def log_page(
         # The exact values the hash covers, so a reader of the page can recompute it.
         event.hashed_json = canonical_json(payload_of(event))
         event.created_iso = utc_iso(event.created_at)
+        event.signature_line = _signature_line(event.details)
     return LogPage(events=rows, newer_after=newer, older_before=older)
+
+
+def _signature_line(details: Any) -> str:
+    """The signature an entry records, as the request page shows it; '' for none."""
+    signature = details.get("signature") if isinstance(details, dict) else None
+    if not isinstance(signature, dict):
+        return ""
+    return signature_line(
+        name=str(signature.get("name", "")),
+        username=str(signature.get("username", "")),
+        signed_at=str(signature.get("signed_at", "")),
+        meaning=str(signature.get("meaning", "")),
+    )

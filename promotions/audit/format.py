@@ -63,6 +63,22 @@ EXPORT_COLUMNS = (
     "hash",
 )
 
+# After the row, the files carry a reviewer's electronic signature, read from details.signature
+# (which the hash covers): who signed, when (UTC), meaning what, over which evidence digest.
+# Empty for an entry that records no signature. They are not hashed themselves; verification
+# refuses a file whose signature cells do not say what the row's details say.
+SIGNATURE_COLUMNS = (
+    "signature_name",
+    "signature_username",
+    "signature_time",
+    "signature_meaning",
+    "signature_digest",
+)
+_SIGNATURE_KEYS = ("name", "username", "signed_at", "meaning", "digest")
+NO_SIGNATURE = ("",) * len(SIGNATURE_COLUMNS)
+# Every column of an export file, in order.
+FILE_COLUMNS = (*EXPORT_COLUMNS, *SIGNATURE_COLUMNS)
+
 # Equal to json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False), which
 # builds this encoder anew on every call; exports call it once a row.
 canonical_json: Callable[[Any], str] = json.JSONEncoder(
@@ -71,6 +87,20 @@ canonical_json: Callable[[Any], str] = json.JSONEncoder(
 
 # A text as canonical_json spells it (the encoder above uses this very function for strings).
 string_token: Callable[[str], str] = encode_basestring
+
+
+def signature_cells(details_text: str) -> tuple[str, ...]:
+    """The SIGNATURE_COLUMNS cells of a row, from its details as canonical JSON text."""
+    # Most entries record no signature: one substring test spares decoding their details.
+    if '"signature":{' not in details_text:
+        return NO_SIGNATURE
+    try:
+        signature = json.loads(details_text).get("signature")
+    except (ValueError, AttributeError):
+        return NO_SIGNATURE
+    if not isinstance(signature, dict):
+        return NO_SIGNATURE
+    return tuple(value if isinstance(value := signature.get(key), str) else "" for key in _SIGNATURE_KEYS)
 
 
 def integer_token(value: Any) -> str:

@@ -3,9 +3,10 @@
 The chain's SHA-256 proves a row unedited only to someone who trusts the rest of the chain: whoever
 can write the table can rewrite a row and recompute every hash after it (and the chain head, and an
 export's manifest). A MAC cannot be recomputed without the key, which the database never holds.
-Three things carry one: the chain head row (`head_mac`), the seals (`seal_mac`, see log.seal) and
-every export manifest (`sign_manifest`). Each message is canonical JSON naming what it is ("kind"),
-so a MAC of one kind is never taken for another.
+Four things carry one: the chain head row (`head_mac`), the seals (`seal_mac`, see log.seal),
+every export manifest (`sign_manifest`) and every reviewer's signature
+(`review_signature_message`). Each message is canonical JSON naming what it is ("kind"), so a MAC
+of one kind is never taken for another.
 
 Key ids make rotation possible: the key in use is AUDIT_SIGNING_KEY (id AUDIT_SIGNING_KEY_ID);
 AUDIT_SIGNING_KEYS_OLD keeps retired keys for verifying what they signed.
@@ -65,6 +66,22 @@ def seal_message(*, sequence: int, hash_: str, created_at: str, key_id: str) -> 
         "sequence": sequence,
         "hash": hash_,
         "created_at": created_at,
+        "key_id": key_id,
+    }
+
+
+def review_signature_message(
+    *, request_id: int, username: str, name: str, signed_at: str, meaning: str, digest: str, key_id: str
+) -> dict[str, Any]:
+    """What a reviewer's electronic signature seals: who, when, what it means and what was signed."""
+    return {
+        "kind": "review-signature",
+        "request_id": request_id,
+        "username": username,
+        "name": name,
+        "signed_at": signed_at,
+        "meaning": meaning,
+        "digest": digest,
         "key_id": key_id,
     }
 

@@ -27,14 +27,24 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from promotions.audit import signing
-from promotions.audit.exports import CSV_HEADER, EXPORT_FORMATS, csv_line, jsonl_line, manifest_path
+from promotions.audit.exports import (
+    CSV_HEADER,
+    EXPORT_FORMATS,
+    JSONL_NO_SIGNATURE,
+    csv_line,
+    jsonl_line,
+    manifest_path,
+)
 from promotions.audit.format import (
     EXPORT_COLUMNS,
+    FILE_COLUMNS,
     GENESIS_HASH,
+    SIGNATURE_COLUMNS,
     canonical_json,
     hash_of_line_tokens,
     hash_of_texts,
     hash_of_values,
+    signature_cells,
     stored_rows,
     utc_iso,
 )
@@ -146,16 +156,18 @@ def _csv_rows(handle, *, exact: bool, header: bool = True) -> Iterator[_Row]:
             yield line
 
     reader = csv.reader(kept_lines() if exact else handle)
-    if header and (next(reader, None) != list(EXPORT_COLUMNS) or (exact and "".join(raw) != CSV_HEADER)):
+    if header and (next(reader, None) != list(FILE_COLUMNS) or (exact and "".join(raw) != CSV_HEADER)):
         raise _BadRow(None, "the file does not start with the export's header row")
     raw.clear()
-    width = len(EXPORT_COLUMNS)
+    width, hashed = len(FILE_COLUMNS), len(EXPORT_COLUMNS)
     for position, cells in enumerate(reader, start=1):
         if len(cells) != width:
             raise _BadRow(None, f"row {position} of the file has {len(cells)} cells, not {width}")
         texts = _unescaped(cells)
         sequence = _sequence_of(texts, position)
         _check_numbers(texts, sequence)
+        _check_signature(texts[hashed:], texts[11], sequence)
+        texts = texts[:hashed]
         if exact:
             if csv_line(texts) != "".join(raw):
                 raise _BadRow(
@@ -165,6 +177,12 @@ def _csv_rows(handle, *, exact: bool, header: bool = True) -> Iterator[_Row]:
                 )
             raw.clear()
         yield sequence, hash_of_texts(texts), texts[12], texts[13]
+
+
+def _check_signature(cells: tuple[str, ...], details_text: str, sequence: int) -> None:
+    """The signature cells are a reading of details.signature: a file saying otherwise is refused."""
+    if tuple(cells) != signature_cells(details_text):
+        raise _BadRow(sequence, "its signature columns do not say what its details record")
 
 
 _STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'  # a whole JSON string token (unrolled: fast)
@@ -177,8 +195,11 @@ _LINE_HEAD = re.compile(
     rf'"version":({_NUMBER}|null),"from_stage":({_STRING}),"to_stage":({_STRING}),'
     rf'"request_id":({_NUMBER}|null),"details":'
 )
-_LINE_TAIL = re.compile(r',"prev_hash":"([0-9a-f]{64})","hash":"([0-9a-f]{64})"\}\n\Z')
-_LINE_TAIL_LENGTH = 155
+# An entry without a signature: its signature keys are all empty (a signed one takes the long way).
+_LINE_TAIL = re.compile(
+    r',"prev_hash":"([0-9a-f]{64})","hash":"([0-9a-f]{64})"' + re.escape(JSONL_NO_SIGNATURE) + r"\}\n\Z"
+)
+_LINE_TAIL_LENGTH = 155 + len(JSONL_NO_SIGNATURE)
 
 
 def _jsonl_rows(handle, *, exact: bool) -> Iterator[_Row]:
@@ -189,16 +210,18 @@ def _jsonl_rows(handle, *, exact: bool) -> Iterator[_Row]:
             head = match_head(line)
             cut = len(line) - _LINE_TAIL_LENGTH
             tail = match_tail(line, cut) if head is not None and head.end() < cut else None
-            if tail is not None:
-                # The line is in the export's layout: hash its tokens without decoding them.
+            details = line[head.end() : cut] if tail is not None else ""
+            if tail is not None and '"signature":{' not in details:
+                # The line is in the export's layout, recording no signature: hash its tokens
+                # without decoding them.
                 t, (prev_hash, hash_) = head.groups(), tail.groups()
-                yield int(t[0]), hash_of_line_tokens(t, line[head.end() : cut], prev_hash), prev_hash, hash_
+                yield int(t[0]), hash_of_line_tokens(t, details, prev_hash), prev_hash, hash_
                 continue
         try:
             row = json.loads(line)
         except ValueError as exc:
             raise _BadRow(None, f"row {position} of the file is not JSON: {exc}") from None
-        if type(row) is not dict or tuple(row) != EXPORT_COLUMNS:
+        if type(row) is not dict or tuple(row) != FILE_COLUMNS:
             raise _BadRow(None, f"row {position} of the file does not have the export's columns")
         sequence, version, request_id = row["sequence"], row["version"], row["request_id"]
         # `type(...) is int`: a bool is an int to isinstance, and JSON true is not a number here.
@@ -228,6 +251,7 @@ def _jsonl_rows(handle, *, exact: bool) -> Iterator[_Row]:
         )
         if not all(type(text) is str for text in texts):
             raise _BadRow(sequence, "a text column holds something other than text")
+        _check_signature(tuple(row[name] for name in SIGNATURE_COLUMNS), texts[11], sequence)
         if exact and jsonl_line(texts) != line:
             raise _BadRow(
                 sequence, "the row is not written the way the export writes it (spacing or key order)"

@@ -28,6 +28,8 @@ STAGE_FIELDS = (
     "request_ttl",
     "is_active",
     "enforcement",
+    "signature_required",
+    "signature_meanings",
 )
 
 
@@ -83,6 +85,8 @@ def policy_lowered(before: dict, after: dict) -> list[str]:
             )
     if after["allow_from_none"] and not before["allow_from_none"]:
         lowered.append("reachable from no stage")
+    if before.get("signature_required") and not after["signature_required"]:
+        lowered.append("decisions no longer signed")
     return lowered
 
 

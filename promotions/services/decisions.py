@@ -9,7 +9,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from promotions import audit, policy
-from promotions.errors import AlreadyDecided, DuplicateRequest, EvidenceChanged, InvalidRequest
+from promotions.errors import (
+    AlreadyDecided,
+    DuplicateRequest,
+    EvidenceChanged,
+    InvalidRequest,
+    SignatureRequired,
+)
 from promotions.models import MAX_TEXT, PromotionRequest, Review
 from promotions.services.lifecycle import (
     audit_context,
@@ -21,6 +27,7 @@ from promotions.services.lifecycle import (
     request_lock,
     status_set,
 )
+from promotions.services.signatures import SignatureProof, signature_details, signature_record
 from promotions.text import clean_text
 
 Status = PromotionRequest.Status
@@ -32,11 +39,38 @@ def _review_permission(request: PromotionRequest, reviewer, action: str) -> None
         raise refusal(reviewer, request, action, refused.reason, refused.message)
 
 
-def _review_create(locked: PromotionRequest, reviewer, decision: str, comment: str, now) -> None:
+def _signature_required(
+    request: PromotionRequest, reviewer, action: str, signature: SignatureProof | None
+) -> None:
+    """A stage that requires signatures takes no decision without the signer's fresh proof."""
+    if not request.stage.signature_required:
+        return
+    if signature is not None and signature.user_id == reviewer.pk and signature.request_id == request.pk:
+        return
+    audit.record_denied(
+        actor=reviewer,
+        what=f"{action} request #{request.pk} unsigned",
+        reason="the stage requires a signature",
+        model_name=request.version.model.name,
+        version=request.version.version,
+        to_stage=request.stage.name,
+        request_id=request.pk,
+    )
+    raise SignatureRequired(
+        f"{request.stage.name} requires a signed decision: approve or reject on the request page "
+        f"(/requests/{request.pk}/), re-entering your password. API tokens cannot sign."
+    )
+
+
+def _review_create(
+    locked: PromotionRequest, reviewer, decision: str, comment: str, now, signature: SignatureProof | None
+) -> dict | None:
     """One live review per reviewer: checked under the request's row lock, and by the
-    database's unique constraint if two sessions of the same reviewer race."""
+    database's unique constraint if two sessions of the same reviewer race. Returns the
+    signature's audit details when the review is signed."""
     if Review.objects.filter(request=locked, reviewer=reviewer, stale=False).exists():
         raise AlreadyDecided("You have already reviewed this request.")
+    signed = signature_record(proof=signature, signer=reviewer, request=locked, now=now) if signature else {}
     try:
         with transaction.atomic():
             Review.objects.create(
@@ -47,9 +81,11 @@ def _review_create(locked: PromotionRequest, reviewer, decision: str, comment: s
                 comment=comment,
                 evidence_sha256=locked.evidence_sha256,
                 created_at=now,
+                **signed,
             )
     except IntegrityError:
         raise AlreadyDecided("You have already reviewed this request.") from None
+    return signature_details(signed) if signed else None
 
 
 def _locked_pending(request_id: int) -> PromotionRequest:
@@ -66,15 +102,20 @@ def review_approve(
     comment: str = "",
     evidence_sha256: str | None = None,
     via: str = "web",
+    signature: SignatureProof | None = None,
 ) -> PromotionRequest:
     comment = clean_text(comment, what="comment", max_length=MAX_TEXT)
     _review_permission(request, reviewer, "approve")
+    _signature_required(request, reviewer, "approve", signature)
     with transaction.atomic():
         locked = _locked_pending(request.pk)
         if evidence_sha256 and evidence_sha256 != locked.evidence_sha256:
             raise EvidenceChanged("The evidence changed since you loaded the page; review it again.")
+        if signature is not None and not evidence_sha256:
+            # A signature is of the evidence the signer saw: without its digest, nothing to sign.
+            raise EvidenceChanged("The page did not say which evidence you saw; review it again.")
         now = timezone.now()
-        _review_create(locked, reviewer, Review.Decision.APPROVE, comment, now)
+        signed = _review_create(locked, reviewer, Review.Decision.APPROVE, comment, now, signature)
         failing = policy.failing(locked.check_results)
         if failing:
             # Raised inside the transaction: the review just written is rolled back with it.
@@ -93,6 +134,7 @@ def review_approve(
                 "approvals": approvals,
                 "required": required,
                 "via": via,
+                **({"signature": signed} if signed else {}),
             },
             **audit_context(locked),
         )
@@ -104,7 +146,15 @@ def review_approve(
     return locked
 
 
-def review_reject(*, request: PromotionRequest, reviewer, comment: str, via: str = "web") -> PromotionRequest:
+def review_reject(
+    *,
+    request: PromotionRequest,
+    reviewer,
+    comment: str,
+    via: str = "web",
+    evidence_sha256: str | None = None,
+    signature: SignatureProof | None = None,
+) -> PromotionRequest:
     comment = clean_text(
         comment,
         what="comment",
@@ -112,11 +162,16 @@ def review_reject(*, request: PromotionRequest, reviewer, comment: str, via: str
         required="A rejection needs a comment: say what must change.",
     )
     _review_permission(request, reviewer, "reject")
+    _signature_required(request, reviewer, "reject", signature)
     with transaction.atomic():
         locked = _locked_pending(request.pk)
+        if signature is not None and evidence_sha256 != locked.evidence_sha256:
+            raise EvidenceChanged("The evidence changed since you loaded the page; review it again.")
         now = timezone.now()
-        _review_create(locked, reviewer, Review.Decision.REJECT, comment, now)
+        signed = _review_create(locked, reviewer, Review.Decision.REJECT, comment, now, signature)
         details = {"comment": comment, "evidence_sha256": locked.evidence_sha256, "via": via}
+        if signed:
+            details["signature"] = signed
         if not request_decide(
             locked, Status.PENDING, Status.REJECTED, actor=reviewer, details=details, now=now
         ):

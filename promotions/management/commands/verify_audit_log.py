@@ -1,4 +1,5 @@
-"""`manage.py verify_audit_log`: walk the hash chain and name the first broken entry."""
+"""`manage.py verify_audit_log`: walk the hash chain and name the first broken entry; then name
+every reviewer's signature that no longer matches what it signed (audit/signatures.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from promotions import audit
 
 
 class Command(BaseCommand):
-    help = "Verify the audit log's hash chain (exit 1 naming the first broken entry)."
+    help = (
+        "Verify the audit log's hash chain (exit 1 naming the first broken entry) and every "
+        "signature on a decision (exit 1 naming each that no longer matches)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--export", help="Verify an exported file against its manifest instead.")
@@ -16,19 +20,22 @@ class Command(BaseCommand):
     @audit.acting_from_cli()
     def handle(self, *args, **options):
         if options["export"]:
-            report = audit.verify_export(options["export"])
+            report, broken_signatures = audit.verify_export(options["export"]), []
         else:
-            report = audit.verify_database()
+            report, broken_signatures = audit.verify_database(), audit.signature_problems()
         if report.note:
             self.stdout.write(f"Keys: {report.note}.")
+        failures = []
         if not report.ok:
             if report.first_bad_sequence is None:
                 # a problem with the file or its manifest as a whole, not with one entry
                 what = "Audit log export" if options["export"] else "Audit log"
-                raise CommandError(f"{what} broken: {report.reason}.", returncode=1)
-            raise CommandError(
-                f"Audit log broken at entry #{report.first_bad_sequence}: {report.reason}.", returncode=1
-            )
+                failures.append(f"{what} broken: {report.reason}.")
+            else:
+                failures.append(f"Audit log broken at entry #{report.first_bad_sequence}: {report.reason}.")
+        failures += [f"Signature broken: {problem}." for problem in broken_signatures]
+        if failures:
+            raise CommandError("\n".join(failures), returncode=1)
         self.stdout.write(
             self.style.SUCCESS(f"Audit log verified: {report.count} entries, head {report.head_hash}")
         )
