@@ -577,6 +577,20 @@ def create_run(
     return run.info.run_id
 
 
+def log_run_files(run_id: str, files: dict[str, bytes], *, artifact_path: str = "model") -> None:
+    """Write small files under the run's `artifact_path` (the demo's model files)."""
+    client = _client()
+    try:
+        with tempfile.TemporaryDirectory(prefix="run-files-") as scratch:
+            for relative, content in files.items():
+                target = Path(scratch) / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            client.log_artifacts(run_id, scratch, artifact_path=artifact_path)
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc) from exc
+
+
 def create_registered_model(name: str, *, description: str = "", tags: dict[str, str] | None = None) -> None:
     try:
         _client().create_registered_model(name, tags=tags or {}, description=description)

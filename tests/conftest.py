@@ -202,6 +202,25 @@ def mlflow_server(tmp_path_factory):
         settings.MLFLOW_TRACKING_URI = previous
 
 
+@contextmanager
+def private_mlflow_server(workdir: Path):
+    """An MLflow server of one module's own, pointed at for as long as it runs: for tests whose
+    subject is the whole registry (a sync of everything, seeding), which the session's shared
+    server fills with every other test's models."""
+    previous_setting, previous_env = settings.MLFLOW_TRACKING_URI, os.environ.get("MLFLOW_TRACKING_URI")
+    with running_mlflow_server(workdir) as url:
+        settings.MLFLOW_TRACKING_URI = url
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        try:
+            yield MlflowServer(url, workdir)
+        finally:
+            settings.MLFLOW_TRACKING_URI = previous_setting
+            if previous_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
 @pytest.fixture
 def registry(mlflow_server, settings):
     """Point the product at the test MLflow server for one test."""

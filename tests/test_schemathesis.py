@@ -8,25 +8,22 @@ the session's MLflow server, where the world's model is registered once for the 
 """
 
 import json
-import os
 import uuid
 
 import pytest
 import requests
 import schemathesis
-from django.conf import settings
 from django.utils import timezone
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from schemathesis.config import SchemathesisConfig
 
-from bench.common import mlflow_server as running_mlflow_server
 from promotions import roles, services, tokens
 from promotions.api import api
 from promotions.models import ApiToken
 from registry_sync.models import RegisteredModel, SyncRun
 from registry_sync.services import sync_registry
-from tests.conftest import MlflowServer, make_user
+from tests.conftest import make_user, private_mlflow_server
 from tests.factories import stage, version
 from tests.registry_helpers import make_version
 from tests.registry_helpers import stage as move
@@ -69,19 +66,8 @@ def mlflow_server(tmp_path_factory):
     registry first; on the session's shared server that registry holds every model the rest of
     the suite registered, and a first sync of all of them inside one request outlasts the
     client's timeout on a slow machine. Here it holds the world's model only."""
-    workdir = tmp_path_factory.mktemp("mlflow-contract")
-    previous_setting, previous_env = settings.MLFLOW_TRACKING_URI, os.environ.get("MLFLOW_TRACKING_URI")
-    with running_mlflow_server(workdir) as url:
-        settings.MLFLOW_TRACKING_URI = url
-        os.environ["MLFLOW_TRACKING_URI"] = url
-        try:
-            yield MlflowServer(url, workdir)
-        finally:
-            settings.MLFLOW_TRACKING_URI = previous_setting
-            if previous_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+    with private_mlflow_server(tmp_path_factory.mktemp("mlflow-contract")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

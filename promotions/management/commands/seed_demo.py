@@ -7,6 +7,7 @@ unless told, in so many words, that a demo on production settings is meant.
 
 from __future__ import annotations
 
+import json
 import random
 
 from django.conf import settings
@@ -57,6 +58,64 @@ DEMO_MODELS = {
         "aliases": {"champion": 1},
     },
 }
+
+
+# The columns each demo model's signature takes, and from which version on: the request page
+# then shows a column added (v3 of sales_forecast) and a breaking type change (its v5).
+DEMO_INPUTS = {
+    "sales_forecast": [
+        ("store_id", "long", 1),
+        ("week", "long", 1),
+        ("price", "double", 1),
+        ("promo_flag", "boolean", 3),
+    ],
+    "churn_classifier": [("tenure_months", "long", 1), ("plan", "string", 1), ("support_calls", "long", 2)],
+    "fraud_detector": [("amount", "double", 1), ("merchant_category", "string", 1), ("hour", "long", 1)],
+}
+
+
+def demo_model_files(name: str, number: int, rng: random.Random) -> dict[str, bytes]:
+    """A small but real MLflow model directory for a demo version: MLmodel with a signature,
+    requirements, and a model file of a few kilobytes (its bytes are what approvals bind)."""
+    inputs = [
+        {
+            "name": column,
+            # v5 of sales_forecast reads store ids as strings: a breaking change to review.
+            "type": "string" if (name, column, number) == ("sales_forecast", "store_id", 5) else kind,
+            "required": True,
+        }
+        for column, kind, since in DEMO_INPUTS[name]
+        if number >= since
+    ]
+    sklearn = "1.5.2" if number < 3 else "1.6.1"
+    mlmodel = "\n".join(
+        [
+            "artifact_path: model",
+            "flavors:",
+            "  python_function:",
+            "    env:",
+            "      virtualenv: python_env.yaml",
+            "    loader_module: mlflow.sklearn",
+            "    model_path: model.pkl",
+            "    predict_fn: predict",
+            "    python_version: 3.11.7",
+            "  sklearn:",
+            "    pickled_model: model.pkl",
+            "    serialization_format: cloudpickle",
+            f"    sklearn_version: {sklearn}",
+            "mlflow_version: 3.17.2",
+            "signature:",
+            f"  inputs: '{json.dumps(inputs)}'",
+            """  outputs: '[{"type": "double", "required": true}]'""",
+            "",
+        ]
+    )
+    return {
+        "MLmodel": mlmodel.encode(),
+        "requirements.txt": f"mlflow==3.17.2\nscikit-learn=={sklearn}\ncloudpickle==3.1.1\n".encode(),
+        "python_env.yaml": b"python: 3.11.7\ndependencies:\n- -r requirements.txt\n",
+        "model.pkl": rng.randbytes(4096 + 512 * number),
+    }
 
 
 class Command(BaseCommand):
@@ -136,6 +195,7 @@ class Command(BaseCommand):
                 params = {key: str(values[number - 1]) for key, values in spec["params"].items()}
                 tags = {"validation": "passed" if number != 2 else "failed"}
                 run_id = gateway.create_run(f"{name}-training", metrics=metrics, params=params)
+                gateway.log_run_files(run_id, demo_model_files(name, number, rng))
                 gateway.create_model_version(
                     name, run_id=run_id, tags=tags, description=f"Training run {number}"
                 )
