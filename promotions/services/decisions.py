@@ -21,6 +21,7 @@ from promotions.services.lifecycle import (
     request_lock,
     status_set,
 )
+from promotions.services.manifest import approval_blocker
 from promotions.text import clean_text
 
 Status = PromotionRequest.Status
@@ -71,6 +72,9 @@ def review_approve(
     _review_permission(request, reviewer, "approve")
     with transaction.atomic():
         locked = _locked_pending(request.pk)
+        blocker = approval_blocker(locked)
+        if blocker is not None:
+            raise blocker
         if evidence_sha256 and evidence_sha256 != locked.evidence_sha256:
             raise EvidenceChanged("The evidence changed since you loaded the page; review it again.")
         now = timezone.now()
