@@ -246,6 +246,8 @@ def _detail_context(
         "may_cancel": promotion.status in ("pending", "approved") and policy.may_cancel(user, promotion),
         "may_retry": promotion.status == "failed" and policy.is_stage_admin(user),
         "checks_failing": policy.failing(promotion.check_results),
+        "approval_blocker": getattr(policy.approval_blocker(promotion), "message", ""),
+        "artifacts": selectors.request_artifacts(promotion),
         "form": form or DecisionForm(initial={"evidence_sha256": promotion.evidence_sha256}),
         "retry": selectors.apply_retry(promotion),
         "polling": promotion.status in PromotionRequest.OPEN_STATUSES,

@@ -21,7 +21,6 @@ from promotions.services.lifecycle import (
     request_lock,
     status_set,
 )
-from promotions.services.manifest import approval_blocker
 from promotions.text import clean_text
 
 Status = PromotionRequest.Status
@@ -72,7 +71,7 @@ def review_approve(
     _review_permission(request, reviewer, "approve")
     with transaction.atomic():
         locked = _locked_pending(request.pk)
-        blocker = approval_blocker(locked)
+        blocker = policy.approval_blocker(locked)
         if blocker is not None:
             raise blocker
         if evidence_sha256 and evidence_sha256 != locked.evidence_sha256:

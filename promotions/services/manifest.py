@@ -16,13 +16,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
-from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from common.redact import redact
 from promotions import audit, outbox, policy
-from promotions.errors import ManifestFailed, ManifestPending
 from promotions.models import ManifestState, PromotionRequest, Review
+from promotions.selectors import files_summary
 from promotions.services.evidence import evidence_digest
 from promotions.services.lifecycle import audit_context, request_approve_for_apply
 from registry_sync import gateway
@@ -40,26 +39,6 @@ class ManifestDeferred(Exception):
 
 def manifest_required() -> bool:
     return settings.PROMOTION_MANIFEST_CHECK != "off"
-
-
-def files_summary(*, files: int, size: int, sha256: str) -> str:
-    """'7 files, 48.2 MB, sha256 ab12cd34ef56…': the words the page and the audit log use."""
-    words = f"{files} file{'s' if files != 1 else ''}, {filesizeformat(size)}, sha256 {sha256[:12]}…"
-    return words.replace("\xa0", " ")
-
-
-def approval_blocker(request: PromotionRequest) -> ManifestPending | ManifestFailed | None:
-    """Why no approval can be given yet because of the model's files (None when none)."""
-    if request.manifest_state == ManifestState.COMPUTING:
-        return ManifestPending(
-            "The model files' digest is still being computed; approval is possible once it is recorded."
-        )
-    if request.manifest_state == ManifestState.FAILED:
-        return ManifestFailed(
-            f"The model files could not be recorded, so this request cannot be approved: "
-            f"{request.manifest_error}"
-        )
-    return None
 
 
 def enqueue_manifest(request_id: int) -> bool:
@@ -145,7 +124,8 @@ def _manifest_recorded(request: PromotionRequest, manifest: gateway.Manifest) ->
             manifest_state=ManifestState.READY,
             manifest={
                 "files": [[item.path, item.size, item.sha256] for item in manifest.files],
-                **artifacts,
+                "sha256": manifest.digest,
+                "bytes": manifest.total_bytes,
                 "computed_at": audit.utc_iso(now),
             },
             manifest_error="",
