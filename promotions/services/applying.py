@@ -335,8 +335,10 @@ def _apply_to_registry(request: PromotionRequest, approvers: _Approvers, lease: 
 
     MLflow calls: the reads of `_read_candidate` (one, or two when the catalog has alias
     stages), the run when a check needs its metrics, the previous alias holder for an alias
-    target, then the transition and/or alias move, one write on the version the move displaced
-    when its tags say it holds the stage (`_mark_displaced`), and the four provenance tags.
+    target, the model files' check when the request recorded them (a listing and a download per
+    file, see `_check_model_files`), then the transition and/or alias move, one write on the
+    version the move displaced when its tags say it holds the stage (`_mark_displaced`), and the
+    four provenance tags (five with the files' digest).
     Each write is fenced by the lease (SQL, no MLflow call): an attempt taken over writes
     nothing more.
     """
