@@ -43,6 +43,7 @@ import mlflow.artifacts  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402
+from mlflow.store.artifact.artifact_repo import ArtifactRepository  # noqa: E402
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
 from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository  # noqa: E402
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository  # noqa: E402
@@ -607,6 +608,10 @@ def artifact_manifest(
     path = None
     try:
         repo = get_artifact_repository(location, tracking_uri=uri, registry_uri=uri)
+        # `runs:/` and `models:/` locations wrap the store that holds the files (`.repo`, the
+        # same paths): read that one, so a served store is streamed, not copied to scratch.
+        while isinstance(getattr(repo, "repo", None), ArtifactRepository):
+            repo = repo.repo
         listed = sorted(_walk_artifacts(repo))
         if not listed:
             raise ArtifactsUnreadable(

@@ -25,7 +25,7 @@ from registry_sync.models import SyncRun
 from registry_sync.services import sync_registry
 from tests.conftest import broker_unreachable
 from tests.factories import stage as catalog_stage
-from tests.registry_helpers import experiment_id, make_version
+from tests.registry_helpers import experiment_id, make_run, make_version
 
 pytestmark = pytest.mark.django_db
 Status = PromotionRequest.Status
@@ -123,6 +123,34 @@ def test_a_quick_manifest_hashes_only_mlmodel_and_small_files(registry, logged):
     sizes = {f.path: f.size for f in manifest.files}
     assert "MLmodel" in hashed and "model.skops" not in hashed  # MLmodel is larger than 200 bytes
     assert sizes == {path: size for path, (size, _) in hashlib_walk(files_on_disk(registry, logged)).items()}
+
+
+def test_a_runs_version_is_streamed_from_the_served_store_in_one_call_a_file(
+    mlflow_proxy, registry, model_name
+):
+    client = registry.client()
+    run_id = make_run(client)
+    client.log_text(run_id, "flavors: {}\n", "model/MLmodel")
+    client.log_text(run_id, "weights " * 100, "model/sub/model.pkl")
+    client.create_registered_model(model_name)
+    client.create_model_version(model_name, f"runs:/{run_id}/model", run_id=run_id)
+    before = len(mlflow_proxy.calls)
+
+    manifest = gateway.artifact_manifest(model_name, 1)
+
+    assert [f.path for f in manifest.files] == ["MLmodel", "sub/model.pkl"]
+    calls = [path.split("/api/2.0/", 1)[-1] for _, path in mlflow_proxy.calls[before:]]
+    prefix = f"mlflow-artifacts/artifacts/{experiment_id(client)}/{run_id}/artifacts/model"
+    # the location, the run it names, one listing a folder, one download a file: no scratch copy
+    # through MLflow's generic download (which asks the server's capabilities and the logged models)
+    assert calls == [
+        "mlflow/model-versions/get-download-uri",
+        "mlflow/runs/get",
+        "mlflow-artifacts/artifacts",
+        "mlflow-artifacts/artifacts",
+        f"{prefix}/MLmodel",
+        f"{prefix}/sub/model.pkl",
+    ]
 
 
 # --- filing and approval ----------------------------------------------------------------------
