@@ -12,10 +12,8 @@ import hashlib
 import json
 import os
 import posixpath
-import queue
 import re
 import tempfile
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -502,44 +500,6 @@ def _hash_stream(chunks) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _read_ahead(chunks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
-    """`chunks`, read by a thread of their own at most `depth` chunks ahead.
-
-    Hashing releases the GIL, so the next chunk arrives from the socket while this one is
-    hashed: on a served store the download and the hash overlap instead of taking turns. Memory
-    stays bounded by `depth` + 1 chunks.
-    """
-    ahead: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def read() -> None:
-        try:
-            for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        ahead.put(chunk, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ahead.put(end)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
-            ahead.put(exc)
-
-    reader = threading.Thread(target=read, name="manifest-read-ahead", daemon=True)
-    reader.start()
-    try:
-        while (item := ahead.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        reader.join()
-
-
 def _read_chunks(handle) -> Iterator[bytes]:
     while chunk := handle.read(MANIFEST_CHUNK):
         yield chunk
@@ -557,7 +517,7 @@ def _hash_artifact(repo, path: str) -> tuple[str, int]:
         response = http_request(repo._host_creds, posixpath.join("/", path), "GET", stream=True)
         try:
             augmented_raise_for_status(response)
-            return _hash_stream(_read_ahead(response.iter_content(chunk_size=MANIFEST_CHUNK)))
+            return _hash_stream(response.iter_content(chunk_size=MANIFEST_CHUNK))
         finally:
             response.close()
     with tempfile.TemporaryDirectory(prefix="manifest-") as scratch:
