@@ -7,7 +7,7 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
@@ -48,10 +48,15 @@ def frame_for_user(user) -> Frame:
     )
 
 
+# Requests nobody can approve yet: a check fails, or their model files are not recorded (still
+# computing, or the manifest failed). In SQL, so that lists and counts leave them out alike.
+_BLOCKED = Q(checks_blocked=True) | Q(manifest_state__in=[ManifestState.COMPUTING, ManifestState.FAILED])
+
+
 def waiting_for(user):
-    """What `user` can decide now: the requests they may decide whose checks all passed (one
-    whose checks fail cannot be approved, so it is not waiting for them)."""
-    return decidable_requests(user).filter(checks_blocked=False)
+    """What `user` can decide now: the requests they may decide that can be approved (one whose
+    checks fail, or whose model files are not recorded, is not waiting for them)."""
+    return decidable_requests(user).exclude(_BLOCKED)
 
 
 def inbox(user, *, stage: str = "", model: str = "", status: str = ""):
@@ -63,7 +68,7 @@ def inbox(user, *, stage: str = "", model: str = "", status: str = ""):
         requests = requests_filtered(requests, stage=stage, model_contains=model, status=status)
         return requests.select_related("version__model", "stage").order_by("-created_at", "-id")
 
-    return shaped(decidable.filter(checks_blocked=False)), shaped(decidable.filter(checks_blocked=True))
+    return shaped(decidable.exclude(_BLOCKED)), shaped(decidable.filter(_BLOCKED))
 
 
 def actionable_count(user, *, known: int | None = None) -> int:

@@ -98,6 +98,7 @@ def _queue_page(request: HttpRequest, query, *, bulk_errors=(), status: int = 20
         blocked = list(blocked_rows[:PAGE_SIZE])
         for row in blocked:
             row.failing = policy.failing(row.check_results)
+            row.blocker = getattr(policy.approval_blocker(row), "message", "")
     context = {
         "page": page,
         "blocked": blocked,

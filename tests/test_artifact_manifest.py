@@ -16,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 from sklearn.linear_model import LinearRegression
 
-from promotions import services, tokens
+from promotions import selectors, services, tokens
 from promotions.errors import ManifestFailed, ManifestPending
 from promotions.models import AuditEvent, ManifestState, PromotionRequest, Review
 from promotions.services import manifest as manifest_service
@@ -194,6 +194,23 @@ def test_approval_is_refused_until_the_files_are_recorded(binding, logged, reque
     assert AuditEvent.objects.filter(action="request.manifest_recorded", request_id=request.pk).count() == 1
 
 
+def test_waiting_for_you_keeps_a_request_apart_until_its_files_are_recorded(
+    binding, logged, requester, reviewer
+):
+    request = file_request(logged, requester)
+    client = Client()
+    client.force_login(reviewer)
+
+    body = client.get("/").content.decode()
+    blocked = body.split("Blocked by checks (1)", 1)[1]
+    assert f"#{request.pk} " in blocked and "still being computed" in blocked
+    assert selectors.waiting_for(reviewer).count() == 0
+
+    services.request_manifest_compute(request_id=request.pk)
+    assert "Blocked by checks" not in client.get("/").content.decode()
+    assert list(selectors.waiting_for(reviewer)) == [request]
+
+
 def test_an_automatic_stage_waits_for_the_files_before_it_is_approved(binding, logged, requester):
     staging = catalog_stage("Staging")
     staging.required_approvals = 0
@@ -248,6 +265,23 @@ def test_an_unreadable_artifact_store_fails_the_manifest(binding, registry, mode
         f"The artifacts of version 1 of '{model_name}' are not readable in the artifact store."
     )
     assert "google" in request.manifest_error_detail
+
+
+def test_mlflow_down_leaves_the_manifest_computing_with_the_reason(
+    binding, mlflow_proxy, logged, requester, reviewer
+):
+    request = file_request(logged, requester)
+    mlflow_proxy.mode = "down"
+
+    with pytest.raises(manifest_service.ManifestDeferred):
+        services.request_manifest_compute(request_id=request.pk)
+
+    request.refresh_from_db()
+    assert request.manifest_state == ManifestState.COMPUTING
+    assert "answered with an error (HTTP 503)" in request.manifest_error
+    assert "trying again: MLflow at" in page(reviewer, request)
+    mlflow_proxy.mode = "pass"
+    assert services.request_manifest_compute(request_id=request.pk) == "recorded"
 
 
 def test_a_lost_manifest_task_is_published_again_by_the_sweeper(

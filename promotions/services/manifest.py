@@ -77,8 +77,11 @@ def request_manifest_compute(*, request_id: int) -> str:
     try:
         manifest = gateway.artifact_manifest(name, number, mode="full")
     except gateway.RegistryUnavailable as exc:
+        # Kept for the page ("trying again: …"); updated_at moves its live panel.
         PromotionRequest.objects.filter(pk=request_id, manifest_state=ManifestState.COMPUTING).update(
-            manifest_error=redact(str(exc))[:2000], manifest_error_detail=redact(exc.detail)[:4000]
+            manifest_error=redact(str(exc))[:2000],
+            manifest_error_detail=redact(exc.detail)[:4000],
+            updated_at=timezone.now(),
         )
         raise ManifestDeferred(str(exc)) from None
     except gateway.RegistryError as exc:
