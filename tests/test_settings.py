@@ -31,6 +31,11 @@ def run_check(**env):
         ("DEBUG", "maybe", "DEBUG='maybe' is not a boolean"),
         ("SYNC_INTERVAL_SECONDS", "soon", "SYNC_INTERVAL_SECONDS='soon' is not a whole number"),
         ("PROMOTION_DRIFT_WINDOW_SECONDS", "0", "PROMOTION_DRIFT_WINDOW_SECONDS=0 must be at least 1"),
+        (
+            "PROMOTION_MANIFEST_CHECK",
+            "fast",
+            "PROMOTION_MANIFEST_CHECK='fast' is not one of: full, quick, off",
+        ),
     ],
 )
 def test_it_refuses_a_malformed_variable_with_one_line(variable, value, expected):
