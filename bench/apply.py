@@ -8,7 +8,8 @@ models with S+1 versions each (every version backed by its own run with metrics)
 
   (a)  a bare MlflowClient loop doing the same MLflow writes serially: per promotion the stage
        transition (or alias move), the displaced holder's closed stage record where the product
-       writes one, plus the same four provenance tags (set_model_version_tag);
+       writes one, plus the same five provenance tags (set_model_version_tag), the model files'
+       digest among them;
   (b)  our worker with --concurrency 1: S x M requests approved through the product's services
        (two reviewers), then enqueued with promotions.services.enqueue_apply; timed from the first
        enqueue until the last `applied_at` in the database;
@@ -21,6 +22,10 @@ when S = 1) and, when S = 3, holds the alias champion, so the promotions displac
 holder; it carries the stage records a promotion by the product would have left (`seeded_tags`),
 so the Production and champion promotions close them (one write more each, in every phase).
 Version k+1 is promoted to bench stage k. The same calls are made to every set (checked).
+Every version has two small model files (MLmodel, model.pkl); the product records their manifest
+when it files a request (set-up, not timed) and checks it again in each apply (the reads of
+PROMOTION_MANIFEST_CHECK, `full` unless set: one listing and one download per file), which the
+bare client does not do: that is the cost of binding approvals to the files.
 
 It prints b/a (target <= 1.15) and the throughput of (c) as a fraction of the threaded bare client
 (target >= 0.85), the time per promotion at every size, the MLflow calls per promotion of every
@@ -359,6 +364,8 @@ def populate(ctx: Context, names: list[str], stages: int, threads: int = 8) -> N
                 ],
                 params=[Param("depth", str(rng.randint(4, 12))), Param("lr", "0.01")],
             )
+            for artifact_file, text in MODEL_FILES.items():
+                mlflow.log_text(run.info.run_id, text, f"model/{artifact_file}")
             mlflow.create_model_version(
                 name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id, await_creation_for=0
             )
@@ -370,6 +377,12 @@ def populate(ctx: Context, names: list[str], stages: int, threads: int = 8) -> N
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one_model, names))
+
+
+# A version's model files: what the manifest records and each apply checks again.
+MODEL_FILES = {"MLmodel": "flavors:\n  python_function: {}\n", "model.pkl": "bench " * 512}
+# The bare client writes the digest tag as the product does; its value does not change the cost.
+BARE_ARTIFACT_SHA256 = "0" * 64
 
 
 def seeded_tags(stages: int) -> dict[str, str]:
@@ -409,7 +422,11 @@ def bare_apply(client: Any, item: Item, request_id: int) -> None:
         if closed is not None:
             client.set_model_version_tag(item.name, "1", *closed)
     tags = provenance.promotion_tags(
-        request_id=request_id, stage_name=item.spec.name, approved_by=APPROVERS, at=at
+        request_id=request_id,
+        stage_name=item.spec.name,
+        approved_by=APPROVERS,
+        at=at,
+        artifact_sha256=BARE_ARTIFACT_SHA256,
     )
     for key, value in tags.items():
         client.set_model_version_tag(item.name, version, key, value)
@@ -559,6 +576,9 @@ def file_requests(ctx: Context, items: list[Item], *, approve: bool) -> list[int
             requested_by=ctx.users["requester"],
             justification="bench/apply.py: throughput of the apply path",
         )
+        # What the worker does after filing; here, so the timed phases are applies alone.
+        services.request_manifest_compute(request_id=request.pk)
+        request.refresh_from_db()
         if approve:
             request = approve_request(ctx, request)
             if request.status != PromotionRequest.Status.APPROVED:

@@ -45,6 +45,14 @@ def envstr(name: str, default: str) -> str:
     return default if value is None or value.strip() == "" else value.strip()
 
 
+def envchoice(name: str, default: str, *, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case-insensitive); anything else stops start-up."""
+    value = envstr(name, default).lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of: {', '.join(choices)}.")
+    return value
+
+
 def envlist(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":

@@ -14,7 +14,7 @@ import dj_database_url
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import envbool, envint, envlist, envstr, envurl
+from config.env import envbool, envchoice, envint, envlist, envstr, envurl
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -316,6 +316,19 @@ PROMOTION_RETRY_CAP_SECONDS = min(
     envint("PROMOTION_RETRY_CAP_SECONDS", 120, minimum=1), CELERY_VISIBILITY_TIMEOUT // 4
 )
 EXPIRE_INTERVAL_SECONDS = envint("EXPIRE_INTERVAL_SECONDS", 300, minimum=5)
+# Approvals are bound to the model's files: the worker records every file's SHA-256 when a
+# request is filed, and at apply time checks the files again. `full` hashes every file again;
+# `quick` compares all sizes and hashes only MLmodel and files of at most
+# PROMOTION_MANIFEST_QUICK_MAX_BYTES (much faster for large models; a same-size rewrite of a
+# large file goes unseen); `off` records nothing and approvals cover the metadata only.
+PROMOTION_MANIFEST_CHECK = envchoice("PROMOTION_MANIFEST_CHECK", "full", choices=("full", "quick", "off"))
+if PROMOTION_MANIFEST_CHECK == "off" and not DEBUG:
+    # Off, an approval would not bind the bytes that get applied: a development switch only.
+    raise ImproperlyConfigured(
+        "PROMOTION_MANIFEST_CHECK=off is for development (DEBUG=true) only: in production every "
+        "approval is bound to the model's files (use full or quick)."
+    )
+PROMOTION_MANIFEST_QUICK_MAX_BYTES = envint("PROMOTION_MANIFEST_QUICK_MAX_BYTES", 1024 * 1024, minimum=0)
 
 # Audit log keys -----------------------------------------------------------------------------
 # With a key, the chain head, periodic seals and every export manifest carry an HMAC-SHA256 the

@@ -353,6 +353,17 @@ class ReviewOut(Schema):
     )
 
 
+class ArtifactsOut(Schema):
+    state: Literal["none", "computing", "recorded", "failed"] = Field(
+        description="none: filed without a manifest; computing: approval waits for it; "
+        "failed: approval impossible (see error)."
+    )
+    sha256: str | None = Field(description="The manifest digest the evidence and the approvals cover.")
+    files: int | None
+    bytes: int | None
+    error: str
+
+
 class RequestOut(Schema):
     id: int
     status: Literal[tuple(PromotionRequest.Status.values)]  # type: ignore[valid-type]
@@ -369,6 +380,7 @@ class RequestOut(Schema):
     checks: list[CheckOut]
     evidence: dict[str, Any]
     evidence_sha256: str
+    artifacts: ArtifactsOut
     then_stages: list[str]
     last_error: str
     attempts: int = Field(description="Apply attempts made so far.")
@@ -502,6 +514,7 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
         "checks": promotion.check_results,
         "evidence": promotion.ci_evidence,
         "evidence_sha256": promotion.evidence_sha256,
+        "artifacts": selectors.request_artifacts(promotion),
         "then_stages": promotion.then_stages,
         "last_error": promotion.last_error,
         "attempts": promotion.attempts,

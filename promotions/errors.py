@@ -97,3 +97,18 @@ class TransientApplyError(Exception):
     def __init__(self, message: str, attempts: int):
         super().__init__(message)
         self.attempts = attempts
+
+
+class ManifestPending(PromotionError):
+    """The worker has not yet recorded the model's files: there is nothing to approve yet."""
+
+    code = "manifest_pending"
+    http_status = 409
+
+
+class ManifestFailed(PromotionError):
+    """The model's files could not be recorded (none, one missing, a store that cannot be read):
+    the request cannot be approved."""
+
+    code = "manifest_failed"
+    http_status = 409

@@ -120,6 +120,13 @@ class Stage(models.Model):
         )
 
 
+class ManifestState(models.TextChoices):
+    NONE = "", "Not recorded"
+    COMPUTING = "computing", "Computing"
+    READY = "ready", "Recorded"
+    FAILED = "failed", "Failed"
+
+
 class PromotionRequest(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -180,6 +187,15 @@ class PromotionRequest(models.Model):
     # ({"stage": [versions], "alias": [versions]}): a retry after a crash finds MLflow already
     # moved and records these instead of nobody.
     observed_holders = models.JSONField(null=True, blank=True)
+    # The model's files as the worker found them after filing ({"files": [[path, size,
+    # sha256]], "sha256", "bytes", "computed_at"}); their digest is in the evidence reviewers
+    # approve, and the apply checks the files against it. No state: filed without a manifest
+    # (before it existed, or with PROMOTION_MANIFEST_CHECK=off).
+    manifest_state = models.CharField(max_length=10, choices=ManifestState.choices, blank=True, default="")
+    manifest = models.JSONField(default=dict, blank=True)
+    manifest_error = models.TextField(blank=True, default="")
+    manifest_error_detail = models.TextField(blank=True, default="")
+    manifest_enqueued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

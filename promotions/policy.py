@@ -16,7 +16,8 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from promotions import roles
-from promotions.models import PromotionRequest, Review, Stage
+from promotions.errors import ManifestFailed, ManifestPending
+from promotions.models import ManifestState, PromotionRequest, Review, Stage
 
 # --- roles ------------------------------------------------------------------------------------
 
@@ -82,6 +83,20 @@ def may_decide(user, request: PromotionRequest, *, reviews: list[Review] | None 
     if reviews is None:
         return not Review.objects.filter(request=request, reviewer=user, stale=False).exists()
     return not any(r.reviewer_id == user.pk and not r.stale for r in reviews)
+
+
+def approval_blocker(request: PromotionRequest) -> ManifestPending | ManifestFailed | None:
+    """Why no approval can be given yet because of the model's files (None when none)."""
+    if request.manifest_state == ManifestState.COMPUTING:
+        return ManifestPending(
+            "The model files' digest is still being computed; approval is possible once it is recorded."
+        )
+    if request.manifest_state == ManifestState.FAILED:
+        return ManifestFailed(
+            f"The model files could not be recorded, so this request cannot be approved: "
+            f"{request.manifest_error}"
+        )
+    return None
 
 
 def required_approvals(request: PromotionRequest) -> int:

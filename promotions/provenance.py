@@ -3,8 +3,9 @@
 Two kinds, written by the apply (`promotions.services.applying`) and copied by `bench/apply.py`:
 
 - the latest promotion, overwritten by each one: `promotion.request_id`,
-  `promotion.approved_by` (usernames, comma-separated, or "automatic") and
-  `promotion.applied_at`;
+  `promotion.approved_by` (usernames, comma-separated, or "automatic"),
+  `promotion.applied_at` and, when the request recorded the model's files,
+  `promotion.artifact_sha256` (the manifest digest the approvals covered);
 - one record per stage, kept when the version is promoted on: `promotion.stage.<stage>` holding
   compact JSON `{"request":12,"approved_by":["rita","sam"],"at":"…"}`. When a later promotion
   takes the stage from the version (its legacy stage archived, or the alias moved away), the
@@ -22,6 +23,7 @@ from typing import Any
 REQUEST_ID = "promotion.request_id"
 APPROVED_BY = "promotion.approved_by"
 APPLIED_AT = "promotion.applied_at"
+ARTIFACT_SHA256 = "promotion.artifact_sha256"
 LEGACY_STAGE = "promotion.stage"
 RECORD_PREFIX = "promotion.stage."
 AUTOMATIC = "automatic"
@@ -41,15 +43,21 @@ def _dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
-def promotion_tags(*, request_id: int, stage_name: str, approved_by: list[str], at: str) -> dict[str, str]:
-    """The four tags of the promoted version, in the order they are written: the request id last,
-    because an attempt that finds it in place takes the tags as written (see the apply's resume)."""
-    return {
+def promotion_tags(
+    *, request_id: int, stage_name: str, approved_by: list[str], at: str, artifact_sha256: str | None = None
+) -> dict[str, str]:
+    """The tags of the promoted version (four, five with the files' digest), in the order they
+    are written: the request id last, because an attempt that finds it in place takes the tags
+    as written (see the apply's resume)."""
+    tags = {
         record_key(stage_name): _dumps({"request": request_id, "approved_by": approved_by, "at": at}),
         APPROVED_BY: ",".join(approved_by) or AUTOMATIC,
         APPLIED_AT: at,
-        REQUEST_ID: str(request_id),
     }
+    if artifact_sha256:
+        tags[ARTIFACT_SHA256] = artifact_sha256
+    tags[REQUEST_ID] = str(request_id)
+    return tags
 
 
 def parse_record(value: str | None) -> dict[str, Any] | None:

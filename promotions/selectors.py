@@ -7,13 +7,14 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Q
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
 from promotions import catalog, roles
 from promotions.model_changes import FileChanges, file_changes
-from promotions.models import AuditEvent, DriftRevert, PromotionRequest, Review, Stage
+from promotions.models import AuditEvent, DriftRevert, ManifestState, PromotionRequest, Review, Stage
 from promotions.policy import decidable_requests, may_request
 from registry_sync import gateway
 from registry_sync.model_files import version_model_files_for
@@ -47,10 +48,15 @@ def frame_for_user(user) -> Frame:
     )
 
 
+# Requests nobody can approve yet: a check fails, or their model files are not recorded (still
+# computing, or the manifest failed). In SQL, so that lists and counts leave them out alike.
+_BLOCKED = Q(checks_blocked=True) | Q(manifest_state__in=[ManifestState.COMPUTING, ManifestState.FAILED])
+
+
 def waiting_for(user):
-    """What `user` can decide now: the requests they may decide whose checks all passed (one
-    whose checks fail cannot be approved, so it is not waiting for them)."""
-    return decidable_requests(user).filter(checks_blocked=False)
+    """What `user` can decide now: the requests they may decide that can be approved (one whose
+    checks fail, or whose model files are not recorded, is not waiting for them)."""
+    return decidable_requests(user).exclude(_BLOCKED)
 
 
 def inbox(user, *, stage: str = "", model: str = "", status: str = ""):
@@ -62,7 +68,7 @@ def inbox(user, *, stage: str = "", model: str = "", status: str = ""):
         requests = requests_filtered(requests, stage=stage, model_contains=model, status=status)
         return requests.select_related("version__model", "stage").order_by("-created_at", "-id")
 
-    return shaped(decidable.filter(checks_blocked=False)), shaped(decidable.filter(checks_blocked=True))
+    return shaped(decidable.exclude(_BLOCKED)), shaped(decidable.filter(_BLOCKED))
 
 
 def actionable_count(user, *, known: int | None = None) -> int:
@@ -417,3 +423,45 @@ def drift_items(events: list[DriftEvent]) -> list[DriftItem]:
         )
         for event in events
     ]
+
+
+# --- the model's files a request is bound to ----------------------------------------------------
+
+
+def files_summary(*, files: int, size: int, sha256: str) -> str:
+    """'7 files, 48.2 MB, sha256 ab12cd34ef56…': the words the page and the audit log use."""
+    words = f"{files} file{'s' if files != 1 else ''}, {filesizeformat(size)}, sha256 {sha256[:12]}…"
+    return words.replace("\xa0", " ")
+
+
+_ARTIFACT_STATES = {
+    ManifestState.NONE: "none",
+    ManifestState.COMPUTING: "computing",
+    ManifestState.READY: "recorded",
+    ManifestState.FAILED: "failed",
+}
+
+
+def request_artifacts(promotion: PromotionRequest) -> dict:
+    """The request's model files as the page and the API show them: state ("none", "computing",
+    "recorded", "failed"), digest, count, bytes, the file list and the reason it failed."""
+    recorded = promotion.manifest_state == ManifestState.READY
+    manifest = promotion.manifest or {}
+    return {
+        "state": _ARTIFACT_STATES[ManifestState(promotion.manifest_state)],
+        "sha256": manifest.get("sha256") if recorded else None,
+        "files": len(manifest.get("files", [])) if recorded else None,
+        "bytes": manifest.get("bytes") if recorded else None,
+        "summary": files_summary(
+            files=len(manifest["files"]), size=manifest["bytes"], sha256=manifest["sha256"]
+        )
+        if recorded
+        else "",
+        "file_list": [
+            {"path": path, "size": size, "sha256": sha256} for path, size, sha256 in manifest.get("files", [])
+        ]
+        if recorded
+        else [],
+        "error": promotion.manifest_error,
+        "error_detail": promotion.manifest_error_detail,
+    }

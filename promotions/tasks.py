@@ -6,12 +6,13 @@ import logging
 import socket
 
 from celery import shared_task
+from django.conf import settings
 from django.utils import timezone
 
 from promotions import audit, services
 from promotions.errors import TransientApplyError
 from promotions.models import WorkerHeartbeat
-from promotions.services import enforcement
+from promotions.services import enforcement, manifest
 from promotions.services.lifecycle import APPLY_TASK
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,25 @@ def apply_promotion(self, request_id: int) -> str:
 
 @shared_task(
     bind=True,
+    name=manifest.MANIFEST_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,  # bounded below by the attempt count; the sweeper publishes it again later
+)
+def compute_manifest(self, request_id: int) -> str:
+    try:
+        return manifest.request_manifest_compute(request_id=request_id)
+    except manifest.ManifestDeferred as exc:
+        if self.request.retries + 1 >= settings.PROMOTION_MAX_ATTEMPTS:
+            logger.warning("Request #%s: model files not recorded (%s); left to the sweeper", request_id, exc)
+            return "deferred"
+        delay = services.retry_delay(self.request.retries + 1)
+        logger.warning("Request #%s: model files not recorded (%s); retry in %.1f s", request_id, exc, delay)
+        raise self.retry(countdown=delay, exc=exc) from None
+
+
+@shared_task(
+    bind=True,
     name=enforcement.REVERT_TASK,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -65,6 +85,8 @@ def revert_drift(self, revert_id: int) -> str:
 def sweep_requests() -> int:
     # The reverts of drift ride on the same beat entry: their lost publishes are swept here too.
     enforcement.reverts_sweep()
+    # So do the manifests of filed requests whose task was lost (a broker outage at filing).
+    manifest.manifests_sweep()
     return len(services.requests_sweep())
 
 

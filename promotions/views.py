@@ -106,6 +106,7 @@ def _queue_page(request: HttpRequest, query, *, bulk_errors=(), status: int = 20
         blocked = list(blocked_rows[:PAGE_SIZE])
         for row in blocked:
             row.failing = policy.failing(row.check_results)
+            row.blocker = getattr(policy.approval_blocker(row), "message", "")
     context = {
         "page": page,
         "blocked": blocked,
@@ -264,6 +265,8 @@ def _detail_context(
         "may_cancel": promotion.status in ("pending", "approved") and policy.may_cancel(user, promotion),
         "may_retry": promotion.status == "failed" and policy.is_stage_admin(user),
         "checks_failing": policy.failing(promotion.check_results),
+        "approval_blocker": getattr(policy.approval_blocker(promotion), "message", ""),
+        "artifacts": selectors.request_artifacts(promotion),
         "form": form or DecisionForm(initial={"evidence_sha256": promotion.evidence_sha256}),
         "retry": selectors.apply_retry(promotion),
         "polling": promotion.status in PromotionRequest.OPEN_STATUSES,

@@ -8,8 +8,10 @@ the MLflow client itself and therefore honoured as they are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import posixpath
 import re
 import tempfile
 import warnings
@@ -39,6 +41,11 @@ import mlflow.artifacts  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402
+from mlflow.store.artifact.artifact_repo import ArtifactRepository  # noqa: E402
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
+from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository  # noqa: E402
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository  # noqa: E402
+from mlflow.utils.rest_utils import augmented_raise_for_status, http_request  # noqa: E402
 
 LEGACY_STAGES = ("None", "Staging", "Production", "Archived")
 _STATUS_IN_MESSAGE = re.compile(
@@ -79,6 +86,11 @@ class VersionNotFound(RegistryError):
 
 class RegistryRejected(RegistryError):
     """MLflow refused the call's arguments (an invalid alias, an unknown stage...)."""
+
+
+class ArtifactsUnreadable(RegistryError):
+    """The version's model files cannot be read as they are: none, one missing, or a store that
+    refuses to be read. Retrying will not help until someone fixes the artifacts."""
 
 
 @dataclass(frozen=True)
@@ -430,6 +442,159 @@ def get_model_files(name: str, version: int, *, run_id: str = "", timeout: int |
         run_name=(run.info.run_name or "") if run else "",
         experiment_id=str(run.info.experiment_id) if run else "",
     )
+
+
+# --- the version's artifact manifest ---------------------------------------------------------
+
+MANIFEST_CHUNK = 4 * 1024 * 1024  # bytes read and hashed at a time: memory stays flat per file
+MLMODEL = "MLmodel"
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    path: str  # relative to the version's artifact location, "/"-separated
+    size: int
+    sha256: str | None  # None only in a quick manifest, for a large file it did not read
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every file under a version's model artifacts, sorted by path.
+
+    `digest` covers each file's path, size and SHA-256; it is defined for a full manifest only
+    (a quick one leaves large files unhashed and is compared file by file instead).
+    """
+
+    files: tuple[ManifestFile, ...]
+    mode: str  # "full" or "quick"
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.size for item in self.files)
+
+    @property
+    def digest(self) -> str:
+        return manifest_digest([(item.path, item.size, item.sha256 or "") for item in self.files])
+
+
+def manifest_digest(files: list[tuple[str, int, str]] | list[list]) -> str:
+    """SHA-256 over the sorted "path\\0size\\0sha256\\n" lines: the one definition, used for
+    the manifest computed now and for the one stored on a request."""
+    lines = sorted(f"{path}\0{int(size)}\0{sha256}\n" for path, size, sha256 in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _walk_artifacts(repo, path: str | None = None) -> Iterator[tuple[str, int | None]]:
+    for item in repo.list_artifacts(path):
+        if item.is_dir:
+            yield from _walk_artifacts(repo, item.path)
+        else:
+            yield item.path, item.file_size
+
+
+def _hash_stream(chunks) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _read_chunks(handle) -> Iterator[bytes]:
+    while chunk := handle.read(MANIFEST_CHUNK):
+        yield chunk
+
+
+def _hash_artifact(repo, path: str) -> tuple[str, int]:
+    """SHA-256 and size of one artifact, streamed: a local store's file read in place, a served
+    store's (`mlflow-artifacts:`, http) response body hashed as it arrives; any other store
+    (S3, GCS, ...) downloaded to a scratch file that is hashed and deleted at once."""
+    if isinstance(repo, LocalArtifactRepository):
+        with open(os.path.join(repo.artifact_dir, *path.split("/")), "rb") as handle:
+            return _hash_stream(_read_chunks(handle))
+    if isinstance(repo, HttpArtifactRepository):
+        # What HttpArtifactRepository._download_file does, hashing instead of writing a file.
+        response = http_request(repo._host_creds, posixpath.join("/", path), "GET", stream=True)
+        try:
+            augmented_raise_for_status(response)
+            return _hash_stream(response.iter_content(chunk_size=MANIFEST_CHUNK))
+        finally:
+            response.close()
+    with tempfile.TemporaryDirectory(prefix="manifest-") as scratch:
+        local = os.path.join(scratch, "file")
+        repo._download_file(path, local)
+        with open(local, "rb") as handle:
+            return _hash_stream(_read_chunks(handle))
+
+
+def _artifact_error(exc: Exception, *, name: str, version: int, path: str | None) -> RegistryError:
+    """Our error for a failure while listing (`path` None) or reading one file of the manifest."""
+    subject = (
+        f"The file {path} of version {version} of '{name}' is"
+        if path
+        else f"The artifacts of version {version} of '{name}' are"
+    )
+    detail = redact(_without_userinfo(f"{type(exc).__name__}: {exc}"))[:_DETAIL_LIMIT]
+    if isinstance(exc, FileNotFoundError):
+        return ArtifactsUnreadable(f"{subject} missing from the artifact store.", detail=detail)
+    if isinstance(exc, OSError) and not isinstance(exc, requests.RequestException):
+        return ArtifactsUnreadable(f"{subject} not readable in the artifact store.", detail=detail)
+    error = _translate(exc, name=name, version=version)
+    if isinstance(error, (VersionNotFound, ModelNotFound)) and path:
+        return ArtifactsUnreadable(f"{subject} missing from the artifact store.", detail=error.detail)
+    if isinstance(error, RegistryRejected) or not isinstance(
+        exc, (MlflowException, requests.RequestException)
+    ):
+        # A store MLflow's client cannot open (a scheme without its library, a bad location).
+        return ArtifactsUnreadable(f"{subject} not readable in the artifact store.", detail=detail)
+    return error
+
+
+def artifact_manifest(
+    name: str, version: int, *, mode: str = "full", small_file_bytes: int = 1024 * 1024
+) -> Manifest:
+    """The manifest of every file under the version's model artifacts, one file at a time.
+
+    `mode="quick"` reads the sizes of all files from the store's listing and hashes only the
+    files of at most `small_file_bytes` and MLflow's MLmodel. Raises ArtifactsUnreadable when
+    the version has no files, a listed file is missing, or the store cannot be read;
+    RegistryUnavailable / RegistryPermissionDenied as every other call.
+    """
+    uri = settings.MLFLOW_TRACKING_URI
+    try:
+        location = _registry().get_model_version_download_uri(name, str(version))
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name, version=version) from exc
+    path = None
+    try:
+        repo = get_artifact_repository(location, tracking_uri=uri, registry_uri=uri)
+        # `runs:/` and `models:/` locations wrap the store that holds the files (`.repo`, the
+        # same paths): read that one, so a served store is streamed, not copied to scratch.
+        while isinstance(getattr(repo, "repo", None), ArtifactRepository):
+            repo = repo.repo
+        listed = sorted(_walk_artifacts(repo))
+        if not listed:
+            raise ArtifactsUnreadable(
+                f"Version {version} of model '{name}' has no files in its artifacts ({redact(location)})."
+            )
+        files = []
+        for path, listed_size in listed:
+            quick_skip = (
+                mode == "quick"
+                and listed_size is not None
+                and listed_size > small_file_bytes
+                and posixpath.basename(path) != MLMODEL
+            )
+            if quick_skip:
+                files.append(ManifestFile(path, listed_size, None))
+                continue
+            sha256, size = _hash_artifact(repo, path)
+            files.append(ManifestFile(path, size, sha256))
+    except RegistryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure is translated
+        raise _artifact_error(exc, name=name, version=version, path=path) from exc
+    return Manifest(files=tuple(files), mode=mode)
 
 
 def ui_base_url() -> str:

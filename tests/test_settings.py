@@ -31,6 +31,11 @@ def run_check(**env):
         ("DEBUG", "maybe", "DEBUG='maybe' is not a boolean"),
         ("SYNC_INTERVAL_SECONDS", "soon", "SYNC_INTERVAL_SECONDS='soon' is not a whole number"),
         ("PROMOTION_DRIFT_WINDOW_SECONDS", "0", "PROMOTION_DRIFT_WINDOW_SECONDS=0 must be at least 1"),
+        (
+            "PROMOTION_MANIFEST_CHECK",
+            "fast",
+            "PROMOTION_MANIFEST_CHECK='fast' is not one of: full, quick, off",
+        ),
     ],
 )
 def test_it_refuses_a_malformed_variable_with_one_line(variable, value, expected):
@@ -73,3 +78,9 @@ def test_production_settings_pass_the_deploy_check():
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_production_refuses_to_start_without_binding_approvals_to_the_files():
+    result = run_check(DEBUG="false", SECRET_KEY="x" * 50, PROMOTION_MANIFEST_CHECK="off")
+    assert result.returncode == 2
+    assert "PROMOTION_MANIFEST_CHECK=off is for development (DEBUG=true) only" in result.stderr

@@ -27,6 +27,8 @@ class AuditAction(models.TextChoices):
     REQUEST_CREATED = "request.created"
     REQUEST_EVIDENCE_CHANGED = "request.evidence_changed"
     REQUEST_EXPIRED = "request.expired"
+    REQUEST_MANIFEST_FAILED = "request.manifest_failed"
+    REQUEST_MANIFEST_RECORDED = "request.manifest_recorded"
     REQUEST_REOPENED = "request.reopened"
     REQUEST_RETRIED = "request.retried"
     REVIEW_APPROVED = "review.approved"

@@ -7,7 +7,7 @@ import promotions.models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("promotions", "0013_request_checks_blocked"),
+        ("promotions", "0014_artifact_manifest"),
     ]
 
     operations = [

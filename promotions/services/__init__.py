@@ -24,11 +24,13 @@ from promotions.services.filing import (
     version_get,
 )
 from promotions.services.lifecycle import enqueue_apply
+from promotions.services.manifest import manifests_sweep, request_manifest_compute
 
 __all__ = [
     "apply_retry_scheduled",
     "build_evidence",
     "enqueue_apply",
+    "manifests_sweep",
     "pipeline_continue",
     "promotion_apply",
     "promotion_request_create",
@@ -36,6 +38,7 @@ __all__ = [
     "promotion_request_file",
     "promotion_requests_create_passing",
     "request_cancel",
+    "request_manifest_compute",
     "request_retry",
     "requester_required",
     "requests_expire",

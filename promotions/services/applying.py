@@ -21,7 +21,7 @@ from django.utils import timezone
 from common.redact import redact
 from promotions import audit, catalog, notifications, outbox, policy, provenance
 from promotions.errors import TransientApplyError
-from promotions.models import PromotionRequest, Stage
+from promotions.models import ManifestState, PromotionRequest, Stage
 from promotions.services.lifecycle import (
     LEASE_ENDED,
     audit_context,
@@ -30,6 +30,7 @@ from promotions.services.lifecycle import (
     request_reopen,
     status_set,
 )
+from promotions.services.manifest import manifest_changes
 from registry_sync import gateway
 from registry_sync.models import RegisteredModel
 from registry_sync.services import mirror_binding_set
@@ -334,8 +335,10 @@ def _apply_to_registry(request: PromotionRequest, approvers: _Approvers, lease: 
 
     MLflow calls: the reads of `_read_candidate` (one, or two when the catalog has alias
     stages), the run when a check needs its metrics, the previous alias holder for an alias
-    target, then the transition and/or alias move, one write on the version the move displaced
-    when its tags say it holds the stage (`_mark_displaced`), and the four provenance tags.
+    target, the model files' check when the request recorded them (a listing and a download per
+    file, see `_check_model_files`), then the transition and/or alias move, one write on the
+    version the move displaced when its tags say it holds the stage (`_mark_displaced`), and the
+    four provenance tags (five with the files' digest).
     Each write is fenced by the lease (SQL, no MLflow call): an attempt taken over writes
     nothing more.
     """
@@ -345,8 +348,13 @@ def _apply_to_registry(request: PromotionRequest, approvers: _Approvers, lease: 
     if live.status and live.status != "READY":
         raise _PreconditionFailed(f"{model_name} v{number} is {live.status} in MLflow, not READY.")
     at = audit.utc_iso(timezone.now())
+    recorded = request.manifest_state == ManifestState.READY
     tags = provenance.promotion_tags(
-        request_id=request.pk, stage_name=stage.name, approved_by=approvers.usernames, at=at
+        request_id=request.pk,
+        stage_name=stage.name,
+        approved_by=approvers.usernames,
+        at=at,
+        artifact_sha256=request.manifest.get("sha256") if recorded else None,
     )
     # The versions read so far, with their tags: the displaced holder's are among them.
     known = {version.version: version for version in versions or ()}
@@ -372,6 +380,7 @@ def _apply_to_registry(request: PromotionRequest, approvers: _Approvers, lease: 
     resuming = any(not missing[half] for half in observed.get("writing", ()))
     if not resuming:
         _check_preconditions(request, live, stages)
+        _check_model_files(request)
 
     previous_stage = observed.get("stage", [])
     if missing["stage"] or "stage" not in observed:
@@ -466,6 +475,28 @@ def _check_preconditions(
     failing = policy.failing(results)
     if failing:
         raise _PreconditionFailed("Checks no longer pass: " + "; ".join(failing))
+
+
+def _check_model_files(request: PromotionRequest) -> None:
+    """The version's files are still those the approvals covered (PROMOTION_MANIFEST_CHECK:
+    every hash again, or `quick`: every size and the hashes of MLmodel and the small files).
+
+    A request filed without a recorded manifest (before it existed, or with the check off) has
+    nothing to compare with and is applied as approved.
+    """
+    mode = settings.PROMOTION_MANIFEST_CHECK
+    if mode == "off" or request.manifest_state != ManifestState.READY:
+        return
+    model_name, number = request.version.model.name, request.version.version
+    try:
+        found = gateway.artifact_manifest(
+            model_name, number, mode=mode, small_file_bytes=settings.PROMOTION_MANIFEST_QUICK_MAX_BYTES
+        )
+    except gateway.ArtifactsUnreadable as exc:
+        raise _PreconditionFailed(f"The model files changed after approval: {exc}") from None
+    changes = manifest_changes(request.manifest.get("files", []), found.files)
+    if changes:
+        raise _PreconditionFailed("The model files changed after approval: " + "; ".join(changes))
 
 
 def _outcome(

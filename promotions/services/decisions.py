@@ -109,6 +109,9 @@ def review_approve(
     _signature_required(request, reviewer, "approve", signature)
     with transaction.atomic():
         locked = _locked_pending(request.pk)
+        blocker = policy.approval_blocker(locked)
+        if blocker is not None:
+            raise blocker
         if evidence_sha256 and evidence_sha256 != locked.evidence_sha256:
             raise EvidenceChanged("The evidence changed since you loaded the page; review it again.")
         if signature is not None and not evidence_sha256:

@@ -23,9 +23,10 @@ from promotions.errors import (
     RegistryUnavailable,
     UnknownVersion,
 )
-from promotions.models import MAX_TEXT, PromotionRequest, Stage
+from promotions.models import MAX_TEXT, ManifestState, PromotionRequest, Stage
 from promotions.services.evidence import build_evidence, evidence_digest
 from promotions.services.lifecycle import audit_context, request_approve_for_apply
+from promotions.services.manifest import AUTOMATIC_REASON, enqueue_manifest, manifest_required
 from promotions.text import clean_text
 from registry_sync import gateway
 from registry_sync.models import ModelVersion, RegisteredModel, SyncRun
@@ -222,6 +223,8 @@ def promotion_request_create(
         )
     now = timezone.now()
     holder = evidence["current_holder"]
+    # The worker records the model's files first; until then nothing can approve the request.
+    computing = manifest_required()
     try:
         with transaction.atomic():
             request = PromotionRequest.objects.create(
@@ -244,6 +247,7 @@ def promotion_request_create(
                 created_at=now,
                 updated_at=now,
                 expires_at=now + stage.request_ttl,
+                manifest_state=ManifestState.COMPUTING if computing else ManifestState.NONE,
             )
             request.approver_groups_at_filing.set(stage.approver_groups.all())
             audit.record(
@@ -266,10 +270,11 @@ def promotion_request_create(
                 },
             )
             notifications.notify("request.created", request.pk)
-            if automatic:
-                request_approve_for_apply(
-                    request, actor=None, reason="every check passed; no approval required"
-                )
+            if computing:
+                # An automatic stage is approved by the manifest task, once the files are known.
+                transaction.on_commit(lambda: enqueue_manifest(request.pk))
+            elif automatic:
+                request_approve_for_apply(request, actor=None, reason=AUTOMATIC_REASON)
     except IntegrityError:
         existing = (
             PromotionRequest.objects.filter(
