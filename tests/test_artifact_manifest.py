@@ -4,6 +4,8 @@ required for approval, and checked again before the apply writes anything to MLf
 from __future__ import annotations
 
 import hashlib
+import io
+import re
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +14,7 @@ import mlflow
 import mlflow.sklearn
 import pandas as pd
 import pytest
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from sklearn.linear_model import LinearRegression
@@ -403,3 +406,32 @@ def test_the_worker_records_the_files_then_applies_an_automatic_stage(
     tags = registry.client().get_model_version(name, "1").tags
     assert tags["promotion.artifact_sha256"] == request.manifest["sha256"]
     assert manifest_service.MANIFEST_TASK == "promotions.compute_manifest"
+
+
+def test_a_signature_given_after_the_files_were_recorded_verifies(binding, logged, requester, reviewer):
+    """A signer signs the evidence digest that includes the files' digest: the log's check of
+    signatures follows the digest the manifest moved, and finds nothing wrong."""
+    staging = catalog_stage("Staging")
+    staging.signature_required = True
+    staging.save()
+    request = recorded_request(logged, requester)
+    client = Client()
+    client.force_login(reviewer)
+    html = client.get(reverse("request_detail", args=[request.pk])).content.decode()
+    token = re.search(r'name="signature_token" value="([^"]*)"', html).group(1)
+    response = client.post(
+        reverse("request_decide", args=[request.pk]),
+        {
+            "decision": "approve",
+            "comment": "files and metrics reviewed",
+            "evidence_sha256": request.evidence_sha256,
+            "signature_token": token,
+            "meaning": "Approved for release",
+            "password": f"pw-{reviewer.username}",
+        },
+    )
+    assert response.status_code in (200, 302), response.content.decode()[:500]
+    review = Review.objects.get(request=request)
+    assert review.signed_digest == request.evidence_sha256 != request.evidence["artifacts"]["sha256"]
+    # verify_audit_log raises CommandError naming each signature that does not match.
+    call_command("verify_audit_log", stdout=io.StringIO(), stderr=io.StringIO())

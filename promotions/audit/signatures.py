@@ -3,8 +3,8 @@
 A signature is written twice in the decision's transaction: on the Review row and in the
 review's audit entry (`details.signature`), under the hash chain. It holds the digest of what was
 signed: the request's evidence digest at that moment, which the log also records
-(`request.created` gives it, `request.evidence_changed` moves it). A signature no longer matches
-when
+(`request.created` gives it; `request.evidence_changed` and `request.manifest_recorded`, when the
+model files' digest joins the evidence, move it). A signature no longer matches when
 
 - the digest it names is not the request's evidence digest the log held when it was signed;
 - its seal (HMAC-SHA256 under AUDIT_SIGNING_KEY, when it has one) does not check;
@@ -23,7 +23,11 @@ from promotions.audit.actions import AuditAction
 from promotions.audit.format import utc_iso
 from promotions.models import AuditEvent, Review
 
-_DIGEST_ACTIONS = (AuditAction.REQUEST_CREATED, AuditAction.REQUEST_EVIDENCE_CHANGED)
+_DIGEST_ACTIONS = (
+    AuditAction.REQUEST_CREATED,
+    AuditAction.REQUEST_EVIDENCE_CHANGED,
+    AuditAction.REQUEST_MANIFEST_RECORDED,
+)
 _REVIEW_ACTIONS = (AuditAction.REVIEW_APPROVED, AuditAction.REVIEW_REJECTED)
 _COMPARED = ("name", "username", "signed_at", "meaning", "digest", "key_id", "seal")
 
@@ -82,6 +86,10 @@ def signature_problems() -> list[str]:
             continue
         if action == AuditAction.REQUEST_EVIDENCE_CHANGED:
             digests[request_id] = details.get("new_sha256", "")
+            continue
+        if action == AuditAction.REQUEST_MANIFEST_RECORDED:
+            # The model files' digest joined the evidence: what a signer sees from then on.
+            digests[request_id] = details.get("evidence_sha256", "")
             continue
         signature = details.get("signature")
         if not isinstance(signature, dict):
