@@ -205,12 +205,12 @@ def test_waiting_for_you_keeps_a_request_apart_until_its_files_are_recorded(
     client.force_login(reviewer)
 
     body = client.get("/").content.decode()
-    blocked = body.split("Blocked by checks (1)", 1)[1]
+    blocked = body.split("Not approvable yet (1)", 1)[1]
     assert f"#{request.pk} " in blocked and "still being computed" in blocked
     assert selectors.waiting_for(reviewer).count() == 0
 
     services.request_manifest_compute(request_id=request.pk)
-    assert "Blocked by checks" not in client.get("/").content.decode()
+    assert "Not approvable yet" not in client.get("/").content.decode()
     assert list(selectors.waiting_for(reviewer)) == [request]
 
 

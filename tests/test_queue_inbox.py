@@ -54,7 +54,7 @@ def test_it_shows_requests_with_failing_checks_apart_with_the_failing_rule(
     table = section(body, "<tbody>", "</tbody>")
     assert f'name="request_ids" value="{good.pk}"' in table
     assert f"#{bad.pk}" not in table
-    blocked = section(body, "Blocked by checks (1)", "</section>")
+    blocked = section(body, "Not approvable yet (1)", "</section>")
     assert f"#{bad.pk} sales_forecast v6" in blocked
     assert "metric accuracy &gt;= 0.9 (is 0.5)" in blocked
     assert f'name="request_ids" value="{bad.pk}"' not in body
@@ -165,7 +165,7 @@ def test_the_blocked_section_costs_no_query_per_row(
     # The same pin as an unblocked "Waiting for you" in tests/test_page_queries.py.
     with django_assert_num_queries(11):
         body = client.get("/?tab=mine").content.decode()
-    assert "Blocked by checks (3)" in body
+    assert "Not approvable yet (3)" in body
 
 
 def test_waiting_for_you_and_its_badge_count_only_what_the_reviewer_can_approve_now(
@@ -182,7 +182,7 @@ def test_waiting_for_you_and_its_badge_count_only_what_the_reviewer_can_approve_
         body = client.get(f"/?tab={tab}").content.decode()
         assert 'title="Requests waiting for your decision">1</span>' in body
         assert "Waiting for you (1)" in body
-    assert "Blocked by checks (2)" in client.get("/?tab=mine").content.decode()
+    assert "Not approvable yet (2)" in client.get("/?tab=mine").content.decode()
 
 
 def test_a_request_whose_checks_pass_after_new_evidence_leaves_the_blocked_section(
@@ -199,6 +199,6 @@ def test_a_request_whose_checks_pass_after_new_evidence_leaves_the_blocked_secti
     assert not PromotionRequest.objects.get(pk=blocked.pk).checks_blocked
     client.force_login(reviewer)
     body = client.get("/?tab=mine").content.decode()
-    assert "Blocked by checks" not in body
+    assert "Not approvable yet" not in body
     assert f'name="request_ids" value="{blocked.pk}"' in body
     assert "Waiting for you (1)" in body
