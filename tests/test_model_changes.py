@@ -163,14 +163,10 @@ def test_hostile_names_are_escaped(client, reviewer, candidate):
     assert "Drops c; &lt;img src=x onerror=alert(1)&gt; added" in body  # the description
 
 
-def test_a_second_page_view_makes_no_mlflow_call(client, reviewer, mlflow_proxy, two_models, requester):
-    promotion = services.promotion_request_file(
-        model_name=two_models["name"],
-        version=2,
-        stage_name="Staging",
-        requested_by=requester,
-        justification="x",
-    )
+def test_a_second_page_view_makes_no_mlflow_call(
+    client, reviewer, mlflow_proxy, two_models, requester, candidate
+):
+    promotion = candidate
     client.force_login(reviewer)
     mlflow_proxy.calls.clear()
     assert "type changed" in client.get(f"/requests/{promotion.pk}/").content.decode()
@@ -186,15 +182,9 @@ def test_a_second_page_view_makes_no_mlflow_call(client, reviewer, mlflow_proxy,
 
 
 def test_the_poll_renders_no_model_files_and_calls_no_mlflow(
-    client, reviewer, mlflow_proxy, two_models, requester
+    client, reviewer, mlflow_proxy, two_models, requester, candidate
 ):
-    promotion = services.promotion_request_file(
-        model_name=two_models["name"],
-        version=2,
-        stage_name="Staging",
-        requested_by=requester,
-        justification="x",
-    )
+    promotion = candidate
     client.force_login(reviewer)
     mlflow_proxy.calls.clear()
     response = client.get(f"/requests/{promotion.pk}/status/", {"seen": "older"}, HTTP_HX_REQUEST="true")
@@ -204,15 +194,9 @@ def test_the_poll_renders_no_model_files_and_calls_no_mlflow(
 
 
 def test_mlflow_down_leaves_the_page_up_with_the_reason_and_caches_nothing(
-    client, reviewer, mlflow_proxy, two_models, requester
+    client, reviewer, mlflow_proxy, two_models, requester, candidate
 ):
-    promotion = services.promotion_request_file(
-        model_name=two_models["name"],
-        version=2,
-        stage_name="Staging",
-        requested_by=requester,
-        justification="x",
-    )
+    promotion = candidate
     client.force_login(reviewer)
     mlflow_proxy.mode = "down"
     response = client.get(f"/requests/{promotion.pk}/")
@@ -226,15 +210,9 @@ def test_mlflow_down_leaves_the_page_up_with_the_reason_and_caches_nothing(
 
 
 def test_a_slow_mlflow_holds_the_page_for_the_page_timeout_only(
-    client, reviewer, mlflow_proxy, two_models, requester, settings
+    client, reviewer, mlflow_proxy, two_models, requester, settings, candidate
 ):
-    promotion = services.promotion_request_file(
-        model_name=two_models["name"],
-        version=2,
-        stage_name="Staging",
-        requested_by=requester,
-        justification="x",
-    )
+    promotion = candidate
     client.force_login(reviewer)
     settings.MLFLOW_PAGE_TIMEOUT_SECONDS = 1  # the other calls keep MLFLOW_TIMEOUT_SECONDS (10)
     mlflow_proxy.hold_paths = ("/model-versions/get-download-uri",)
