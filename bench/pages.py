@@ -1,7 +1,8 @@
 """Benchmark: server time of the busiest pages with a large database.
 
-Fills a throwaway SQLite database with 10,000 promotion requests (with reviews) over 2,000
-models and 100,000 audit events, then renders through Django's test client, in process, so
+Fills a throwaway SQLite database with 10,000 promotion requests (with reviews, each with a
+recorded manifest of --manifest-files files, default 200) over 2,000 models and 100,000 audit
+events, then renders through Django's test client, in process, so
 the figure is server time without the network:
 
   * the queue (`/`, "All open" and "Waiting for you"),
@@ -20,8 +21,10 @@ Then the same database is served by gunicorn as the Procfile runs it (`--workers
 and --clients concurrent clients (default 20), each signed in as a reviewer, fetch the queue
 page for --seconds, then a minimal Django view (same middleware, a constant body) on the same
 gunicorn: requests per second of each and their ratio (target >= 0.5); and, for what sign-in
-itself costs, the minimal view behind `login_required`. The clients run in this
-process, on the same two cores as the server, for both figures alike.
+itself costs, the minimal view behind `login_required`; and, for the ceiling of any queue page
+drawn without a cache, the queue's own template rendered from rows read once per process (no
+SQL but the frame's). The clients run in this process, on the same two cores as the server,
+for every figure alike.
 
     .venv/bin/python bench/pages.py                 # 10,000 requests, 100,000 audit events
     .venv/bin/python bench/pages.py --requests 2000 --events 20000 --repeat 30
@@ -56,6 +59,7 @@ from bench.common import (  # noqa: E402
 BENCH_SECRET_KEY = "bench-pages-" + "k" * 40
 MINIMAL_PATH = "/bench/minimal/"
 SIGNED_IN_PATH = "/bench/minimal-signed-in/"
+TEMPLATE_ONLY_PATH = "/bench/queue-template-only/"
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -63,7 +67,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def fill(requests: int, events: int) -> dict:
+def fill(requests: int, events: int, manifest_files: int = 0) -> dict:
     from datetime import timedelta
 
     from django.contrib.auth.models import Group, User
@@ -102,6 +106,9 @@ def fill(requests: int, events: int) -> dict:
     )
     now = timezone.now()
     statuses = ["pending", "approved", "applied", "rejected", "cancelled"]
+    # What the worker records after filing: every file of the model with its size and digest.
+    files = [[f"model/part-{n:05d}.bin", 1_048_576, f"{n:064x}"] for n in range(manifest_files)]
+    manifest = {"files": files, "sha256": "f" * 64, "bytes": 1_048_576 * manifest_files} if files else {}
     rows = []
     for i in range(requests):
         version = versions[i % len(versions)]
@@ -132,6 +139,8 @@ def fill(requests: int, events: int) -> dict:
                 created_at=now - timedelta(minutes=i),
                 updated_at=now - timedelta(minutes=i),
                 expires_at=now + timedelta(days=7),
+                manifest_state="ready" if manifest_files else "",
+                manifest=manifest,
             )
         )
     created = PromotionRequest.objects.bulk_create(rows, batch_size=2000)
@@ -305,6 +314,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument(
+        "--manifest-files", type=int, default=200, help="files in each request's recorded manifest"
+    )
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -322,7 +334,7 @@ def main() -> None:
         # Measure as production runs: no template debugging, no query log.
         settings.DEBUG = False
         started = time.perf_counter()
-        world = fill(args.requests, args.events)
+        world = fill(args.requests, args.events, args.manifest_files)
         print(
             f"filled {args.requests} requests and {args.events} audit events "
             f"in {time.perf_counter() - started:.1f} s"
@@ -348,6 +360,8 @@ def main() -> None:
             queue_rps = throughput(port, "/", cookie, args.clients, args.seconds)
             minimal_rps = throughput(port, MINIMAL_PATH, cookie, args.clients, args.seconds)
             signed_in_rps = throughput(port, SIGNED_IN_PATH, cookie, args.clients, args.seconds)
+            throughput(port, TEMPLATE_ONLY_PATH, cookie, args.clients, 2)  # each worker reads its rows
+            template_rps = throughput(port, TEMPLATE_ONLY_PATH, cookie, args.clients, args.seconds)
         finally:
             stop_process_group(server)
 
@@ -377,6 +391,8 @@ def main() -> None:
         f"\n  ratio {ratio:.2f} (target >= 0.5: {'yes' if ratio >= 0.5 else 'NO'})"
         f"\n  minimal view behind sign-in (session and user read) {signed_in_rps:8.1f} requests/s,"
         f" queue / that {queue_rps / signed_in_rps:.2f}"
+        f"\n  the queue's template alone, rows read once {template_rps:8.1f} requests/s,"
+        f" / minimal view {template_rps / minimal_rps:.2f}: the most an uncached queue could reach"
     )
 
 
