@@ -81,7 +81,8 @@ def test_every_other_role_is_refused_in_the_sites_frame_and_on_the_record(client
     assert 'class="frame"' in page and "Only auditors" in page
     assert "data-username" not in page
     denied = AuditEvent.objects.filter(action="auth.denied").latest("sequence")
-    assert denied.actor_username == user.username
+    assert denied.actor_username == user.username and "not an auditor" in denied.meaning
+    assert audit.verify_database().ok
 
 
 def test_the_audit_page_links_to_the_access_review(client, auditor):
@@ -124,6 +125,32 @@ def test_a_membership_the_log_never_saw_reads_before_the_log(client, auditor, ou
     assert [(g.group, g.since, g.unknown) for g in row.roles] == [(roles.REVIEWERS, None, "before the log")]
     client.force_login(auditor)
     assert "before the log" in row_of(client.get("/audit/access/").content.decode(), "olga")
+
+
+def test_a_grant_to_an_earlier_account_of_the_same_name_is_not_this_ones(outsider):
+    reviewers = Group.objects.get(name=roles.REVIEWERS)
+    reviewers.user_set.add(outsider)  # on the record for "olga"
+    outsider.delete()  # the membership goes with the account, and no signal says so
+    again = make_user("olga")
+    User.groups.through.objects.create(user=again, group=reviewers)  # by a path the log never saw
+    row = next(r for r in access.access_rows() if r.username == "olga")
+    assert [(g.group, g.since, g.unknown) for g in row.roles] == [(roles.REVIEWERS, None, "before the log")]
+
+
+def test_a_role_given_back_by_an_unaudited_path_reads_not_on_the_record(reviewer):
+    reviewers = Group.objects.get(name=roles.REVIEWERS)
+    reviewers.user_set.remove(reviewer)
+    User.groups.through.objects.create(user=reviewer, group=reviewers)
+    row = next(r for r in access.access_rows() if r.username == "rex")
+    assert [(g.group, g.since, g.unknown) for g in row.roles] == [
+        (roles.REVIEWERS, None, "not on the record")
+    ]
+
+
+def test_the_page_carries_no_inline_script_or_style(client, auditor):
+    client.force_login(auditor)
+    body = client.get("/audit/access/").content.decode()
+    assert "style=" not in body and "<script>" not in body and " hx-on" not in body
 
 
 def test_a_removed_role_leaves_the_current_roles_and_shows_in_the_changes(client, auditor, requester, boss):

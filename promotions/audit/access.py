@@ -102,9 +102,11 @@ def _grants_on_record() -> dict[tuple[str, str], AuditEvent]:
     return latest
 
 
-def _grant(username: str, group: str, on_record: dict[tuple[str, str], AuditEvent]) -> Grant:
-    event = on_record.get((username, group))
-    if event is None:
+def _grant(user, group: str, on_record: dict[tuple[str, str], AuditEvent]) -> Grant:
+    event = on_record.get((user.get_username(), group))
+    # An entry older than the account belongs to an earlier account of the same name (a user
+    # deleted and created again): deleting one removes its memberships without a signal.
+    if event is None or event.created_at < user.date_joined:
         return Grant(group=group, unknown="before the log")
     if event.action != AuditAction.USER_GROUP_ADDED:
         return Grant(group=group, unknown="not on the record")
@@ -158,8 +160,8 @@ def access_rows() -> list[AccessRow]:
                 active=user.is_active,
                 superuser=user.is_superuser,
                 staff=user.is_staff,
-                roles=[_grant(username, n, on_record) for n in names if n in order],
-                groups=[_grant(username, n, on_record) for n in names if n not in order],
+                roles=[_grant(user, n, on_record) for n in names if n in order],
+                groups=[_grant(user, n, on_record) for n in names if n not in order],
                 last_sign_in=user.last_login,
                 last_action_at=action.created_at if action else None,
                 last_action=f"{action.action}: {action.meaning}" if action else "",
