@@ -30,6 +30,9 @@ PAGES = {
     "audit_export_jsonl": ("get", False, "auditor", 200),
     "audit_manifest": ("get", False, "auditor", 200),
     "audit_metrics": ("get", False, "auditor", 200),
+    "audit_access": ("get", False, "auditor", 200),
+    "audit_access_csv": ("get", False, "auditor", 200),
+    "audit_access_changes_csv": ("get", False, "auditor", 200),
     "holders_export_csv": ("get", False, "auditor", 200),
     "token_list": ("get", False, "requester", 200),
 }
@@ -143,6 +146,9 @@ REFUSED = {
     "audit_export_jsonl": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_manifest": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_metrics": {"requester", "reviewer", "stage_admin", "outsider"},
+    "audit_access": {"requester", "reviewer", "stage_admin", "outsider"},
+    "audit_access_csv": {"requester", "reviewer", "stage_admin", "outsider"},
+    "audit_access_changes_csv": {"requester", "reviewer", "stage_admin", "outsider"},
     "holders_export_csv": {"requester", "reviewer", "stage_admin", "outsider"},
     **{
         name: {"outsider"}

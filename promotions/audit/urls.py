@@ -10,4 +10,7 @@ urlpatterns: list = [
     path("export.jsonl", views.audit_export_jsonl, name="audit_export_jsonl"),
     path("manifest.json", views.audit_manifest, name="audit_manifest"),
     path("metrics/", views.audit_metrics, name="audit_metrics"),
+    path("access/", views.audit_access, name="audit_access"),
+    path("access.csv", views.audit_access_csv, name="audit_access_csv"),
+    path("access/changes.csv", views.audit_access_changes_csv, name="audit_access_changes_csv"),
 ]

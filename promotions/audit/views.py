@@ -1,4 +1,5 @@
-"""Pages for auditors: the log with filters, its exports and manifests, lead-time charts.
+"""Pages for auditors: the log with filters, its exports and manifests, lead-time charts, the
+access review.
 
 Every view starts with `_require_auditor`: anyone else gets 403, and the attempt is itself an
 audit entry (`auth.denied`).
@@ -6,13 +7,17 @@ audit entry (`auth.denied`).
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from promotions import metrics, policy
-from promotions.audit import exports, filters, verify
+from promotions.audit import access, exports, filters, verify
+from promotions.audit.format import utc_iso
 from promotions.audit.log import chain_head, record_denied
 from promotions.models import Stage
 
@@ -119,3 +124,139 @@ def audit_metrics(request: HttpRequest) -> HttpResponse:
         "promotions/audit_metrics.html",
         {"stages": metrics.lead_times(weeks=metrics.WEEKS), "weeks": metrics.WEEKS},
     )
+
+
+# --- access review ------------------------------------------------------------------------------
+
+CHANGES_ON_PAGE = 500  # the newest of the period; the CSV holds them all
+ACCESS_COLUMNS = (
+    "username", "name", "active", "sign_in", "roles", "role_grants", "other_groups",
+    "last_sign_in", "last_action_at", "last_action", "api_tokens",
+)  # fmt: skip
+CHANGE_COLUMNS = (
+    "sequence",
+    "time",
+    "actor_username",
+    "actor_name",
+    "username",
+    "change",
+    "role",
+    "via",
+    "meaning",
+)
+
+
+def _utc(moment) -> str:
+    return "" if moment is None else utc_iso(moment)
+
+
+def _grant_text(grant: access.Grant) -> str:
+    if grant.since is None:
+        return f"{grant.group}: {grant.unknown}"
+    by = grant.granted_by + (f" ({grant.granted_by_username})" if grant.granted_by_username else "")
+    return f"{grant.group}: since {utc_iso(grant.since)} by {by} (entry #{grant.sequence})"
+
+
+def _access_cells(row: access.AccessRow) -> tuple[str, ...]:
+    return (
+        row.username,
+        row.name,
+        "yes" if row.active else "no",
+        row.sign_in,
+        ";".join(row.role_names),
+        ";".join(_grant_text(grant) for grant in row.roles),
+        ";".join(_grant_text(grant) for grant in row.groups),
+        _utc(row.last_sign_in),
+        _utc(row.last_action_at),
+        row.last_action,
+        str(row.tokens),
+    )
+
+
+def _change_cells(change: access.RoleChange) -> tuple[str, ...]:
+    return (
+        str(change.sequence),
+        utc_iso(change.at),
+        change.actor_username,
+        change.actor,
+        change.username,
+        change.change,
+        change.role,
+        change.via,
+        change.meaning,
+    )
+
+
+def _bad_period(exc: access.PeriodError) -> HttpResponse:
+    return HttpResponseBadRequest(f"{exc}\n", content_type="text/plain; charset=utf-8")
+
+
+@require_GET
+def audit_access(request: HttpRequest) -> HttpResponse:
+    """Who holds which role, since when and granted by whom; the role changes in a period."""
+    _require_auditor(request, what="read the access review")
+    context = {"rows": access.access_rows(), "error": "", "changes": [], "period": None}
+    try:
+        period = access.parse_period(request.GET)
+    except access.PeriodError as exc:
+        context["error"] = str(exc)
+        context["values"] = {name: str(request.GET.get(name, ""))[:40] for name in ("from", "until")}
+    else:
+        changes = access.role_changes(period.since, period.until, limit=CHANGES_ON_PAGE + 1)
+        context.update(
+            period=period,
+            values={"from": period.start.isoformat(), "until": period.end.isoformat()},
+            changes=changes[:CHANGES_ON_PAGE],
+            more_changes=len(changes) > CHANGES_ON_PAGE,
+            changes_query=urlencode({"from": period.start.isoformat(), "until": period.end.isoformat()}),
+        )
+    response = render(request, "promotions/audit_access.html", context)
+    if context["error"]:
+        response.status_code = 400
+    return response
+
+
+@require_GET
+def audit_access_csv(request: HttpRequest) -> HttpResponse:
+    _require_auditor(request, what="export the access review")
+    rows = access.access_rows()
+    exports.record_report_export(
+        actor=request.user,
+        report="access",
+        meaning=f"Exported the access review (every user, roles and activity) as CSV, {len(rows)} users",
+        details={"rows": len(rows)},
+        fmt="csv",
+        via="web",
+    )
+    lines = (exports.csv_record(cells) for cells in (ACCESS_COLUMNS, *map(_access_cells, rows)))
+    response = StreamingHttpResponse(lines, content_type=_CONTENT_TYPES["csv"])
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    response["Content-Disposition"] = f'attachment; filename="access-review-{stamp}.csv"'
+    return response
+
+
+@require_GET
+def audit_access_changes_csv(request: HttpRequest) -> HttpResponse:
+    _require_auditor(request, what="export the role changes")
+    try:
+        period = access.parse_period(request.GET)
+    except access.PeriodError as exc:
+        return _bad_period(exc)
+    first, last = period.start.isoformat(), period.end.isoformat()
+    exports.record_report_export(
+        actor=request.user,
+        report="role_changes",
+        meaning=f"Exported the role changes from {first} to {last} (UTC days) as CSV",
+        details={"from": first, "until": last},
+        fmt="csv",
+        via="web",
+    )
+
+    def lines():
+        yield exports.csv_record(CHANGE_COLUMNS)
+        for change in access.iter_role_changes(period.since, period.until):
+            yield exports.csv_record(_change_cells(change))
+
+    response = StreamingHttpResponse(lines(), content_type=_CONTENT_TYPES["csv"])
+    response["Content-Disposition"] = f'attachment; filename="role-changes-{first}-to-{last}.csv"'
+    return response

@@ -105,7 +105,11 @@ def pages(role: str, site: dict) -> list[tuple[str, str]]:
     if role == "requester":
         common.append(("request-form", "/requests/new/"))
     if role == "auditor":
-        common += [("audit", "/audit/"), ("audit-metrics", "/audit/metrics/")]
+        common += [
+            ("audit", "/audit/"),
+            ("audit-metrics", "/audit/metrics/"),
+            ("audit-access", "/audit/access/"),
+        ]
     return common
 
 
