@@ -255,11 +255,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # How long a broker may hold an unacknowledged task before redelivering it; task retries
 # back off to well below this so a retry never races a redelivery.
 CELERY_VISIBILITY_TIMEOUT = envint("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
-# The SQLAlchemy transport hands its options to create_engine(), which refuses unknown ones;
-# it has no redelivery at all (the outbox sweeper covers a lost task there).
-CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {} if CELERY_BROKER_URL.startswith("sqla+") else {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
-)
+# Every broker redelivers after it, the embedded SQLite one included (config/broker.py).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 # Publishing must not hang a web request when the broker is down: the outbox sweeper
 # re-enqueues whatever could not be published.
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
