@@ -176,8 +176,8 @@ def parse_windows(text: str) -> list[Window]:
 
 def first_instant(day: date, wall: time, zone: ZoneInfo) -> datetime:
     """The first moment (UTC) at which the clock of `zone` shows `wall` or later on `day`."""
-    earlier = datetime.combine(day, wall, zone, fold=0)
-    later = datetime.combine(day, wall, zone, fold=1)
+    earlier = datetime.combine(day, wall, zone)
+    later = earlier.replace(fold=1)
     shown = datetime.combine(day, wall)
     candidates = [c for c in (earlier, later) if _reads(c.astimezone(UTC), zone) == shown]
     if candidates:
