@@ -333,9 +333,9 @@ def schedule_sentence(scheduled_for: datetime | None, time_zone: str, now: datet
 
 
 def describe_windows(stage) -> str:
-    """The stage's windows in plain words, for the catalog page."""
+    """The stage's windows in plain words, for the catalog page ('' when it has none)."""
     windows = stage_windows(stage)
     if not windows:
-        return "any time: no deployment windows"
+        return ""
     labels = "; ".join(window.label for window in windows)
     return f"{labels} ({stage_zone_name(stage)} time)"
