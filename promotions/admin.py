@@ -78,7 +78,7 @@ class StageForm(forms.ModelForm):
         return meanings
 
     def clean_window_time_zone(self) -> str:
-        name = self.cleaned_data["window_time_zone"].strip()
+        name = self.cleaned_data["window_time_zone"].strip() or "UTC"
         try:
             change_windows.zone_get(name)
         except change_windows.WindowError as exc:

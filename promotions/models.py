@@ -98,8 +98,10 @@ class Stage(models.Model):
     window_time_zone = models.CharField(
         "time zone of the windows",
         max_length=64,
+        blank=True,
         default="UTC",
-        help_text="IANA name the deployment windows and freezes are shown in, e.g. Europe/Berlin.",
+        help_text="IANA name the deployment windows and freezes are shown in, e.g. Europe/Berlin "
+        "(empty: UTC).",
     )
     deployment_windows = models.TextField(
         "deployment windows",
