@@ -433,3 +433,26 @@ def test_the_api_says_scheduled_when_and_why(
     stage_body = api_client(requester).get("/api/stages/Production").json()
     assert stage_body["deployment_windows"] == ["Mon–Thu 09:00–16:00"]
     assert stage_body["window_time_zone"] == "UTC"
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.3, 7.5, 29.9])
+def test_a_scheduled_request_is_released_within_one_beat_interval_of_its_window_opening(
+    sales, requester, reviewer, reviewer2, published, django_capture_on_commit_callbacks, settings, phase
+):
+    # A fake clock: beat runs every interval from an arbitrary phase; the first run at or after
+    # the opening releases the request, none before it does.
+    line, opening = closed_today()
+    Stage.objects.filter(name="Production").update(deployment_windows=line)
+    request = approved(sales, requester, reviewer, reviewer2, django_capture_on_commit_callbacks)
+    interval = timedelta(seconds=settings.PROMOTION_SCHEDULE_INTERVAL_SECONDS)
+    run = opening - 3 * interval + timedelta(seconds=phase)
+    while True:
+        with django_capture_on_commit_callbacks(execute=True):
+            released = scheduling.scheduled_release(now=run)
+        if released:
+            break
+        assert run < opening
+        run += interval
+    assert released == [request.pk]
+    assert opening <= run < opening + interval
+    assert published == [(lifecycle.APPLY_TASK, [request.pk])]
