@@ -6,74 +6,115 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
-        ('promotions', '0015_signatures'),
-        ('registry_sync', '0003_version_model_files'),
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("promotions", "0015_signatures"),
+        ("registry_sync", "0003_version_model_files"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Freeze',
+            name="Freeze",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('starts_at', models.DateTimeField(verbose_name='from')),
-                ('ends_at', models.DateTimeField(verbose_name='until')),
-                ('reason', models.CharField(max_length=500)),
-                ('created_by_name', models.CharField(blank=True, default='', max_length=300)),
-                ('created_at', models.DateTimeField()),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("starts_at", models.DateTimeField(verbose_name="from")),
+                ("ends_at", models.DateTimeField(verbose_name="until")),
+                ("reason", models.CharField(max_length=500)),
+                ("created_by_name", models.CharField(blank=True, default="", max_length=300)),
+                ("created_at", models.DateTimeField()),
             ],
             options={
-                'ordering': ['starts_at', 'id'],
+                "ordering": ["starts_at", "id"],
             },
         ),
         migrations.RemoveConstraint(
-            model_name='promotionrequest',
-            name='one_open_request_per_version_stage',
+            model_name="promotionrequest",
+            name="one_open_request_per_version_stage",
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='hold_reason',
-            field=models.CharField(blank=True, default='', max_length=700),
+            model_name="promotionrequest",
+            name="hold_reason",
+            field=models.CharField(blank=True, default="", max_length=700),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='scheduled_for',
+            model_name="promotionrequest",
+            name="scheduled_for",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='stage',
-            name='deployment_windows',
-            field=models.TextField(blank=True, default='', help_text="One a line, e.g. 'Mon–Thu 09:00–16:00'. A request approved outside them waits as Scheduled and is applied when the next one opens. Empty: any time.", verbose_name='deployment windows'),
+            model_name="stage",
+            name="deployment_windows",
+            field=models.TextField(
+                blank=True,
+                default="",
+                help_text="One a line, e.g. 'Mon–Thu 09:00–16:00'. A request approved outside them waits as Scheduled and is applied when the next one opens. Empty: any time.",
+                verbose_name="deployment windows",
+            ),
         ),
         migrations.AddField(
-            model_name='stage',
-            name='window_time_zone',
-            field=models.CharField(blank=True, default='UTC', help_text='IANA name the deployment windows and freezes are shown in, e.g. Europe/Berlin (empty: UTC).', max_length=64, verbose_name='time zone of the windows'),
+            model_name="stage",
+            name="window_time_zone",
+            field=models.CharField(
+                blank=True,
+                default="UTC",
+                help_text="IANA name the deployment windows and freezes are shown in, e.g. Europe/Berlin (empty: UTC).",
+                max_length=64,
+                verbose_name="time zone of the windows",
+            ),
         ),
         migrations.AlterField(
-            model_name='promotionrequest',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('approved', 'Approved'), ('scheduled', 'Scheduled'), ('applying', 'Applying'), ('applied', 'Applied'), ('failed', 'Failed'), ('rejected', 'Rejected'), ('cancelled', 'Cancelled'), ('expired', 'Expired')], default='pending', max_length=16),
+            model_name="promotionrequest",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("pending", "Pending"),
+                    ("approved", "Approved"),
+                    ("scheduled", "Scheduled"),
+                    ("applying", "Applying"),
+                    ("applied", "Applied"),
+                    ("failed", "Failed"),
+                    ("rejected", "Rejected"),
+                    ("cancelled", "Cancelled"),
+                    ("expired", "Expired"),
+                ],
+                default="pending",
+                max_length=16,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='promotionrequest',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['pending', 'approved', 'scheduled', 'applying'])), fields=('version', 'stage'), name='one_open_request_per_version_stage'),
+            model_name="promotionrequest",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ["pending", "approved", "scheduled", "applying"])),
+                fields=("version", "stage"),
+                name="one_open_request_per_version_stage",
+            ),
         ),
         migrations.AddField(
-            model_name='freeze',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="freeze",
+            name="created_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='freeze',
-            name='stage',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='freezes', to='promotions.stage'),
+            model_name="freeze",
+            name="stage",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="freezes", to="promotions.stage"
+            ),
         ),
         migrations.AddIndex(
-            model_name='freeze',
-            index=models.Index(fields=['stage', 'ends_at'], name='freeze_stage_ends_idx'),
+            model_name="freeze",
+            index=models.Index(fields=["stage", "ends_at"], name="freeze_stage_ends_idx"),
         ),
     ]

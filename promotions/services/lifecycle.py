@@ -200,7 +200,7 @@ def enqueue_apply(request_id: int) -> bool:
 def request_reopen(
     request: PromotionRequest, *, old: str | tuple[str, ...], reason: str, held_by: str | None = None
 ) -> bool:
-    """Back to pending (approved or applying → pending): its approvals no longer suffice.
+    """Back to pending (approved, scheduled or applying → pending): its approvals no longer suffice.
 
     The reason is kept on the request for its page; False when someone else moved it first (or,
     with `held_by`, when that apply attempt no longer holds the request).
@@ -214,6 +214,8 @@ def request_reopen(
         held_by=held_by,
         decided_at=None,
         enqueued_at=None,
+        scheduled_for=None,
+        hold_reason="",
         last_error=reason,
         last_error_detail="",
         **LEASE_ENDED,
