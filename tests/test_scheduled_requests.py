@@ -11,7 +11,7 @@ from django.utils import timezone
 from promotions import services
 from promotions.errors import DuplicateRequest
 from promotions.models import AuditEvent, Freeze, PromotionRequest, Stage
-from promotions.services import lifecycle, scheduling
+from promotions.services import lifecycle, people, scheduling
 from registry_sync import gateway
 from tests.factories import mirror_model, stage, version
 from tests.test_api import api_client
@@ -456,3 +456,19 @@ def test_a_scheduled_request_is_released_within_one_beat_interval_of_its_window_
     assert released == [request.pk]
     assert opening <= run < opening + interval
     assert published == [(lifecycle.APPLY_TASK, [request.pk])]
+
+
+def test_a_scheduled_request_whose_approver_leaves_waits_for_approvals_again(
+    sales, requester, reviewer, reviewer2, published, django_capture_on_commit_callbacks
+):
+    frozen = freeze()
+    request = approved(sales, requester, reviewer, reviewer2, django_capture_on_commit_callbacks)
+    reviewer.is_active = False
+    reviewer.save()
+
+    people.user_activation_changed(user=reviewer, active=False, actor=None)
+
+    request.refresh_from_db()
+    assert request.status == Status.PENDING
+    assert request.scheduled_for is None and request.hold_reason == ""
+    assert scheduling.scheduled_release(now=frozen.ends_at) == []
