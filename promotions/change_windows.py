@@ -73,6 +73,7 @@ class Hold:
     time_zone: str
     frozen_until: datetime | None = None
     reason: str = ""
+    windows: str = ""  # the windows in words, "Mon–Thu 09:00–16:00"
 
     OUTSIDE_WINDOW = "outside window"
     FROZEN = "frozen"
@@ -84,6 +85,8 @@ class Hold:
         if self.kind == self.FROZEN and self.frozen_until is not None:
             text = f"Frozen until {self.frozen_until.astimezone(zone).strftime('%-d %b %H:%M %Z')}"
             return f"{text}: {self.reason}" if self.reason else text
+        if self.windows:
+            return f"Outside the stage's deployment windows ({self.windows}, {self.time_zone} time)"
         return "Outside the stage's deployment windows"
 
 
@@ -257,7 +260,8 @@ def hold_at(windows: list[Window], time_zone: str, freezes: list[Period], now: d
             frozen_until=freeze.ends_at,
             reason=freeze.reason,
         )
-    return Hold(kind=Hold.OUTSIDE_WINDOW, until=opening, time_zone=time_zone)
+    labels = "; ".join(window.label for window in windows)
+    return Hold(kind=Hold.OUTSIDE_WINDOW, until=opening, time_zone=time_zone, windows=labels)
 
 
 def stage_windows(stage) -> list[Window]:

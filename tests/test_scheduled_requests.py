@@ -93,7 +93,7 @@ def test_a_request_approved_outside_its_window_is_scheduled_and_not_published(
 
     assert request.status == Status.SCHEDULED
     assert request.scheduled_for == opening
-    assert request.hold_reason == "Outside the stage's deployment windows"
+    assert request.hold_reason == f"Outside the stage's deployment windows ({line}, UTC time)"
     assert actions(request)[-2:] == ["request.approved", "request.scheduled"]
     event = AuditEvent.objects.get(action="request.scheduled", request_id=request.pk)
     assert f"applies at {opening.strftime('%a %-d %b')} 00:00 UTC" in event.meaning
