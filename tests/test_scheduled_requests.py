@@ -8,7 +8,7 @@ from django.contrib.auth.models import Permission
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from promotions import services
+from promotions import services, tasks
 from promotions.errors import DuplicateRequest
 from promotions.models import AuditEvent, Freeze, PromotionRequest, Stage
 from promotions.services import lifecycle, people, scheduling
@@ -472,3 +472,13 @@ def test_a_scheduled_request_whose_approver_leaves_waits_for_approvals_again(
     assert request.status == Status.PENDING
     assert request.scheduled_for is None and request.hold_reason == ""
     assert scheduling.scheduled_release(now=frozen.ends_at) == []
+
+
+def test_the_beat_runs_the_release_every_interval_and_its_clock_must_carry_an_offset(settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["release-scheduled-requests"]
+    assert entry["task"] == "promotions.release_scheduled"
+    assert entry["schedule"] == float(settings.PROMOTION_SCHEDULE_INTERVAL_SECONDS) == 30.0
+    for now in ("tomorrow", "2027-03-28T09:00:00"):
+        with pytest.raises(ValueError, match="ISO 8601 time with an offset"):
+            tasks.release_scheduled(now)
+    assert tasks.release_scheduled("2027-03-28T09:00:00+02:00") == []
