@@ -313,6 +313,9 @@ PROMOTION_RETRY_CAP_SECONDS = min(
     envint("PROMOTION_RETRY_CAP_SECONDS", 120, minimum=1), CELERY_VISIBILITY_TIMEOUT // 4
 )
 EXPIRE_INTERVAL_SECONDS = envint("EXPIRE_INTERVAL_SECONDS", 300, minimum=5)
+# How often the beat releases scheduled requests whose deployment window has opened: a request
+# is applied at most one interval (plus the apply itself) after its window opens.
+PROMOTION_SCHEDULE_INTERVAL_SECONDS = envint("PROMOTION_SCHEDULE_INTERVAL_SECONDS", 30, minimum=1)
 # Approvals are bound to the model's files: the worker records every file's SHA-256 when a
 # request is filed, and at apply time checks the files again. `full` hashes every file again;
 # `quick` compares all sizes and hashes only MLmodel and files of at most
@@ -429,6 +432,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(PROMOTION_SWEEP_INTERVAL_SECONDS),
     },
     "expire-requests": {"task": "promotions.expire_requests", "schedule": float(EXPIRE_INTERVAL_SECONDS)},
+    # A release not started within its interval is dropped: the next one finds the same requests.
+    "release-scheduled-requests": {
+        "task": "promotions.release_scheduled",
+        "schedule": float(PROMOTION_SCHEDULE_INTERVAL_SECONDS),
+        "options": {"expires": float(PROMOTION_SCHEDULE_INTERVAL_SECONDS)},
+    },
     "sweep-webhook-deliveries": {
         "task": "promotions.sweep_deliveries",
         "schedule": float(WEBHOOK_SWEEP_INTERVAL_SECONDS),

@@ -12,19 +12,20 @@ import re
 from django import forms
 from django.contrib import admin, messages
 
-from promotions import notifications, policy, webhook_targets
+from promotions import change_windows, notifications, policy, webhook_targets
 from promotions.models import (
     DEFAULT_SIGNATURE_MEANINGS,
     REJECTION_MEANING,
     WEBHOOK_EVENTS,
     AuditEvent,
+    Freeze,
     OutboundDelivery,
     OutboundEmail,
     PromotionRequest,
     Stage,
     WebhookEndpoint,
 )
-from promotions.services import configuration
+from promotions.services import configuration, scheduling
 from promotions.services.configuration import STAGE_FIELDS
 
 # MLflow's own rule for alias names, plus its reserved words.
@@ -75,6 +76,22 @@ class StageForm(forms.ModelForm):
         if REJECTION_MEANING in meanings:
             raise forms.ValidationError(f"'{REJECTION_MEANING}' is what every signed rejection means.")
         return meanings
+
+    def clean_window_time_zone(self) -> str:
+        name = self.cleaned_data["window_time_zone"].strip() or "UTC"
+        try:
+            change_windows.zone_get(name)
+        except change_windows.WindowError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return name
+
+    def clean_deployment_windows(self) -> str:
+        try:
+            windows = change_windows.parse_windows(self.cleaned_data["deployment_windows"])
+        except change_windows.WindowError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        # Stored as the catalog page shows them: 'Mon–Thu 09:00–16:00'.
+        return "\n".join(window.label for window in windows)
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()
@@ -157,6 +174,29 @@ class StageAdmin(admin.ModelAdmin):
             configuration.stage_delete(stage=stage, actor=request.user)
 
 
+class FreezeForm(forms.ModelForm):
+    class Meta:
+        model = Freeze
+        fields = ["stage", "starts_at", "ends_at", "reason"]
+        help_texts = {
+            "starts_at": "UTC. Filing and approving go on during the freeze; applying waits.",
+            "ends_at": "UTC. Requests it held are applied once it ends, inside the stage's windows.",
+        }
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if "\x00" in reason:
+            raise forms.ValidationError("The reason contains a NUL character.")
+        return reason
+
+    def clean(self):
+        data = super().clean()
+        starts, ends = data.get("starts_at"), data.get("ends_at")
+        if starts and ends and ends <= starts:
+            self.add_error("ends_at", "A freeze ends after it starts.")
+        return data
+
+
 class ReadOnly:
     """Admin mixin (first in the bases): rows shown, never added, changed or deleted here."""
 
@@ -237,6 +277,38 @@ class WebhookEndpointForm(forms.ModelForm):
         if len(secret) < 16:
             raise forms.ValidationError("Use a secret of at least 16 characters.")
         return secret
+
+
+@admin.register(Freeze)
+class FreezeAdmin(_StageAdminsOnly, admin.ModelAdmin):
+    """Freezes are added and lifted (both audited), never edited: lift one and add another."""
+
+    form = FreezeForm
+    list_display = ("stage", "starts_at", "ends_at", "reason", "created_by_name")
+    list_filter = ("stage",)
+    list_select_related = ("stage",)
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and policy.is_stage_admin(request.user)
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        freeze = scheduling.freeze_add(
+            stage=data["stage"],
+            starts_at=data["starts_at"],
+            ends_at=data["ends_at"],
+            reason=data["reason"],
+            actor=request.user,
+        )
+        obj.pk = freeze.pk
+        obj.created_at = freeze.created_at
+
+    def delete_model(self, request, obj):
+        scheduling.freeze_remove(freeze=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for freeze in queryset.select_related("stage"):
+            scheduling.freeze_remove(freeze=freeze, actor=request.user)
 
 
 @admin.register(WebhookEndpoint)

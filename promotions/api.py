@@ -387,6 +387,14 @@ class RequestOut(Schema):
     next_attempt_at: datetime | None = Field(
         description="When the worker tries to apply again after MLflow could not be reached; null otherwise."
     )
+    scheduled_for: datetime | None = Field(
+        description="A scheduled request: when the worker applies it (UTC), once the stage's next "
+        "deployment window opens or its freeze ends; null otherwise."
+    )
+    hold: str = Field(
+        description="A scheduled request: why it waits and when it applies, in words ('Frozen until "
+        "12 Dec 18:00 CET: year-end close. Applies at Mon 09:00 CET (in 3 days).'); empty otherwise."
+    )
     reviews: list[ReviewOut]
     created_at: datetime
     updated_at: datetime
@@ -438,6 +446,11 @@ class StageOut(Schema):
     enforcement: str
     signature_required: bool = Field(description="Decisions need an electronic signature (on the page).")
     signature_meanings: list[str]
+    window_time_zone: str = Field(description="IANA time zone the deployment windows are read in.")
+    deployment_windows: list[str] = Field(
+        description="Weekly windows ('Mon–Thu 09:00–16:00') in which approved requests are applied; "
+        "empty: any time."
+    )
 
 
 class VersionOut(Schema):
@@ -498,6 +511,7 @@ class AuditPageOut(Schema):
 def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
     reviews = list(promotion.reviews.all())
     retry = selectors.apply_retry(promotion)
+    hold = selectors.request_hold(promotion)
     return {
         "id": promotion.pk,
         "status": promotion.status,
@@ -519,6 +533,8 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
         "last_error": promotion.last_error,
         "attempts": promotion.attempts,
         "next_attempt_at": retry.next_at if retry else None,
+        "scheduled_for": hold.scheduled_for if hold else None,
+        "hold": hold.sentence if hold else "",
         "reviews": [
             {
                 "reviewer": r.reviewer_name,
@@ -573,6 +589,8 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
         "enforcement": stage.enforcement,
         "signature_required": stage.signature_required,
         "signature_meanings": stage.approval_meanings(),
+        "window_time_zone": stage.window_time_zone,
+        "deployment_windows": [line for line in stage.deployment_windows.splitlines() if line.strip()],
     }
 
 

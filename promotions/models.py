@@ -95,6 +95,22 @@ class Stage(models.Model):
         help_text="What an approver's signature may mean, one a line. A rejection always means 'Rejected'.",
     )
 
+    window_time_zone = models.CharField(
+        "time zone of the windows",
+        max_length=64,
+        blank=True,
+        default="UTC",
+        help_text="IANA name the deployment windows and freezes are shown in, e.g. Europe/Berlin "
+        "(empty: UTC).",
+    )
+    deployment_windows = models.TextField(
+        "deployment windows",
+        blank=True,
+        default="",
+        help_text="One a line, e.g. 'Mon–Thu 09:00–16:00'. A request approved outside them waits as "
+        "Scheduled and is applied when the next one opens. Empty: any time.",
+    )
+
     class Meta:
         ordering = ["position", "name"]
         constraints = [models.UniqueConstraint(Lower("name"), name="stage_name_ci_unique")]
@@ -120,6 +136,27 @@ class Stage(models.Model):
         )
 
 
+class Freeze(models.Model):
+    """A period in which nothing is applied to the stage: filing and approving go on, applying waits."""
+
+    stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="freezes")
+    starts_at = models.DateTimeField("from")
+    ends_at = models.DateTimeField("until")
+    reason = models.CharField(max_length=500)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_name = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["starts_at", "id"]
+        indexes = [models.Index(fields=["stage", "ends_at"], name="freeze_stage_ends_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.stage.name} frozen: {self.reason}"
+
+
 class ManifestState(models.TextChoices):
     NONE = "", "Not recorded"
     COMPUTING = "computing", "Computing"
@@ -131,6 +168,8 @@ class PromotionRequest(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         APPROVED = "approved", "Approved"
+        # Approved outside the stage's deployment windows or during a freeze: applied when it opens.
+        SCHEDULED = "scheduled", "Scheduled"
         APPLYING = "applying", "Applying"
         APPLIED = "applied", "Applied"
         FAILED = "failed", "Failed"
@@ -138,7 +177,7 @@ class PromotionRequest(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         EXPIRED = "expired", "Expired"
 
-    OPEN_STATUSES = (Status.PENDING, Status.APPROVED, Status.APPLYING)
+    OPEN_STATUSES = (Status.PENDING, Status.APPROVED, Status.SCHEDULED, Status.APPLYING)
 
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="requests")
     stage = models.ForeignKey(Stage, on_delete=models.PROTECT, related_name="requests")
@@ -196,13 +235,17 @@ class PromotionRequest(models.Model):
     manifest_error = models.TextField(blank=True, default="")
     manifest_error_detail = models.TextField(blank=True, default="")
     manifest_enqueued_at = models.DateTimeField(null=True, blank=True)
+    # A scheduled request: when the beat releases it to the worker, and why it waits, in words
+    # ("Frozen until 12 Dec 18:00 CET: year-end close"); both empty once it is released.
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    hold_reason = models.CharField(max_length=700, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["version", "stage"],
-                condition=models.Q(status__in=["pending", "approved", "applying"]),
+                condition=models.Q(status__in=["pending", "approved", "scheduled", "applying"]),
                 name="one_open_request_per_version_stage",
             )
         ]

@@ -7,14 +7,14 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, Prefetch, Q
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
-from promotions import catalog, roles
+from promotions import catalog, change_windows, roles
 from promotions.model_changes import FileChanges, file_changes
-from promotions.models import AuditEvent, DriftRevert, ManifestState, PromotionRequest, Review, Stage
+from promotions.models import AuditEvent, DriftRevert, Freeze, ManifestState, PromotionRequest, Review, Stage
 from promotions.policy import decidable_requests, may_request
 from registry_sync import gateway
 from registry_sync.model_files import version_model_files_for
@@ -253,6 +253,58 @@ def request_seen(request_id: int) -> str | None:
     """The request's current version, in one read by primary key; None when there is none."""
     updated_at = PromotionRequest.objects.filter(pk=request_id).values_list("updated_at", flat=True).first()
     return None if updated_at is None else request_seen_token(updated_at)
+
+
+def stage_catalog() -> list[Stage]:
+    """The stages in pipeline order, with what the catalog page shows of each: the freezes
+    still to come or in force (Stage.current_freezes), in one query for all stages."""
+    current = Freeze.objects.filter(ends_at__gt=timezone.now()).order_by("starts_at", "pk")
+    return list(
+        Stage.objects.prefetch_related(
+            "allowed_from",
+            "approver_groups",
+            Prefetch("freezes", queryset=current, to_attr="current_freezes"),
+        ).order_by("position", "name")
+    )
+
+
+def freezes_in_words(stage: Stage) -> list[str]:
+    """'From 10 Dec 08:00 until 12 Dec 18:00 CET: year-end close', in the stage's time zone,
+    for the freezes stage_catalog prefetched."""
+    zone = change_windows.zone_get(change_windows.stage_zone_name(stage))
+    now = timezone.now()
+    words = []
+    for freeze in getattr(stage, "current_freezes", []):
+        starts, ends = freeze.starts_at.astimezone(zone), freeze.ends_at.astimezone(zone)
+        until = ends.strftime("%-d %b %Y %H:%M %Z")
+        if freeze.starts_at <= now:
+            words.append(f"Frozen now, until {until}: {freeze.reason}")
+        else:
+            words.append(f"From {starts.strftime('%-d %b %Y %H:%M')} until {until}: {freeze.reason}")
+    return words
+
+
+@dataclass(frozen=True)
+class RequestHold:
+    """A scheduled request's wait, in words: when it applies (local time of its stage, and how
+    long until then) and why it waits."""
+
+    applies: str  # "Applies at Tue 09:00 CET (in 14 h)"
+    reason: str  # "Outside the stage's deployment windows", "Frozen until 12 Dec 18:00 CET: close"
+    scheduled_for: datetime | None
+
+    @property
+    def sentence(self) -> str:
+        return f"{self.reason}. {self.applies}." if self.reason else f"{self.applies}."
+
+
+def request_hold(promotion: PromotionRequest, *, now: datetime | None = None) -> RequestHold | None:
+    """What a scheduled request waits for; None in any other state."""
+    if promotion.status != PromotionRequest.Status.SCHEDULED:
+        return None
+    zone = change_windows.stage_zone_name(promotion.stage)
+    applies = change_windows.schedule_sentence(promotion.scheduled_for, zone, now or timezone.now())
+    return RequestHold(applies=applies, reason=promotion.hold_reason, scheduled_for=promotion.scheduled_for)
 
 
 @dataclass(frozen=True)

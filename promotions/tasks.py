@@ -8,11 +8,12 @@ import socket
 from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from promotions import audit, services
 from promotions.errors import TransientApplyError
 from promotions.models import WorkerHeartbeat
-from promotions.services import enforcement, manifest
+from promotions.services import enforcement, manifest, scheduling
 from promotions.services.lifecycle import APPLY_TASK
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,18 @@ def sweep_requests() -> int:
 @shared_task(name="promotions.expire_requests")
 def expire_requests() -> int:
     return services.requests_expire()
+
+
+@shared_task(name="promotions.release_scheduled")
+def release_scheduled(now: str | None = None) -> list[int]:
+    """Release the scheduled requests whose window opened. `now` (ISO 8601 with an offset) is
+    the clock of the decision when given: how a test moves time for a real worker."""
+    moment = None
+    if now:
+        moment = parse_datetime(now)
+        if moment is None or timezone.is_naive(moment):
+            raise ValueError(f"now must be an ISO 8601 time with an offset, not {now[:40]!r}")
+    return scheduling.scheduled_release(now=moment)
 
 
 @shared_task(name="promotions.seal_audit_log")

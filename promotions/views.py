@@ -15,7 +15,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
-from promotions import catalog, error_pages, history, policy, polling, selectors, services
+from promotions import catalog, change_windows, error_pages, history, policy, polling, selectors, services
 from promotions.audit import exports, record_denied, utc_iso
 from promotions.errors import (
     AlreadyDecided,
@@ -262,13 +262,15 @@ def _detail_context(
         "rejection_meaning": REJECTION_MEANING,
         "already_reviewed": already,
         "is_requester": promotion.requested_by_id == user.pk,
-        "may_cancel": promotion.status in ("pending", "approved") and policy.may_cancel(user, promotion),
+        "may_cancel": promotion.status in ("pending", "approved", "scheduled")
+        and policy.may_cancel(user, promotion),
         "may_retry": promotion.status == "failed" and policy.is_stage_admin(user),
         "checks_failing": policy.failing(promotion.check_results),
         "approval_blocker": getattr(policy.approval_blocker(promotion), "message", ""),
         "artifacts": selectors.request_artifacts(promotion),
         "form": form or DecisionForm(initial={"evidence_sha256": promotion.evidence_sha256}),
         "retry": selectors.apply_retry(promotion),
+        "hold": selectors.request_hold(promotion),
         "polling": promotion.status in PromotionRequest.OPEN_STATUSES,
         "seen": selectors.request_seen_token(promotion.updated_at),
         "poll_key": polling.poll_key(user_id=user.pk, request_id=promotion.pk),
@@ -432,7 +434,7 @@ def request_retry(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def stage_list(request: HttpRequest) -> HttpResponse:
     _require_role(request)
-    stages = Stage.objects.prefetch_related("allowed_from", "approver_groups").order_by("position", "name")
+    stages = selectors.stage_catalog()
     context = {
         "stages": [
             {
@@ -440,6 +442,8 @@ def stage_list(request: HttpRequest) -> HttpResponse:
                 "allowed_from": catalog.describe_allowed_from(stage),
                 "rules": stage.check_rules(),
                 "groups": [g.name for g in stage.approver_groups.all()],
+                "windows": change_windows.describe_windows(stage),
+                "freezes": selectors.freezes_in_words(stage),
             }
             for stage in stages
         ],

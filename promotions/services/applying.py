@@ -19,7 +19,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from common.redact import redact
-from promotions import audit, catalog, notifications, outbox, policy, provenance
+from promotions import audit, catalog, change_windows, notifications, outbox, policy, provenance
 from promotions.errors import TransientApplyError
 from promotions.models import ManifestState, PromotionRequest, Stage
 from promotions.services.lifecycle import (
@@ -28,6 +28,7 @@ from promotions.services.lifecycle import (
     enqueue_apply,
     meaning,
     request_reopen,
+    request_schedule,
     status_set,
 )
 from promotions.services.manifest import manifest_changes
@@ -228,6 +229,21 @@ def promotion_apply(*, request_id: int) -> str:
 
 
 def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
+    # A freeze added after the approval (or the release) stops the apply here, before any MLflow
+    # call: back to scheduled, and the attempt it claimed is not counted.
+    frozen = change_windows.apply_hold(request.stage, timezone.now(), windows=False)
+    if frozen is not None:
+        with transaction.atomic():
+            held = request_schedule(
+                request,
+                old=Status.APPLYING,
+                hold=frozen,
+                held_by=lease.token,
+                attempts=F("attempts") - 1,
+            )
+        if not held:
+            raise _LeaseLost
+        return "scheduled"
     if request.attempts > settings.PROMOTION_MAX_ATTEMPTS:
         _fail(request, lease, f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts")
         return "failed"

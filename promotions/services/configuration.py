@@ -30,6 +30,8 @@ STAGE_FIELDS = (
     "enforcement",
     "signature_required",
     "signature_meanings",
+    "window_time_zone",
+    "deployment_windows",
 )
 
 
@@ -85,6 +87,8 @@ def policy_lowered(before: dict, after: dict) -> list[str]:
             )
     if after["allow_from_none"] and not before["allow_from_none"]:
         lowered.append("reachable from no stage")
+    if (before.get("deployment_windows") or "").strip() and not after["deployment_windows"].strip():
+        lowered.append("deployment windows removed: applied at any time")
     if before.get("signature_required") and not after["signature_required"]:
         lowered.append("decisions no longer signed")
     return lowered

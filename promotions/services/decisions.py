@@ -193,7 +193,7 @@ def request_cancel(*, request: PromotionRequest, user, via: str = "web") -> Prom
             "Only the requester or a stage admin may cancel a request.",
         )
     with transaction.atomic():
-        open_statuses = (Status.PENDING, Status.APPROVED)
+        open_statuses = (Status.PENDING, Status.APPROVED, Status.SCHEDULED)
         if not request_decide(request, open_statuses, Status.CANCELLED, actor=user, details={"via": via}):
             current = PromotionRequest.objects.get(pk=request.pk)
             raise AlreadyDecided(f"Request #{request.pk} is already {current.get_status_display().lower()}.")

@@ -7,10 +7,12 @@ audited as `auth.denied` in their own transaction, so the refusal leaves exactly
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from django.db import transaction
 from django.utils import timezone
 
-from promotions import audit, notifications, outbox
+from promotions import audit, change_windows, notifications, outbox
 from promotions.errors import AlreadyDecided, NotAllowed
 from promotions.models import PromotionRequest
 
@@ -119,11 +121,72 @@ def request_decide(
     return True
 
 
-def request_approve_for_apply(request: PromotionRequest, *, actor, reason: str) -> None:
-    """pending → approved, then publish the apply once the transaction commits."""
+def request_approve_for_apply(
+    request: PromotionRequest, *, actor, reason: str, respect_hold: bool = True
+) -> None:
+    """pending → approved, then publish the apply once the transaction commits; or, outside the
+    stage's deployment windows or during a freeze, on to scheduled (the beat releases it).
+
+    `respect_hold=False` is for a change that must not wait for a window (an emergency).
+    """
     if not request_decide(request, Status.PENDING, Status.APPROVED, actor=actor, details={"reason": reason}):
         raise AlreadyDecided(f"Request #{request.pk} was decided by someone else first.")
+    hold = change_windows.apply_hold(request.stage, timezone.now()) if respect_hold else None
+    if hold is not None:
+        request_schedule(request, old=Status.APPROVED, hold=hold)
+        return
     transaction.on_commit(lambda: enqueue_apply(request.pk))
+
+
+def scheduled_meaning(request: PromotionRequest, hold: change_windows.Hold) -> str:
+    """'Scheduled: promote m v5 to Production: Outside the stage's deployment windows; applies
+    at Tue 09:00 CET (2027-03-30 07:00 UTC)' — local time of the stage, and UTC."""
+    text = meaning("Scheduled", request) + f": {hold.sentence}"
+    if hold.until is None:
+        return text + "; no opening in reach"
+    local = hold.until.astimezone(change_windows.zone_get(hold.time_zone)).strftime("%a %-d %b %H:%M %Z")
+    return text + f"; applies at {local} ({hold.until.astimezone(UTC).strftime('%Y-%m-%d %H:%M')} UTC)"
+
+
+def request_schedule(
+    request: PromotionRequest,
+    *,
+    old: str,
+    hold: change_windows.Hold,
+    held_by: str | None = None,
+    **fields,
+) -> bool:
+    """approved (or, at the worker's claim, applying) → scheduled until the hold ends, audited.
+
+    False when another actor moved the request first, or (with `held_by`) when that apply
+    attempt no longer holds it.
+    """
+    if held_by is not None:
+        fields.update(LEASE_ENDED)
+    if not status_set(
+        request.pk,
+        old,
+        Status.SCHEDULED,
+        held_by=held_by,
+        scheduled_for=hold.until,
+        hold_reason=hold.sentence[:700],
+        enqueued_at=None,
+        **fields,
+    ):
+        return False
+    audit.record(
+        action="request.scheduled",
+        meaning=scheduled_meaning(request, hold),
+        details={
+            "hold": hold.kind,
+            "scheduled_for": audit.utc_iso(hold.until) if hold.until else None,
+            "time_zone": hold.time_zone,
+            "reason": hold.reason,
+            **({"frozen_until": audit.utc_iso(hold.frozen_until)} if hold.frozen_until else {}),
+        },
+        **audit_context(request),
+    )
+    return True
 
 
 def enqueue_apply(request_id: int) -> bool:
@@ -137,7 +200,7 @@ def enqueue_apply(request_id: int) -> bool:
 def request_reopen(
     request: PromotionRequest, *, old: str | tuple[str, ...], reason: str, held_by: str | None = None
 ) -> bool:
-    """Back to pending (approved or applying → pending): its approvals no longer suffice.
+    """Back to pending (approved, scheduled or applying → pending): its approvals no longer suffice.
 
     The reason is kept on the request for its page; False when someone else moved it first (or,
     with `held_by`, when that apply attempt no longer holds the request).
@@ -151,6 +214,8 @@ def request_reopen(
         held_by=held_by,
         decided_at=None,
         enqueued_at=None,
+        scheduled_for=None,
+        hold_reason="",
         last_error=reason,
         last_error_detail="",
         **LEASE_ENDED,

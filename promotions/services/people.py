@@ -50,7 +50,7 @@ def approvals_recheck(*, user) -> int:
         reviewer=user,
         decision=Review.Decision.APPROVE,
         stale=False,
-        request__status__in=(Status.PENDING, Status.APPROVED),
+        request__status__in=(Status.PENDING, Status.APPROVED, Status.SCHEDULED),
     ).select_related("request__stage", "request__version__model", "reviewer")
     stale = 0
     for review in reviews:
@@ -60,8 +60,8 @@ def approvals_recheck(*, user) -> int:
         reason = f"{review.reviewer_name} may no longer approve requests to {request.stage.name}"
         Review.objects.filter(pk=review.pk).update(stale=True, stale_reason=reason[:500])
         stale += 1
-        if request.status == Status.APPROVED and len(policy.counting_approvals(request)) < (
-            policy.required_approvals(request)
-        ):
-            request_reopen(request, old=Status.APPROVED, reason=reason)
+        if request.status in (Status.APPROVED, Status.SCHEDULED) and len(
+            policy.counting_approvals(request)
+        ) < policy.required_approvals(request):
+            request_reopen(request, old=(Status.APPROVED, Status.SCHEDULED), reason=reason)
     return stale

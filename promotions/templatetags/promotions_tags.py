@@ -6,6 +6,8 @@ from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 
+from promotions import selectors
+
 register = template.Library()
 
 
@@ -32,6 +34,7 @@ def metric(value) -> str:
 _STATUS_WORDS = {
     "pending": "Pending",
     "approved": "Approved",
+    "scheduled": "Scheduled",
     "applying": "Applying",
     "applied": "Applied",
     "failed": "Failed",
@@ -45,6 +48,13 @@ _STATUS_WORDS = {
 def status_badge(status: str):
     """The status as a word and a colour (never colour alone)."""
     return format_html('<span class="status status--{}">{}</span>', status, _STATUS_WORDS.get(status, status))
+
+
+@register.filter
+def applies_at(promotion) -> str:
+    """A scheduled request's 'Applies at Tue 09:00 CET (in 14 h)'; '' for any other."""
+    hold = selectors.request_hold(promotion)
+    return hold.applies if hold else ""
 
 
 @register.filter
