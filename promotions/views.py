@@ -3,6 +3,7 @@ history. Views parse, call one service or selector, render."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
@@ -444,6 +445,7 @@ def stage_list(request: HttpRequest) -> HttpResponse:
             for stage in stages
         ],
         "may_edit": policy.is_stage_admin(request.user) and request.user.is_staff,
+        "review_hours": settings.BREAK_GLASS_REVIEW_HOURS,
     }
     return render(request, "promotions/stage_list.html", context)
 

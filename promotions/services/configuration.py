@@ -30,6 +30,7 @@ STAGE_FIELDS = (
     "enforcement",
     "signature_required",
     "signature_meanings",
+    "emergency_allowed",
 )
 
 
@@ -87,6 +88,8 @@ def policy_lowered(before: dict, after: dict) -> list[str]:
         lowered.append("reachable from no stage")
     if before.get("signature_required") and not after["signature_required"]:
         lowered.append("decisions no longer signed")
+    if after.get("emergency_allowed") and before.get("emergency_allowed") is False:
+        lowered.append("emergency changes allowed (applied at once, reviewed afterwards)")
     return lowered
 
 
