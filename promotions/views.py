@@ -118,6 +118,10 @@ def _queue_page(request: HttpRequest, query, *, bulk_errors=(), status: int = 20
         "counts": selectors.status_counts(),
         "actionable_ids": decidable,
         "bulk_errors": bulk_errors,
+        # Emergency changes whose retrospective review this user owes, on "Waiting for you".
+        "retrospective": selectors.retrospective_queue(request.user)
+        if tab == "mine" and page.number == 1
+        else [],
     }
     if request.htmx:
         template = "promotions/queue.html#queue-form" if bulk_errors else "promotions/queue.html#queue-rows"
@@ -273,6 +277,21 @@ def _detail_context(
         "polling": promotion.status in PromotionRequest.OPEN_STATUSES,
         "seen": selectors.request_seen_token(promotion.updated_at),
         "poll_key": polling.poll_key(user_id=user.pk, request_id=promotion.pk),
+        "may_break_glass": policy.may_break_glass(user, promotion),
+        **_emergency_context(user, promotion),
+    }
+
+
+def _emergency_context(user, promotion: PromotionRequest) -> dict:
+    """The emergency change's flag and its retrospective review (no query for other requests)."""
+    emergency = selectors.emergency_view(promotion)
+    if emergency is None:
+        return {"emergency": None, "may_review_retrospectively": False}
+    return {
+        "emergency": emergency,
+        "may_review_retrospectively": policy.may_review_retrospectively(
+            user, promotion, reviews=emergency.reviews
+        ),
     }
 
 
@@ -417,6 +436,47 @@ def _request_action(request: HttpRequest, pk: int, action) -> HttpResponse:
         if exc.http_status == 403:
             raise PermissionDenied(exc.message) from None
         return _after_action(request, promotion, error=exc.message)
+    return _after_action(request, promotion)
+
+
+@require_POST
+def request_emergency(request: HttpRequest, pk: int) -> HttpResponse:
+    """Break-glass: a stage admin applies the request at once, with a reason and a confirmation."""
+    promotion = _get_request_for_user(request, pk)
+    if request.POST.get("confirm") != "yes":
+        # Refused before the service: the glass stays whole, and the reason typed is not lost.
+        return _emergency_refused(request, promotion, "Tick the confirmation to apply this request at once.")
+    try:
+        services.request_break_glass(request=promotion, user=request.user, reason=request.POST.get("reason", ""))
+    except PromotionError as exc:
+        if exc.http_status == 403:
+            raise PermissionDenied(exc.message) from None
+        return _emergency_refused(request, promotion, exc.message, status=exc.http_status)
+    return _after_action(request, promotion)
+
+
+def _emergency_refused(
+    request: HttpRequest, promotion: PromotionRequest, error: str, *, status: int = 422
+) -> HttpResponse:
+    if not request.htmx:
+        messages.error(request, error)
+        return redirect("request_detail", pk=promotion.pk)
+    response = _after_action(request, promotion, error=error)
+    response.status_code = status
+    return response
+
+
+@require_POST
+def request_retrospective_review(request: HttpRequest, pk: int) -> HttpResponse:
+    promotion = _get_request_for_user(request, pk)
+    try:
+        services.retrospective_review_give(
+            request=promotion, reviewer=request.user, comment=request.POST.get("comment", "")
+        )
+    except PromotionError as exc:
+        if exc.http_status == 403:
+            raise PermissionDenied(exc.message) from None
+        return _emergency_refused(request, promotion, exc.message, status=exc.http_status)
     return _after_action(request, promotion)
 
 

@@ -10,4 +10,5 @@ urlpatterns: list = [
     path("export.jsonl", views.audit_export_jsonl, name="audit_export_jsonl"),
     path("manifest.json", views.audit_manifest, name="audit_manifest"),
     path("metrics/", views.audit_metrics, name="audit_metrics"),
+    path("emergencies/", views.audit_emergencies, name="audit_emergencies"),
 ]

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonR
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from promotions import metrics, policy
+from promotions import metrics, policy, selectors
 from promotions.audit import exports, filters, verify
 from promotions.audit.log import chain_head, record_denied
 from promotions.models import Stage
@@ -57,6 +57,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
             filtered=not audit_filter.is_empty,
         )
     context["stages"] = list(Stage.objects.values_list("name", flat=True))
+    context["overdue_reviews"] = selectors.overdue_reviews().count()
     if request.htmx:
         response = render(request, "promotions/audit_log.html#audit-results", context)
     else:
@@ -119,3 +120,12 @@ def audit_metrics(request: HttpRequest) -> HttpResponse:
         "promotions/audit_metrics.html",
         {"stages": metrics.lead_times(weeks=metrics.WEEKS), "weeks": metrics.WEEKS},
     )
+
+
+@require_GET
+def audit_emergencies(request: HttpRequest) -> HttpResponse:
+    """Every emergency change (break-glass) with the state of its retrospective review."""
+    _require_auditor(request, what="read the emergency changes")
+    changes = selectors.emergency_changes()
+    context = {"changes": changes, "overdue": sum(1 for change in changes if change.overdue)}
+    return render(request, "promotions/audit_emergencies.html", context)

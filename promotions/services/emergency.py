@@ -18,6 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from promotions import audit, notifications, policy
+from promotions.selectors import overdue_reviews, overdue_words
 from promotions.errors import AlreadyDecided, ChecksFailed
 from promotions.models import MAX_TEXT, PromotionRequest, RetrospectiveReview
 from promotions.services.lifecycle import (
@@ -165,14 +166,6 @@ def retrospective_review_give(
     return locked
 
 
-def overdue_reviews(now: datetime | None = None):
-    """Emergency changes whose retrospective review is past due and not complete."""
-    now = now or timezone.now()
-    return PromotionRequest.objects.filter(
-        emergency_at__isnull=False, review_completed_at__isnull=True, review_due_at__lt=now
-    )
-
-
 def retrospective_reviews_remind(*, now: datetime | None = None) -> list[int]:
     """Remind the approvers and auditors of every overdue review, once per reminder interval
     each; returns the requests reminded. Safe to run twice at once: each reminder is claimed by
@@ -208,13 +201,3 @@ def retrospective_reviews_remind(*, now: datetime | None = None) -> list[int]:
             reminded.append(request.pk)
     return reminded
 
-
-def overdue_words(late: timedelta) -> str:
-    """'3 h', '2 days 4 h', '12 min': how late a review is, for pages, e-mails and the log."""
-    minutes = max(int(late.total_seconds()) // 60, 0)
-    days, hours = minutes // 1440, (minutes % 1440) // 60
-    if days:
-        return f"{days} day{'s' if days != 1 else ''}" + (f" {hours} h" if hours else "")
-    if hours:
-        return f"{hours} h"
-    return f"{minutes} min"
