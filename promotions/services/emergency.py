@@ -188,8 +188,8 @@ def retrospective_reviews_remind(*, now: datetime | None = None) -> list[int]:
             late = now - request.review_due_at
             audit.record(
                 action="review.retrospective_overdue",
-                meaning=meaning("Retrospective review overdue", request)
-                + f" by {overdue_words(late)} ({given} of {request.reviews_required} reviews)",
+                meaning=meaning(f"Retrospective review overdue by {overdue_words(late)}", request)
+                + f" ({given} of {request.reviews_required} reviews)",
                 details={
                     "review_due_at": audit.utc_iso(request.review_due_at),
                     "reviews": given,
