@@ -266,7 +266,9 @@ class RetrospectiveReview(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["request", "reviewer"], name="one_retrospective_review_per_reviewer")
+            models.UniqueConstraint(
+                fields=["request", "reviewer"], name="one_retrospective_review_per_reviewer"
+            )
         ]
 
     def __str__(self) -> str:

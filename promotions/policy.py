@@ -205,9 +205,7 @@ def retrospective_reviewable(user) -> QuerySet[PromotionRequest]:
     # A subquery, not a list read first: the queue pays one query for this section.
     stage_ids = Stage.approver_groups.through.objects.filter(group__user=user).values("stage_id")
     owed = PromotionRequest.objects.filter(emergency_at__isnull=False, review_completed_at__isnull=True)
-    filed_with = PromotionRequest.approver_groups_at_filing.through.objects.filter(
-        promotionrequest__in=owed
-    )
+    filed_with = PromotionRequest.approver_groups_at_filing.through.objects.filter(promotionrequest__in=owed)
     reviewed = RetrospectiveReview.objects.filter(reviewer=user).values("request_id")
     return (
         owed.filter(stage_id__in=stage_ids)

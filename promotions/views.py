@@ -447,7 +447,9 @@ def request_emergency(request: HttpRequest, pk: int) -> HttpResponse:
         # Refused before the service: the glass stays whole, and the reason typed is not lost.
         return _emergency_refused(request, promotion, "Tick the confirmation to apply this request at once.")
     try:
-        services.request_break_glass(request=promotion, user=request.user, reason=request.POST.get("reason", ""))
+        services.request_break_glass(
+            request=promotion, user=request.user, reason=request.POST.get("reason", "")
+        )
     except PromotionError as exc:
         if exc.http_status == 403:
             raise PermissionDenied(exc.message) from None

@@ -190,7 +190,11 @@ def test_every_approver_and_every_auditor_is_told_but_not_who_broke_the_glass(
     sent = notifications.event_email_send(**email.payload)
 
     assert sent == 3
-    assert sorted(m.to[0] for m in mail.outbox) == ["alice@example.com", "rex@example.com", "rita@example.com"]
+    assert sorted(m.to[0] for m in mail.outbox) == [
+        "alice@example.com",
+        "rex@example.com",
+        "rita@example.com",
+    ]
     assert "Emergency change" in mail.outbox[0].subject
     assert REASON in mail.outbox[0].body and "EMERGENCY CHANGE by Sam Tester" in mail.outbox[0].body
     payload = notifications.event_payload("promotion.emergency", request)
@@ -208,7 +212,9 @@ def test_the_review_is_complete_once_the_stages_number_of_approvers_reviewed(bro
 
     assert twice.review_completed_at is not None
     assert AuditEvent.objects.filter(action="review.retrospective", request_id=broken.pk).count() == 2
-    assert AuditEvent.objects.filter(action="review.retrospective_completed", request_id=broken.pk).count() == 1
+    assert (
+        AuditEvent.objects.filter(action="review.retrospective_completed", request_id=broken.pk).count() == 1
+    )
 
 
 def test_a_reviewer_reviews_once(broken, reviewer):
@@ -255,7 +261,10 @@ def test_an_overdue_review_is_reminded_once_a_day(broken, settings, reviewer):
 
     events = AuditEvent.objects.filter(action="review.retrospective_overdue", request_id=broken.pk)
     assert events.count() == 2
-    assert "overdue by 3 h: promote sales_forecast v5 to Production (0 of 2 reviews)" in events.order_by("sequence").first().meaning
+    assert (
+        "overdue by 3 h: promote sales_forecast v5 to Production (0 of 2 reviews)"
+        in events.order_by("sequence").first().meaning
+    )
     assert OutboundEmail.objects.filter(payload__event="review.retrospective_overdue").count() == 2
 
 
@@ -313,7 +322,9 @@ def test_an_approver_gives_the_retrospective_review_on_the_page(broken, reviewer
     body = client.get(f"/requests/{broken.pk}/").content.decode()
     assert "Retrospective review (0 of 2 reviews)" in body and "Record retrospective review" in body
 
-    response = client.post(f"/requests/{broken.pk}/retrospective-review/", {"comment": "right call"}, follow=True)
+    response = client.post(
+        f"/requests/{broken.pk}/retrospective-review/", {"comment": "right call"}, follow=True
+    )
 
     body = response.content.decode()
     assert "Retrospective review (1 of 2 reviews)" in body and "“right call”" in body
@@ -349,7 +360,10 @@ def test_the_auditors_page_lists_every_emergency_change_with_its_review(broken, 
     assert "Review overdue by 2 h" in body
     log = web(auditor).get("/audit/").content.decode()
     assert "1 emergency change still waits" in log and reverse("audit_emergencies") in log
-    assert '<code>request.emergency</code> <strong class="status status--failed">Emergency change</strong>' in log
+    assert (
+        '<code>request.emergency</code> <strong class="status status--failed">Emergency change</strong>'
+        in log
+    )
 
 
 def test_the_stage_catalog_says_the_rule_in_words(client, requester, settings):
@@ -402,10 +416,25 @@ def test_anonymous_posts_are_sent_to_sign_in(pending, path):
 
 def test_the_wrong_role_gets_403_on_every_new_url(broken, pending, reviewer, outsider, auditor, stage_admin):
     other = make_user("otto", roles.REQUESTERS)
-    assert web(reviewer).post(f"/requests/{broken.pk}/emergency/", {"reason": REASON, "confirm": "yes"}).status_code == 403
-    assert web(outsider).post(f"/requests/{broken.pk}/emergency/", {"reason": REASON, "confirm": "yes"}).status_code == 403
-    assert web(other).post(f"/requests/{broken.pk}/retrospective-review/", {"comment": "x"}).status_code == 403
-    assert web(stage_admin).post(f"/requests/{broken.pk}/retrospective-review/", {"comment": "x"}).status_code == 403
+    assert (
+        web(reviewer)
+        .post(f"/requests/{broken.pk}/emergency/", {"reason": REASON, "confirm": "yes"})
+        .status_code
+        == 403
+    )
+    assert (
+        web(outsider)
+        .post(f"/requests/{broken.pk}/emergency/", {"reason": REASON, "confirm": "yes"})
+        .status_code
+        == 403
+    )
+    assert (
+        web(other).post(f"/requests/{broken.pk}/retrospective-review/", {"comment": "x"}).status_code == 403
+    )
+    assert (
+        web(stage_admin).post(f"/requests/{broken.pk}/retrospective-review/", {"comment": "x"}).status_code
+        == 403
+    )
     assert web(reviewer).get("/audit/emergencies/").status_code == 403
     assert Client().get("/audit/emergencies/").status_code == 302
     assert web(auditor).get("/audit/emergencies/").status_code == 200
@@ -416,7 +445,10 @@ def test_a_get_on_the_new_actions_is_refused(broken, stage_admin):
 
 
 def test_an_unknown_request_is_404(stage_admin):
-    assert web(stage_admin).post("/requests/999999/emergency/", {"reason": REASON, "confirm": "yes"}).status_code == 404
+    assert (
+        web(stage_admin).post("/requests/999999/emergency/", {"reason": REASON, "confirm": "yes"}).status_code
+        == 404
+    )
 
 
 # --- the API ----------------------------------------------------------------------------------
@@ -436,11 +468,17 @@ def test_the_api_applies_at_once_and_reports_the_emergency(pending, stage_admin,
 def test_the_api_refuses_the_wrong_role_a_missing_reason_and_a_decided_request(
     pending, stage_admin, reviewer, enqueued
 ):
-    assert post_json(api(reviewer), f"/api/requests/{pending.pk}/emergency", {"reason": REASON}).status_code == 403
+    assert (
+        post_json(api(reviewer), f"/api/requests/{pending.pk}/emergency", {"reason": REASON}).status_code
+        == 403
+    )
     assert post_json(api(stage_admin), f"/api/requests/{pending.pk}/emergency", {}).status_code == 422
     blank = post_json(api(stage_admin), f"/api/requests/{pending.pk}/emergency", {"reason": "  "})
     assert blank.status_code == 422 and blank.json()["code"] == "invalid"
-    assert post_json(api(stage_admin), f"/api/requests/{pending.pk}/emergency", {"reason": REASON}).status_code == 200
+    assert (
+        post_json(api(stage_admin), f"/api/requests/{pending.pk}/emergency", {"reason": REASON}).status_code
+        == 200
+    )
     again = post_json(api(stage_admin), f"/api/requests/{pending.pk}/emergency", {"reason": REASON})
     assert again.status_code == 409 and again.json()["code"] == "already_decided"
     anonymous = post_json(Client(), f"/api/requests/{pending.pk}/emergency", {"reason": REASON})
@@ -464,4 +502,3 @@ def test_a_request_that_was_not_an_emergency_says_so_in_the_api(pending, request
 
 def test_selectors_list_the_emergency_changes(broken):
     assert [change.request.pk for change in selectors.emergency_changes()] == [broken.pk]
-

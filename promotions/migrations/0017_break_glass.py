@@ -6,71 +6,104 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('promotions', '0015_signatures'),
+        ("promotions", "0015_signatures"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='promotionrequest',
-            name='emergency_at',
+            model_name="promotionrequest",
+            name="emergency_at",
             field=models.DateTimeField(blank=True, db_index=True, null=True),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='emergency_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="promotionrequest",
+            name="emergency_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='emergency_by_name',
-            field=models.CharField(blank=True, default='', max_length=300),
+            model_name="promotionrequest",
+            name="emergency_by_name",
+            field=models.CharField(blank=True, default="", max_length=300),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='emergency_reason',
-            field=models.TextField(blank=True, default=''),
+            model_name="promotionrequest",
+            name="emergency_reason",
+            field=models.TextField(blank=True, default=""),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='review_completed_at',
+            model_name="promotionrequest",
+            name="review_completed_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='review_due_at',
+            model_name="promotionrequest",
+            name="review_due_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='review_reminded_at',
+            model_name="promotionrequest",
+            name="review_reminded_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='reviews_required',
+            model_name="promotionrequest",
+            name="reviews_required",
             field=models.PositiveSmallIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='stage',
-            name='emergency_allowed',
-            field=models.BooleanField(default=True, help_text="A stage admin may apply a pending request at once (break-glass), with a reason; the stage's approvers then review it retrospectively. The model files and the checks are still verified before the apply.", verbose_name='emergency changes allowed'),
+            model_name="stage",
+            name="emergency_allowed",
+            field=models.BooleanField(
+                default=True,
+                help_text="A stage admin may apply a pending request at once (break-glass), with a reason; the stage's approvers then review it retrospectively. The model files and the checks are still verified before the apply.",
+                verbose_name="emergency changes allowed",
+            ),
         ),
         migrations.CreateModel(
-            name='RetrospectiveReview',
+            name="RetrospectiveReview",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reviewer_name', models.CharField(max_length=300)),
-                ('comment', models.TextField()),
-                ('created_at', models.DateTimeField()),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='retrospective_reviews', to='promotions.promotionrequest')),
-                ('reviewer', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("reviewer_name", models.CharField(max_length=300)),
+                ("comment", models.TextField()),
+                ("created_at", models.DateTimeField()),
+                (
+                    "request",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="retrospective_reviews",
+                        to="promotions.promotionrequest",
+                    ),
+                ),
+                (
+                    "reviewer",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
-                'constraints': [models.UniqueConstraint(fields=('request', 'reviewer'), name='one_retrospective_review_per_reviewer')],
+                "ordering": ["created_at", "id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("request", "reviewer"), name="one_retrospective_review_per_reviewer"
+                    )
+                ],
             },
         ),
     ]

@@ -18,9 +18,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from promotions import audit, notifications, policy
-from promotions.selectors import overdue_reviews, overdue_words
 from promotions.errors import AlreadyDecided, ChecksFailed
 from promotions.models import MAX_TEXT, PromotionRequest, RetrospectiveReview
+from promotions.selectors import overdue_reviews, overdue_words
 from promotions.services.lifecycle import (
     audit_context,
     enqueue_apply,
@@ -37,7 +37,9 @@ REMIND_TASK = "promotions.remind_retrospective_reviews"
 _REMIND_SLACK = timedelta(minutes=1)
 
 
-def request_break_glass(*, request: PromotionRequest, user, reason: str, via: str = "web") -> PromotionRequest:
+def request_break_glass(
+    *, request: PromotionRequest, user, reason: str, via: str = "web"
+) -> PromotionRequest:
     """pending → approved at once, flagged as an emergency change; the apply is enqueued on commit
     exactly as after the last approval."""
     reason = clean_text(
@@ -137,7 +139,8 @@ def retrospective_review_give(
         audit.record(
             action="review.retrospective",
             actor=reviewer,
-            meaning=meaning("Reviewed the emergency change", locked) + f" ({given} of {locked.reviews_required})",
+            meaning=meaning("Reviewed the emergency change", locked)
+            + f" ({given} of {locked.reviews_required})",
             details={
                 "comment": comment,
                 "reviews": given,
@@ -200,4 +203,3 @@ def retrospective_reviews_remind(*, now: datetime | None = None) -> list[int]:
             notifications.retrospective_overdue_notify(request.pk)
             reminded.append(request.pk)
     return reminded
-
