@@ -168,9 +168,8 @@ def may_break_glass(user, request: PromotionRequest) -> bool:
 
 def retrospective_refusal(user, request: PromotionRequest) -> Refusal | None:
     """Why `user`'s retrospective review of `request` would not count, or None when it would:
-    an approver of the stage, neither the one who broke the glass nor the requester."""
-    if not request.is_emergency:
-        return Refusal("not an emergency change", f"Request #{request.pk} was not an emergency change.")
+    an approver of the stage, neither the one who broke the glass nor the requester. Whether the
+    request was an emergency change at all is the service's to answer (a 422, not a 403)."""
     if request.emergency_by_id is not None and request.emergency_by_id == user.pk:
         return Refusal("broke the glass", "You applied this emergency change; other approvers review it.")
     if request.requested_by_id is not None and request.requested_by_id == user.pk:

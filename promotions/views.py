@@ -443,8 +443,9 @@ def _request_action(request: HttpRequest, pk: int, action) -> HttpResponse:
 def request_emergency(request: HttpRequest, pk: int) -> HttpResponse:
     """Break-glass: a stage admin applies the request at once, with a reason and a confirmation."""
     promotion = _get_request_for_user(request, pk)
-    if request.POST.get("confirm") != "yes":
-        # Refused before the service: the glass stays whole, and the reason typed is not lost.
+    # Without the confirmation the glass stays whole; whoever may not break it at all is refused
+    # (and audited) by the service whatever they sent.
+    if policy.break_glass_refusal(request.user, promotion) is None and request.POST.get("confirm") != "yes":
         return _emergency_refused(request, promotion, "Tick the confirmation to apply this request at once.")
     try:
         services.request_break_glass(

@@ -243,7 +243,7 @@ def test_a_retrospective_review_needs_a_comment(broken, reviewer):
 
 
 def test_a_request_that_was_not_an_emergency_has_no_retrospective_review(pending, reviewer):
-    with pytest.raises(NotAllowed):
+    with pytest.raises(InvalidRequest, match="not an emergency change"):
         services.retrospective_review_give(request=pending, reviewer=reviewer, comment="?")
 
 

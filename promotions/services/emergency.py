@@ -18,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from promotions import audit, notifications, policy
-from promotions.errors import AlreadyDecided, ChecksFailed
+from promotions.errors import AlreadyDecided, ChecksFailed, InvalidRequest
 from promotions.models import MAX_TEXT, PromotionRequest, RetrospectiveReview
 from promotions.selectors import overdue_reviews, overdue_words
 from promotions.services.lifecycle import (
@@ -42,15 +42,16 @@ def request_break_glass(
 ) -> PromotionRequest:
     """pending → approved at once, flagged as an emergency change; the apply is enqueued on commit
     exactly as after the last approval."""
+    # Who may is answered first: whoever may not is refused (and audited) whatever they sent.
+    refused = policy.break_glass_refusal(user, request)
+    if refused is not None:
+        raise refusal(user, request, "apply at once (emergency)", refused.reason, refused.message)
     reason = clean_text(
         reason,
         what="reason",
         max_length=MAX_TEXT,
         required="An emergency change needs a reason: say what cannot wait for the approvals.",
     )
-    refused = policy.break_glass_refusal(user, request)
-    if refused is not None:
-        raise refusal(user, request, "apply at once (emergency)", refused.reason, refused.message)
     with transaction.atomic():
         locked = request_lock(request.pk)
         if locked.status != Status.PENDING:
@@ -109,17 +110,21 @@ def retrospective_review_give(
 ) -> PromotionRequest:
     """One approver's retrospective review of an emergency change; the review is complete when
     `reviews_required` approvers have given theirs."""
+    refused = policy.retrospective_refusal(reviewer, request)
+    if refused is not None:
+        raise refusal(reviewer, request, "review retrospectively", refused.reason, refused.message)
     comment = clean_text(
         comment,
         what="comment",
         max_length=MAX_TEXT,
         required="A retrospective review needs a comment: say whether the emergency change was right.",
     )
-    refused = policy.retrospective_refusal(reviewer, request)
-    if refused is not None:
-        raise refusal(reviewer, request, "review retrospectively", refused.reason, refused.message)
     with transaction.atomic():
         locked = request_lock(request.pk)
+        if not locked.is_emergency:
+            raise InvalidRequest(
+                f"Request #{locked.pk} was not an emergency change: it has no retrospective review."
+            )
         if locked.review_completed_at is not None:
             raise AlreadyDecided(f"The retrospective review of request #{locked.pk} is complete already.")
         now = timezone.now()
