@@ -146,6 +146,9 @@ class PromotionRequest(models.Model):
         EXPIRED = "expired", "Expired"
 
     OPEN_STATUSES = (Status.PENDING, Status.APPROVED, Status.APPLYING)
+    # The statuses break-glass applies at once from (a request held by a deployment window joins
+    # them where windows exist).
+    EMERGENCY_FROM = (Status.PENDING,)
 
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="requests")
     stage = models.ForeignKey(Stage, on_delete=models.PROTECT, related_name="requests")

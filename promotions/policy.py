@@ -160,7 +160,7 @@ def may_break_glass(user, request: PromotionRequest) -> bool:
     """The request page's "Apply now (emergency)" form is shown: a pending request, and a user
     `break_glass_refusal` lets through."""
     return (
-        request.status == PromotionRequest.Status.PENDING
+        request.status in PromotionRequest.EMERGENCY_FROM
         and getattr(user, "is_authenticated", False)
         and break_glass_refusal(user, request) is None
     )

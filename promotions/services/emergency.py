@@ -54,7 +54,7 @@ def request_break_glass(
     )
     with transaction.atomic():
         locked = request_lock(request.pk)
-        if locked.status != Status.PENDING:
+        if locked.status not in PromotionRequest.EMERGENCY_FROM:
             raise AlreadyDecided(
                 f"Request #{locked.pk} is already {locked.get_status_display().lower()}: "
                 "only a pending request can be applied at once."
@@ -72,7 +72,7 @@ def request_break_glass(
         required = max(policy.required_approvals(locked), 1)
         if not status_set(
             locked.pk,
-            Status.PENDING,
+            locked.status,
             Status.APPROVED,
             now=now,
             decided_at=now,
