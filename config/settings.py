@@ -404,6 +404,11 @@ WEBHOOK_RETRY_CAP_SECONDS = min(
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = envbool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
 WEBHOOK_SWEEP_INTERVAL_SECONDS = envint("WEBHOOK_SWEEP_INTERVAL_SECONDS", 120, minimum=5)
 
+# Break-glass: an emergency change owes its retrospective review within this many hours; the
+# overdue ones are reminded (e-mail and audit entry) every so many seconds, once each per interval.
+BREAK_GLASS_REVIEW_HOURS = envint("BREAK_GLASS_REVIEW_HOURS", 24, minimum=1)
+BREAK_GLASS_REMIND_INTERVAL_SECONDS = envint("BREAK_GLASS_REMIND_INTERVAL_SECONDS", 86400, minimum=60)
+
 # Health --------------------------------------------------------------------------------------
 # Anonymous callers learn only ok/degraded; the details (which part is down and why) need a
 # staff session or `Authorization: Bearer $HEALTHZ_TOKEN`. Empty: no token grants them.
@@ -443,6 +448,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(WEBHOOK_SWEEP_INTERVAL_SECONDS),
     },
     "sweep-emails": {"task": "promotions.sweep_emails", "schedule": float(EMAIL_SWEEP_INTERVAL_SECONDS)},
+    "remind-retrospective-reviews": {
+        "task": "promotions.remind_retrospective_reviews",
+        "schedule": float(BREAK_GLASS_REMIND_INTERVAL_SECONDS),
+    },
     # Does nothing without AUDIT_SIGNING_KEY, or when nothing was recorded since the last seal.
     "seal-audit-log": {"task": "promotions.seal_audit_log", "schedule": float(AUDIT_SEAL_INTERVAL_SECONDS)},
 }

@@ -26,6 +26,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.urls import URLPattern, URLResolver, path
+from django.utils import timezone
 from ninja import Field, NinjaAPI, Path, Query, Schema, Status, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
@@ -316,6 +317,16 @@ class DecisionIn(StrictIn):
     )
 
 
+class EmergencyIn(StrictIn):
+    reason: str = Field(
+        max_length=MAX_TEXT, pattern=_NO_NUL, description="Why the change cannot wait for its approvals."
+    )
+
+
+class RetrospectiveIn(StrictIn):
+    comment: str = Field(max_length=MAX_TEXT, pattern=_NO_NUL)
+
+
 class BulkIn(StrictIn):
     stage: str = Field(min_length=1, max_length=64, pattern=_NO_NUL, examples=["Staging"])
     justification: str = Field(min_length=1, max_length=MAX_TEXT, pattern=_NO_NUL)
@@ -364,6 +375,23 @@ class ArtifactsOut(Schema):
     error: str
 
 
+class RetrospectiveReviewOut(Schema):
+    reviewer: str
+    comment: str
+    created_at: datetime
+
+
+class EmergencyOut(Schema):
+    by: str = Field(description="The stage admin who applied the request at once.")
+    at: datetime
+    reason: str
+    reviews_required: int
+    review_due_at: datetime
+    review_completed_at: datetime | None
+    review_overdue: bool
+    reviews: list[RetrospectiveReviewOut]
+
+
 class RequestOut(Schema):
     id: int
     status: Literal[tuple(PromotionRequest.Status.values)]  # type: ignore[valid-type]
@@ -401,6 +429,10 @@ class RequestOut(Schema):
     expires_at: datetime
     decided_at: datetime | None
     applied_at: datetime | None
+    emergency: EmergencyOut | None = Field(
+        description="Set when a stage admin applied the request at once (break-glass), with its "
+        "retrospective review."
+    )
     url: str
 
 
@@ -450,6 +482,9 @@ class StageOut(Schema):
     deployment_windows: list[str] = Field(
         description="Weekly windows ('Mon–Thu 09:00–16:00') in which approved requests are applied; "
         "empty: any time."
+    )
+    emergency_allowed: bool = Field(
+        description="Stage admins may apply a pending request at once (POST /requests/{id}/emergency)."
     )
 
 
@@ -551,7 +586,26 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
         "expires_at": promotion.expires_at,
         "decided_at": promotion.decided_at,
         "applied_at": promotion.applied_at,
+        "emergency": _emergency_out(promotion),
         "url": request_url(promotion.pk),
+    }
+
+
+def _emergency_out(promotion: PromotionRequest) -> dict[str, Any] | None:
+    if not promotion.is_emergency:
+        return None
+    return {
+        "by": promotion.emergency_by_name,
+        "at": promotion.emergency_at,
+        "reason": promotion.emergency_reason,
+        "reviews_required": promotion.reviews_required,
+        "review_due_at": promotion.review_due_at,
+        "review_completed_at": promotion.review_completed_at,
+        "review_overdue": promotion.review_overdue(timezone.now()),
+        "reviews": [
+            {"reviewer": r.reviewer_name, "comment": r.comment, "created_at": r.created_at}
+            for r in promotion.retrospective_reviews.all()
+        ],
     }
 
 
@@ -591,6 +645,7 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
         "signature_meanings": stage.approval_meanings(),
         "window_time_zone": stage.window_time_zone,
         "deployment_windows": [line for line in stage.deployment_windows.splitlines() if line.strip()],
+        "emergency_allowed": stage.emergency_allowed,
     }
 
 
@@ -642,7 +697,7 @@ def request_list(
         requests = requests.filter(requested_by=_user(request))
     page = (
         requests.select_related("version__model", "stage")
-        .prefetch_related("reviews")
+        .prefetch_related("reviews", "retrospective_reviews")
         .order_by("-created_at", "-id")[offset : offset + limit]
     )
     return {"count": requests.count(), "items": [_request_out(p) for p in page]}
@@ -740,6 +795,36 @@ def request_cancel(request, request_id: RequestId):
     """Cancel a pending or approved request (its requester or a stage admin)."""
     promotion = _get_request_for_user(request, request_id)
     services.request_cancel(request=promotion, user=_user(request), via="api")
+    return _reloaded(promotion.pk)
+
+
+@api.post(
+    "/requests/{request_id}/emergency",
+    response={200: RequestOut, **_errors(404, 409, 413)},
+    tags=["requests"],
+)
+def request_emergency(request, request_id: RequestId, payload: EmergencyIn):
+    """Apply a pending request at once as an emergency change (stage admins; the stage must allow
+    emergency changes). The approvals are skipped, the model files' and the catalog's checks are
+    not; the stage's approvers and the auditors are told, and approvers owe a retrospective review
+    within BREAK_GLASS_REVIEW_HOURS. 422 without a reason, 409 when the request is not pending."""
+    promotion = _get_request_for_user(request, request_id)
+    services.request_break_glass(request=promotion, user=_user(request), reason=payload.reason, via="api")
+    return _reloaded(promotion.pk)
+
+
+@api.post(
+    "/requests/{request_id}/retrospective-review",
+    response={200: RequestOut, **_errors(404, 409, 413)},
+    tags=["requests"],
+)
+def request_retrospective_review(request, request_id: RequestId, payload: RetrospectiveIn):
+    """Review an emergency change after the fact (an approver of the stage, neither its requester
+    nor the stage admin who applied it); a comment is required."""
+    promotion = _get_request_for_user(request, request_id)
+    services.retrospective_review_give(
+        request=promotion, reviewer=_user(request), comment=payload.comment, via="api"
+    )
     return _reloaded(promotion.pk)
 
 

@@ -94,6 +94,13 @@ class Stage(models.Model):
         blank=True,
         help_text="What an approver's signature may mean, one a line. A rejection always means 'Rejected'.",
     )
+    emergency_allowed = models.BooleanField(
+        "emergency changes allowed",
+        default=True,
+        help_text="A stage admin may apply a pending request at once (break-glass), with a reason; the "
+        "stage's approvers then review it retrospectively. The model files and the checks are still "
+        "verified before the apply.",
+    )
 
     window_time_zone = models.CharField(
         "time zone of the windows",
@@ -178,6 +185,8 @@ class PromotionRequest(models.Model):
         EXPIRED = "expired", "Expired"
 
     OPEN_STATUSES = (Status.PENDING, Status.APPROVED, Status.SCHEDULED, Status.APPLYING)
+    # The statuses break-glass applies at once from: waiting for approvals, or for a window.
+    EMERGENCY_FROM = (Status.PENDING, Status.SCHEDULED)
 
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="requests")
     stage = models.ForeignKey(Stage, on_delete=models.PROTECT, related_name="requests")
@@ -239,6 +248,20 @@ class PromotionRequest(models.Model):
     # ("Frozen until 12 Dec 18:00 CET: year-end close"); both empty once it is released.
     scheduled_for = models.DateTimeField(null=True, blank=True)
     hold_reason = models.CharField(max_length=700, blank=True, default="")
+    # Break-glass: a stage admin applied the request at once, skipping approvals (and, where they
+    # exist, deployment windows), never the model files' or the catalog's checks. The stage's
+    # approvers owe a retrospective review by review_due_at (services/emergency.py).
+    emergency_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    emergency_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    emergency_by_name = models.CharField(max_length=300, blank=True, default="")
+    emergency_reason = models.TextField(blank=True, default="")
+    # The stage's approval count when the glass was broken (at least 1): the reviews owed.
+    reviews_required = models.PositiveSmallIntegerField(default=0)
+    review_due_at = models.DateTimeField(null=True, blank=True)
+    review_completed_at = models.DateTimeField(null=True, blank=True)
+    review_reminded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -257,6 +280,44 @@ class PromotionRequest(models.Model):
     @property
     def checks_passed(self) -> int:
         return sum(1 for result in self.check_results if result.get("passed"))
+
+    @property
+    def is_emergency(self) -> bool:
+        """Applied by break-glass: the one flag that lets a request past approvals (and windows)."""
+        return self.emergency_at is not None
+
+    def review_overdue(self, now) -> bool:
+        return (
+            self.is_emergency
+            and self.review_completed_at is None
+            and self.review_due_at is not None
+            and self.review_due_at < now
+        )
+
+
+class RetrospectiveReview(models.Model):
+    """An approver's look, after the fact, at a request applied by break-glass."""
+
+    request = models.ForeignKey(
+        PromotionRequest, on_delete=models.PROTECT, related_name="retrospective_reviews"
+    )
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewer_name = models.CharField(max_length=300)
+    comment = models.TextField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request", "reviewer"], name="one_retrospective_review_per_reviewer"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer_name} reviewed #{self.request_id} retrospectively"
 
 
 class Review(models.Model):
@@ -459,6 +520,7 @@ WEBHOOK_EVENTS = (
     "request.expired",
     "promotion.applied",
     "promotion.failed",
+    "promotion.emergency",
     "registry.drift",
     "registry.reverted",
     "registry.revert_failed",

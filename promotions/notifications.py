@@ -57,6 +57,11 @@ SIGNATURE_HEADER = "X-Promotion-Signature"
 EMAIL_TASK = "promotions.send_email"
 DELIVERY_TASK = "promotions.deliver_webhook"
 
+# Not a webhook event: the daily reminder of an emergency change's review, by e-mail only.
+RETROSPECTIVE_OVERDUE = "review.retrospective_overdue"
+# Both go to every approver of the stage and every auditor (services/emergency.py).
+_EMERGENCY_EVENTS = ("promotion.emergency", RETROSPECTIVE_OVERDUE)
+
 _VERBS = {
     "request.created": "Requested",
     "request.approved": "Approved",
@@ -65,6 +70,8 @@ _VERBS = {
     "request.expired": "Expired",
     "promotion.applied": "Applied",
     "promotion.failed": "Failed",
+    "promotion.emergency": "Emergency change",
+    RETROSPECTIVE_OVERDUE: "Retrospective review overdue",
     "registry.drift": "Drift",
     "registry.reverted": "Reverted",
     "registry.revert_failed": "Revert failed",
@@ -87,6 +94,11 @@ def notify(event: str, request_id: int) -> None:
         ),
         request_id=request_id,
     )
+
+
+def retrospective_overdue_notify(request_id: int) -> None:
+    """Record the reminder that an emergency change's retrospective review is overdue."""
+    email_record(OutboundEmail.Kind.EVENT, event=RETROSPECTIVE_OVERDUE, request_id=request_id)
 
 
 def notify_registry(event: str, drift_event_id: int) -> None:
@@ -148,6 +160,8 @@ def _slack_escape(text: str) -> str:
 
 
 def _reason(event: str, request: PromotionRequest) -> str:
+    if event in _EMERGENCY_EVENTS:
+        return request.emergency_reason
     if event == "promotion.failed":
         return request.last_error
     if event == "request.rejected":
@@ -167,7 +181,7 @@ def event_payload(event: str, request: PromotionRequest) -> dict:
     text = f"{_VERBS[event]}: {_slack_escape(_what(request))} (<{url}|request #{request.pk}>)"
     if reason:
         text += f": {_slack_escape(reason[:500])}"
-    return {
+    payload = {
         "event": event,
         "occurred_at": audit.utc_iso(timezone.now()),
         "text": text,
@@ -185,6 +199,14 @@ def event_payload(event: str, request: PromotionRequest) -> dict:
             "url": url,
         },
     }
+    if request.is_emergency:
+        payload["request"]["emergency"] = {
+            "by": request.emergency_by_name,
+            "at": audit.utc_iso(request.emergency_at),
+            "reason": request.emergency_reason,
+            "review_due_at": audit.utc_iso(request.review_due_at),
+        }
+    return payload
 
 
 def model_url(name: str) -> str:
@@ -291,8 +313,25 @@ def _requester_address(event: str, request: PromotionRequest) -> list[str]:
     return [requester.email]
 
 
+def _emergency_addresses(request: PromotionRequest) -> list[str]:
+    """Every active approver of the stage and every auditor, but whoever broke the glass."""
+    users = (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .filter(Q(groups__in=request.stage.approver_groups.all()) | Q(groups__name=roles.AUDITORS))
+        .exclude(email="")
+        .distinct()
+    )
+    if request.emergency_by_id is not None:
+        users = users.exclude(pk=request.emergency_by_id)
+    return sorted({user.email for user in users})
+
+
 def event_recipients(event: str, request: PromotionRequest) -> list[str]:
-    """Approvers hear about new requests that wait for them; the requester hears the rest."""
+    """Approvers hear about new requests that wait for them; the requester hears the rest.
+    Emergency changes, and their overdue reviews, go to the approvers and the auditors."""
+    if event in _EMERGENCY_EVENTS:
+        return _emergency_addresses(request)
     if event == "request.created":
         return _approver_addresses(request) if request.stage.required_approvals > 0 else []
     return _requester_address(event, request)
@@ -315,6 +354,14 @@ def _body(event: str, request: PromotionRequest) -> str:
         f"Request #{request.pk}, filed by {request.requested_by_name}, "
         f"is now {request.get_status_display()}.",
     ]
+    if event in _EMERGENCY_EVENTS:
+        lines += [
+            "",
+            f"EMERGENCY CHANGE by {request.emergency_by_name}: applied without approvals.",
+            f"A retrospective review by {request.reviews_required} approver"
+            f"{'s' if request.reviews_required != 1 else ''} is due by "
+            f"{audit.utc_iso(request.review_due_at)} (UTC).",
+        ]
     if event == "request.created":
         lines += ["", "Justification:", request.justification]
         failing = [r["rule"] for r in request.check_results if not r.get("passed")]

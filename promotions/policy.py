@@ -17,7 +17,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from promotions import roles
 from promotions.errors import ManifestFailed, ManifestPending
-from promotions.models import ManifestState, PromotionRequest, Review, Stage
+from promotions.models import ManifestState, PromotionRequest, RetrospectiveReview, Review, Stage
 
 # --- roles ------------------------------------------------------------------------------------
 
@@ -133,6 +133,88 @@ def counting_approvals(request: PromotionRequest) -> list[Review]:
         .filter(~Exists(filed_with) | Exists(memberships.filter(group_id__in=filed_with.values("group_id"))))
         .select_related("reviewer")
         .order_by("created_at", "pk")
+    )
+
+
+# --- break-glass ------------------------------------------------------------------------------
+
+
+def break_glass_refusal(user, request: PromotionRequest) -> Refusal | None:
+    """Why `user` may not apply `request` at once as an emergency change, or None when they may.
+
+    Stage admins only, their own requests included (the requester and whoever broke the glass
+    are both kept out of the retrospective review). Status is the service's to answer under its
+    row lock.
+    """
+    if not is_stage_admin(user):
+        return Refusal("not a stage admin", "Only stage admins may apply a request at once in an emergency.")
+    if not request.stage.emergency_allowed:
+        return Refusal(
+            "the stage allows no emergency changes",
+            f"{request.stage.name} allows no emergency changes: its requests wait for their approvals.",
+        )
+    return None
+
+
+def may_break_glass(user, request: PromotionRequest) -> bool:
+    """The request page's "Apply now (emergency)" form is shown: a pending request, and a user
+    `break_glass_refusal` lets through."""
+    return (
+        request.status in PromotionRequest.EMERGENCY_FROM
+        and getattr(user, "is_authenticated", False)
+        and break_glass_refusal(user, request) is None
+    )
+
+
+def retrospective_refusal(user, request: PromotionRequest) -> Refusal | None:
+    """Why `user`'s retrospective review of `request` would not count, or None when it would:
+    an approver of the stage, neither the one who broke the glass nor the requester. Whether the
+    request was an emergency change at all is the service's to answer (a 422, not a 403)."""
+    if request.emergency_by_id is not None and request.emergency_by_id == user.pk:
+        return Refusal("broke the glass", "You applied this emergency change; other approvers review it.")
+    if request.requested_by_id is not None and request.requested_by_id == user.pk:
+        return Refusal("own request", "You cannot review your own request.")
+    if not getattr(user, "is_active", False) or not may_approve_for(user, request):
+        groups = ", ".join(g.name for g in request.stage.approver_groups.all()) or "nobody"
+        return Refusal(
+            "not an approver of the stage",
+            f"Only members of {groups} review emergency changes to {request.stage.name}.",
+        )
+    return None
+
+
+def may_review_retrospectively(
+    user, request: PromotionRequest, *, reviews: list[RetrospectiveReview] | None = None
+) -> bool:
+    """The retrospective review form is shown: owed, and `user` may give one not given yet."""
+    if not request.is_emergency or request.review_completed_at is not None:
+        return False
+    if not getattr(user, "is_authenticated", False) or retrospective_refusal(user, request) is not None:
+        return False
+    if reviews is None:
+        return not RetrospectiveReview.objects.filter(request=request, reviewer=user).exists()
+    return not any(r.reviewer_id == user.pk for r in reviews)
+
+
+def retrospective_reviewable(user) -> QuerySet[PromotionRequest]:
+    """The emergency changes whose review is still owed and that `user` may review now, as one
+    query (the queue's section): the SQL twin of `may_review_retrospectively`."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return PromotionRequest.objects.none()
+    # A subquery, not a list read first: the queue pays one query for this section.
+    stage_ids = Stage.approver_groups.through.objects.filter(group__user=user).values("stage_id")
+    owed = PromotionRequest.objects.filter(emergency_at__isnull=False, review_completed_at__isnull=True)
+    filed_with = PromotionRequest.approver_groups_at_filing.through.objects.filter(promotionrequest__in=owed)
+    reviewed = RetrospectiveReview.objects.filter(reviewer=user).values("request_id")
+    return (
+        owed.filter(stage_id__in=stage_ids)
+        .filter(
+            ~Q(pk__in=filed_with.values("promotionrequest_id"))
+            | Q(pk__in=filed_with.filter(group__user=user).values("promotionrequest_id"))
+        )
+        .exclude(requested_by=user)
+        .exclude(emergency_by=user)
+        .exclude(pk__in=reviewed)
     )
 
 

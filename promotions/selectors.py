@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -12,9 +12,18 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
-from promotions import catalog, change_windows, roles
+from promotions import catalog, change_windows, policy, roles
 from promotions.model_changes import FileChanges, file_changes
-from promotions.models import AuditEvent, DriftRevert, Freeze, ManifestState, PromotionRequest, Review, Stage
+from promotions.models import (
+    AuditEvent,
+    DriftRevert,
+    Freeze,
+    ManifestState,
+    PromotionRequest,
+    RetrospectiveReview,
+    Review,
+    Stage,
+)
 from promotions.policy import decidable_requests, may_request
 from registry_sync import gateway
 from registry_sync.model_files import version_model_files_for
@@ -541,3 +550,103 @@ def request_artifacts(promotion: PromotionRequest) -> dict:
         "error": promotion.manifest_error,
         "error_detail": promotion.manifest_error_detail,
     }
+
+
+# --- emergency changes (break-glass) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmergencyView:
+    """An emergency change's retrospective review as the pages show it."""
+
+    request: PromotionRequest
+    reviews: list[RetrospectiveReview]
+    given: int
+    needed: int
+    due_at: datetime | None
+    completed_at: datetime | None
+    overdue: bool
+    # "Review overdue by 3 h", or "" when not overdue.
+    overdue_words: str
+    reviewers: list[str] = field(default_factory=list)
+
+    @property
+    def status_words(self) -> str:
+        if self.completed_at is not None:
+            return "Review complete"
+        if self.overdue:
+            return self.overdue_words
+        return f"Review due by {self.due_at:%Y-%m-%d %H:%M} UTC" if self.due_at else "Review due"
+
+
+def emergency_view(
+    promotion: PromotionRequest,
+    *,
+    reviews: list[RetrospectiveReview] | None = None,
+    given: int | None = None,
+    now=None,
+) -> EmergencyView | None:
+    """None for a request that was not an emergency change; its review's state otherwise (one
+    query for the reviews unless they are given, prefetched)."""
+    if not promotion.is_emergency:
+        return None
+    now = now or timezone.now()
+    reviews = list(promotion.retrospective_reviews.all()) if reviews is None else reviews
+    overdue = promotion.review_overdue(now)
+    late = overdue_words(now - promotion.review_due_at) if overdue else ""
+    return EmergencyView(
+        request=promotion,
+        reviews=reviews,
+        given=len(reviews) if given is None else given,
+        needed=promotion.reviews_required,
+        due_at=promotion.review_due_at,
+        completed_at=promotion.review_completed_at,
+        overdue=overdue,
+        overdue_words=f"Review overdue by {late}" if overdue else "",
+        reviewers=[r.reviewer_name for r in reviews],
+    )
+
+
+def emergency_changes() -> list[EmergencyView]:
+    """Every emergency change, newest first, with its review: the auditors' page, in two
+    queries whatever the number of changes."""
+    rows = (
+        PromotionRequest.objects.filter(emergency_at__isnull=False)
+        .select_related("version__model", "stage")
+        .defer(*QUEUE_ROW_DEFERRED)
+        .prefetch_related("retrospective_reviews")
+        .order_by("-emergency_at", "-id")
+    )
+    now = timezone.now()
+    return [emergency_view(row, reviews=list(row.retrospective_reviews.all()), now=now) for row in rows]
+
+
+def retrospective_queue(user, *, limit: int = 50) -> list[EmergencyView]:
+    """The emergency changes `user` may review now (the queue's section), overdue first."""
+    rows = (
+        policy.retrospective_reviewable(user)
+        .select_related("version__model", "stage")
+        .defer(*QUEUE_ROW_DEFERRED)
+        .annotate(given=Count("retrospective_reviews"))
+        .order_by("review_due_at", "id")[:limit]
+    )
+    now = timezone.now()
+    return [emergency_view(row, reviews=[], given=row.given, now=now) for row in rows]
+
+
+def overdue_reviews(now: datetime | None = None):
+    """Emergency changes whose retrospective review is past due and not complete."""
+    return PromotionRequest.objects.filter(
+        emergency_at__isnull=False, review_completed_at__isnull=True, review_due_at__lt=now or timezone.now()
+    )
+
+
+def overdue_words(late: timedelta) -> str:
+    """'3 h', '2 days 4 h', '12 min': how late a review is, for pages, e-mails and the log."""
+    minutes = max(int(late.total_seconds()) // 60, 0)
+    days, hours = minutes // 1440, (minutes % 1440) // 60
+    if days:
+        return f"{days} day{'s' if days != 1 else ''}" + (f" {hours} h" if hours else "")
+    if hours:
+        return f"{hours} h"
+    return f"{minutes} min"

@@ -13,7 +13,7 @@ from django.utils.dateparse import parse_datetime
 from promotions import audit, services
 from promotions.errors import TransientApplyError
 from promotions.models import WorkerHeartbeat
-from promotions.services import enforcement, manifest, scheduling
+from promotions.services import emergency, enforcement, manifest, scheduling
 from promotions.services.lifecycle import APPLY_TASK
 
 logger = logging.getLogger(__name__)
@@ -113,3 +113,13 @@ def seal_audit_log() -> int | None:
     """Seal the audit chain head under AUDIT_SIGNING_KEY (nothing without one)."""
     sealed = audit.seal()
     return sealed.sequence if sealed is not None else None
+
+
+@shared_task(name=emergency.REMIND_TASK)
+def remind_retrospective_reviews(now: str | None = None) -> list[int]:
+    """Remind the overdue retrospective reviews. `now` (ISO 8601, with its offset) stands in for
+    the clock, so that the reminders can be driven through a real worker."""
+    moment = parse_datetime(now) if now else None
+    if now and (moment is None or moment.tzinfo is None):
+        raise ValueError(f"now={now!r} is not an ISO 8601 time with an offset")
+    return services.retrospective_reviews_remind(now=moment)

@@ -17,6 +17,12 @@ urlpatterns = [
     path("requests/<int:pk>/decide/", views.request_decide, name="request_decide"),
     path("requests/<int:pk>/cancel/", views.request_cancel, name="request_cancel"),
     path("requests/<int:pk>/retry/", views.request_retry, name="request_retry"),
+    path("requests/<int:pk>/emergency/", views.request_emergency, name="request_emergency"),
+    path(
+        "requests/<int:pk>/retrospective-review/",
+        views.request_retrospective_review,
+        name="request_retrospective_review",
+    ),
     # Beside the auditors' exports under /audit/; promotions/audit/urls.py is tried first.
     path("audit/holders.csv", views.holders_export_csv, name="holders_export_csv"),
 ]

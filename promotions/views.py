@@ -3,6 +3,7 @@ history. Views parse, call one service or selector, render."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
@@ -117,6 +118,10 @@ def _queue_page(request: HttpRequest, query, *, bulk_errors=(), status: int = 20
         "counts": selectors.status_counts(),
         "actionable_ids": decidable,
         "bulk_errors": bulk_errors,
+        # Emergency changes whose retrospective review this user owes, on "Waiting for you".
+        "retrospective": selectors.retrospective_queue(request.user)
+        if tab == "mine" and page.number == 1
+        else [],
     }
     if request.htmx:
         template = "promotions/queue.html#queue-form" if bulk_errors else "promotions/queue.html#queue-rows"
@@ -274,6 +279,21 @@ def _detail_context(
         "polling": promotion.status in PromotionRequest.OPEN_STATUSES,
         "seen": selectors.request_seen_token(promotion.updated_at),
         "poll_key": polling.poll_key(user_id=user.pk, request_id=promotion.pk),
+        "may_break_glass": policy.may_break_glass(user, promotion),
+        **_emergency_context(user, promotion),
+    }
+
+
+def _emergency_context(user, promotion: PromotionRequest) -> dict:
+    """The emergency change's flag and its retrospective review (no query for other requests)."""
+    emergency = selectors.emergency_view(promotion)
+    if emergency is None:
+        return {"emergency": None, "may_review_retrospectively": False}
+    return {
+        "emergency": emergency,
+        "may_review_retrospectively": policy.may_review_retrospectively(
+            user, promotion, reviews=emergency.reviews
+        ),
     }
 
 
@@ -422,6 +442,50 @@ def _request_action(request: HttpRequest, pk: int, action) -> HttpResponse:
 
 
 @require_POST
+def request_emergency(request: HttpRequest, pk: int) -> HttpResponse:
+    """Break-glass: a stage admin applies the request at once, with a reason and a confirmation."""
+    promotion = _get_request_for_user(request, pk)
+    # Without the confirmation the glass stays whole; whoever may not break it at all is refused
+    # (and audited) by the service whatever they sent.
+    if policy.break_glass_refusal(request.user, promotion) is None and request.POST.get("confirm") != "yes":
+        return _emergency_refused(request, promotion, "Tick the confirmation to apply this request at once.")
+    try:
+        services.request_break_glass(
+            request=promotion, user=request.user, reason=request.POST.get("reason", "")
+        )
+    except PromotionError as exc:
+        if exc.http_status == 403:
+            raise PermissionDenied(exc.message) from None
+        return _emergency_refused(request, promotion, exc.message, status=exc.http_status)
+    return _after_action(request, promotion)
+
+
+def _emergency_refused(
+    request: HttpRequest, promotion: PromotionRequest, error: str, *, status: int = 422
+) -> HttpResponse:
+    if not request.htmx:
+        messages.error(request, error)
+        return redirect("request_detail", pk=promotion.pk)
+    response = _after_action(request, promotion, error=error)
+    response.status_code = status
+    return response
+
+
+@require_POST
+def request_retrospective_review(request: HttpRequest, pk: int) -> HttpResponse:
+    promotion = _get_request_for_user(request, pk)
+    try:
+        services.retrospective_review_give(
+            request=promotion, reviewer=request.user, comment=request.POST.get("comment", "")
+        )
+    except PromotionError as exc:
+        if exc.http_status == 403:
+            raise PermissionDenied(exc.message) from None
+        return _emergency_refused(request, promotion, exc.message, status=exc.http_status)
+    return _after_action(request, promotion)
+
+
+@require_POST
 def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     return _request_action(request, pk, services.request_cancel)
 
@@ -448,6 +512,7 @@ def stage_list(request: HttpRequest) -> HttpResponse:
             for stage in stages
         ],
         "may_edit": policy.is_stage_admin(request.user) and request.user.is_staff,
+        "review_hours": settings.BREAK_GLASS_REVIEW_HOURS,
     }
     return render(request, "promotions/stage_list.html", context)
 

@@ -21,6 +21,10 @@ PAGES = {
     "request_decide": ("post", True, "reviewer", 302),
     "request_cancel": ("post", True, "requester", 302),
     "request_retry": ("post", True, "stage_admin", 302),
+    # Without a reason and the confirmation: back to the request page, which says what is missing.
+    "request_emergency": ("post", True, "stage_admin", 302),
+    # The walked request was no emergency change: back to its page, which says so.
+    "request_retrospective_review": ("post", True, "reviewer", 302),
     "stage_list": ("get", False, "requester", 200),
     "model_list": ("get", False, "requester", 200),
     "model_detail": ("get", "model", "requester", 200),
@@ -33,6 +37,7 @@ PAGES = {
     "audit_access": ("get", False, "auditor", 200),
     "audit_access_csv": ("get", False, "auditor", 200),
     "audit_access_changes_csv": ("get", False, "auditor", 200),
+    "audit_emergencies": ("get", False, "auditor", 200),
     "holders_export_csv": ("get", False, "auditor", 200),
     "token_list": ("get", False, "requester", 200),
 }
@@ -140,6 +145,8 @@ REFUSED = {
     "request_decide": {"requester", "stage_admin", "auditor", "outsider"},
     "request_cancel": {"reviewer", "auditor", "outsider"},
     "request_retry": {"requester", "reviewer", "auditor", "outsider"},
+    "request_emergency": {"requester", "reviewer", "auditor", "outsider"},
+    "request_retrospective_review": {"requester", "stage_admin", "auditor", "outsider"},
     "drift_acknowledge": {"requester", "reviewer", "auditor", "outsider"},
     "audit_log": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_export_csv": {"requester", "reviewer", "stage_admin", "outsider"},
@@ -149,6 +156,7 @@ REFUSED = {
     "audit_access": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_access_csv": {"requester", "reviewer", "stage_admin", "outsider"},
     "audit_access_changes_csv": {"requester", "reviewer", "stage_admin", "outsider"},
+    "audit_emergencies": {"requester", "reviewer", "stage_admin", "outsider"},
     "holders_export_csv": {"requester", "reviewer", "stage_admin", "outsider"},
     **{
         name: {"outsider"}

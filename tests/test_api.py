@@ -470,6 +470,9 @@ WHO = {  # operation → (who may, status for them)
     ("POST", "/api/requests/{request_id}/approve"): ("reviewer", 200),
     ("POST", "/api/requests/{request_id}/reject"): ("reviewer", 200),
     ("POST", "/api/requests/{request_id}/cancel"): ("requester", 200),
+    ("POST", "/api/requests/{request_id}/emergency"): ("stage_admin", 200),
+    # The walked request was no emergency change: the reviewer gets as far as being told so.
+    ("POST", "/api/requests/{request_id}/retrospective-review"): ("reviewer", 422),
     ("GET", "/api/models/{name}"): ("auditor", 200),
     ("GET", "/api/audit"): ("auditor", 200),
     ("GET", "/api/models/{name}/history"): ("requester", 200),
@@ -479,6 +482,8 @@ BODIES = {
     "/api/requests": {"model_name": "{model}", "version": 2, "stage": "Staging", "justification": "x"},
     "/api/requests/bulk": {"stage": "Staging", "justification": "x", "models": ["{model}"]},
     "/api/requests/{request_id}/reject": {"comment": "no"},
+    "/api/requests/{request_id}/emergency": {"reason": "outage"},
+    "/api/requests/{request_id}/retrospective-review": {"comment": "fine"},
 }
 
 QUERIES = {"/api/holders": "?at=2026-03-01T09:00:00Z&stage=Production"}
@@ -498,13 +503,19 @@ def walked_in_mlflow(mlflow_server):
 
 
 @pytest.fixture
-def walked(registry, walked_in_mlflow, requester, reviewer, auditor, outsider):
+def walked(registry, walked_in_mlflow, requester, reviewer, auditor, outsider, stage_admin):
     sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=walked_in_mlflow)
     model = RegisteredModel.objects.get(name=walked_in_mlflow)
     request = services.promotion_request_create(
         version=version(model, 1), stage=stage("Staging"), requested_by=requester, justification="walk"
     )
-    people = {"requester": requester, "reviewer": reviewer, "auditor": auditor, "outsider": outsider}
+    people = {
+        "requester": requester,
+        "reviewer": reviewer,
+        "auditor": auditor,
+        "outsider": outsider,
+        "stage_admin": stage_admin,
+    }
     return request, people
 
 

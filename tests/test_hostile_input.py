@@ -129,6 +129,8 @@ ENDPOINTS = [
     ),
     ("request_cancel", "post", "/requests/{pk}/cancel/", ()),
     ("request_retry", "post", "/requests/{pk}/retry/", ()),
+    ("request_emergency", "post", "/requests/{pk}/emergency/", ("reason", "confirm")),
+    ("request_retrospective_review", "post", "/requests/{pk}/retrospective-review/", ("comment",)),
     ("drift_acknowledge", "post", "/drift/{drift}/acknowledge/", ("comment",)),
     ("drift_acknowledge_path", "post", "/drift/{number}/acknowledge/", ("comment",)),
     ("audit_log", "get", "/audit/", (*AUDIT_FILTERS, "before", "after")),
@@ -139,6 +141,7 @@ ENDPOINTS = [
     ("audit_access", "get", "/audit/access/", ("from", "until")),
     ("audit_access_csv", "get", "/audit/access.csv", ()),
     ("audit_access_changes_csv", "get", "/audit/access/changes.csv", ("from", "until")),
+    ("audit_emergencies", "get", "/audit/emergencies/", ()),
     ("holders_export_csv", "get", "/audit/holders.csv", ("at", "stage")),
     ("token_list", "get", "/settings/tokens/", ()),
     ("token_list", "post", "/settings/tokens/", ("name", "revoke")),
@@ -256,6 +259,8 @@ FURTHEST = {
     "queue_bulk": "reviewer",
     "request_decide": "reviewer",
     "request_retry": "stage_admin",
+    "request_emergency": "stage_admin",
+    "request_retrospective_review": "reviewer",
     "holders_export_csv": "auditor",
 }
 

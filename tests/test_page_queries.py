@@ -63,8 +63,9 @@ def test_the_queue(client, requester, reviewer, reviewer2, django_assert_num_que
     client.force_login(reviewer2)
     # The same at 10 and 1,000 requests. "Waiting for you" counts its rows once: the frame's
     # badge reuses the pager's count; it reads the requests blocked by their checks apart (one
-    # query); the other tabs ask which rows of the page are decidable.
-    with django_assert_num_queries({"mine": 11, "open": 13, "recent": 10}[tab]):
+    # query); the other tabs ask which rows of the page are decidable. "Waiting for you" also
+    # reads the emergency changes awaiting the reviewer's retrospective review (one query).
+    with django_assert_num_queries({"mine": 12, "open": 13, "recent": 10}[tab]):
         response = client.get(f"/?tab={tab}")
     assert response.status_code == 200
 
@@ -91,7 +92,9 @@ def test_the_queue_leaves_the_snapshots_and_file_lists_unread(client, requester,
 def test_a_user_who_approves_for_no_stage_costs_no_count(client, requester, django_assert_num_queries):
     fill(10, requester, requester)
     client.force_login(requester)
-    with django_assert_num_queries(7):  # no COUNT over the requests for the badge or the pager
+    # No COUNT over the requests for the badge or the pager; one SELECT of the emergency changes
+    # awaiting review (none: the user approves for no stage).
+    with django_assert_num_queries(8):
         response = client.get("/")
     assert response.status_code == 200
     assert 'title="Requests waiting for your decision">0</span>' in response.content.decode()
@@ -144,3 +147,28 @@ def test_a_request_page_on_a_signing_stage_costs_no_more(
         response = client.get(f"/requests/{requests[0].pk}/")
     html = response.content.decode()
     assert 'name="signature_token"' in html and "Signed by Rex (rex)" in html
+
+
+@pytest.mark.parametrize("count", [1, 30])
+def test_the_emergency_changes_page(
+    client, requester, reviewer, stage_admin, auditor, django_assert_num_queries, count
+):
+    """The auditors' list of emergency changes: the same queries for 1 and 30 of them."""
+    from promotions import services
+    from tests.factories import mirror_model, stage, version
+
+    model = mirror_model("urgent", {n: {"current_stage": "Staging"} for n in range(1, count + 1)})
+    for number in range(1, count + 1):
+        request = services.promotion_request_create(
+            version=version(model, number),
+            stage=stage("Production"),
+            requested_by=requester,
+            justification="x",
+        )
+        services.request_break_glass(request=request, user=stage_admin, reason="outage")
+        services.retrospective_review_give(request=request, reviewer=reviewer, comment="ok")
+    client.force_login(auditor)
+    with django_assert_num_queries(7):  # as many for 30 changes as for one
+        response = client.get("/audit/emergencies/")
+    assert response.status_code == 200
+    assert response.content.decode().count("data-overdue") == 0

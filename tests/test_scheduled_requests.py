@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from promotions import services, tasks
-from promotions.errors import DuplicateRequest
+from promotions.errors import DuplicateRequest, TransientApplyError
 from promotions.models import AuditEvent, Freeze, PromotionRequest, Stage
 from promotions.services import lifecycle, people, scheduling
 from registry_sync import gateway
@@ -175,6 +175,27 @@ def test_a_freeze_added_after_the_approval_stops_the_worker_before_any_mlflow_ca
     assert request.scheduled_for == frozen.ends_at
     assert "incident 4711" in request.hold_reason
     assert actions(request)[-1] == "request.scheduled"
+
+
+def test_break_glass_takes_a_frozen_request_past_the_freeze_at_approval_and_at_the_worker(
+    sales, requester, reviewer, reviewer2, stage_admin, published, django_capture_on_commit_callbacks
+):
+    freeze(reason="year-end close")
+    request = approved(sales, requester, reviewer, reviewer2, django_capture_on_commit_callbacks)
+    assert request.status == Status.SCHEDULED
+
+    with django_capture_on_commit_callbacks(execute=True):
+        request = services.request_break_glass(request=request, user=stage_admin, reason="outage fix")
+
+    assert request.status == Status.APPROVED
+    assert request.scheduled_for is None and request.hold_reason == ""
+    assert published == [(lifecycle.APPLY_TASK, [request.pk])]
+
+    # No MLflow answers here: the attempt got past the freeze to MLflow, and waits to retry.
+    with pytest.raises(TransientApplyError):
+        services.promotion_apply(request_id=request.pk)
+    request.refresh_from_db()
+    assert request.status == Status.APPROVED and request.attempts == 1
 
 
 def test_a_freeze_added_later_moves_the_opening(

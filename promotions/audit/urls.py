@@ -13,4 +13,5 @@ urlpatterns: list = [
     path("access/", views.audit_access, name="audit_access"),
     path("access.csv", views.audit_access_csv, name="audit_access_csv"),
     path("access/changes.csv", views.audit_access_changes_csv, name="audit_access_changes_csv"),
+    path("emergencies/", views.audit_emergencies, name="audit_emergencies"),
 ]

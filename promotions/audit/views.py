@@ -15,7 +15,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from promotions import metrics, policy
+from promotions import metrics, policy, selectors
 from promotions.audit import access, exports, filters, verify
 from promotions.audit.format import utc_iso
 from promotions.audit.log import chain_head, record_denied
@@ -62,6 +62,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
             filtered=not audit_filter.is_empty,
         )
     context["stages"] = list(Stage.objects.values_list("name", flat=True))
+    context["overdue_reviews"] = selectors.overdue_reviews().count()
     if request.htmx:
         response = render(request, "promotions/audit_log.html#audit-results", context)
     else:
@@ -260,3 +261,12 @@ def audit_access_changes_csv(request: HttpRequest) -> HttpResponse:
     response = StreamingHttpResponse(lines(), content_type=_CONTENT_TYPES["csv"])
     response["Content-Disposition"] = f'attachment; filename="role-changes-{first}-to-{last}.csv"'
     return response
+
+
+@require_GET
+def audit_emergencies(request: HttpRequest) -> HttpResponse:
+    """Every emergency change (break-glass) with the state of its retrospective review."""
+    _require_auditor(request, what="read the emergency changes")
+    changes = selectors.emergency_changes()
+    context = {"changes": changes, "overdue": sum(1 for change in changes if change.overdue)}
+    return render(request, "promotions/audit_emergencies.html", context)

@@ -13,6 +13,11 @@ from promotions.services.decisions import (
     review_approve,
     review_reject,
 )
+from promotions.services.emergency import (
+    request_break_glass,
+    retrospective_review_give,
+    retrospective_reviews_remind,
+)
 from promotions.services.evidence import build_evidence, requests_refresh_evidence
 from promotions.services.filing import (
     pipeline_continue,
@@ -37,6 +42,7 @@ __all__ = [
     "promotion_request_create_through",
     "promotion_request_file",
     "promotion_requests_create_passing",
+    "request_break_glass",
     "request_cancel",
     "request_manifest_compute",
     "request_retry",
@@ -44,6 +50,8 @@ __all__ = [
     "requests_expire",
     "requests_refresh_evidence",
     "requests_sweep",
+    "retrospective_review_give",
+    "retrospective_reviews_remind",
     "retry_delay",
     "review_approve",
     "review_reject",

@@ -210,6 +210,16 @@ def _approvers(request: PromotionRequest) -> tuple[_Approvers, str]:
     return approvers, ""
 
 
+def _emergency_approver(request: PromotionRequest) -> _Approvers:
+    """Who stands for an emergency change in the log and in MLflow's tags: the stage admin who
+    applied it at once."""
+    user = request.emergency_by
+    return _Approvers(
+        names=[f"{request.emergency_by_name} (emergency change)"],
+        usernames=[user.username] if user is not None else [],
+    )
+
+
 def promotion_apply(*, request_id: int) -> str:
     """Apply one approved request to MLflow. Idempotent; returns what happened.
 
@@ -230,8 +240,13 @@ def promotion_apply(*, request_id: int) -> str:
 
 def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
     # A freeze added after the approval (or the release) stops the apply here, before any MLflow
-    # call: back to scheduled, and the attempt it claimed is not counted.
-    frozen = change_windows.apply_hold(request.stage, timezone.now(), windows=False)
+    # call: back to scheduled, and the attempt it claimed is not counted. An emergency change is
+    # the one request a freeze lets through.
+    frozen = (
+        None
+        if request.is_emergency
+        else change_windows.apply_hold(request.stage, timezone.now(), windows=False)
+    )
     if frozen is not None:
         with transaction.atomic():
             held = request_schedule(
@@ -249,6 +264,9 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
         return "failed"
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
     approvers, too_few = _approvers(request)
+    if request.is_emergency:
+        # Break-glass skipped the approvals, nothing else: the checks below still run.
+        approvers, too_few = _emergency_approver(request), ""
     if too_few:
         with transaction.atomic():
             reopened = request_reopen(request, old=Status.APPLYING, held_by=lease.token, reason=too_few)
@@ -304,6 +322,7 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
                 "approved_by": approvers.names,
                 "attempts": request.attempts,
                 "binding": stage.binding_label,
+                **({"emergency": True} if request.is_emergency else {}),
             },
             **audit_context(request),
         )

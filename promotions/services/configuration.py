@@ -32,6 +32,7 @@ STAGE_FIELDS = (
     "signature_meanings",
     "window_time_zone",
     "deployment_windows",
+    "emergency_allowed",
 )
 
 
@@ -91,6 +92,8 @@ def policy_lowered(before: dict, after: dict) -> list[str]:
         lowered.append("deployment windows removed: applied at any time")
     if before.get("signature_required") and not after["signature_required"]:
         lowered.append("decisions no longer signed")
+    if after.get("emergency_allowed") and before.get("emergency_allowed") is False:
+        lowered.append("emergency changes allowed (applied at once, reviewed afterwards)")
     return lowered
 
 
