@@ -103,13 +103,20 @@ class Channel(kombu_sqla.Channel):
         message = self.qos._delivered.get(delivery_tag)
         return None if message is None else message.properties.get(MESSAGE_ID)
 
+    def _own_session(self):
+        # Acknowledgements come from the pool's threads (the thread pool acks from the task's
+        # thread), and the channel's session belongs to the thread that consumes: one of its own.
+        _, Session = self._open()
+        return Session()
+
     def _forget(self, row_id) -> None:
         if row_id is None:
             return
-        self.session.query(self.message_cls).filter(self.message_cls.id == row_id).delete(
-            synchronize_session=False
-        )
-        self.session.commit()
+        with self._own_session() as session:
+            session.query(self.message_cls).filter(self.message_cls.id == row_id).delete(
+                synchronize_session=False
+            )
+            session.commit()
 
     def basic_ack(self, delivery_tag, multiple=False):
         row_id = self._row_of(delivery_tag)
@@ -127,10 +134,11 @@ class Channel(kombu_sqla.Channel):
         if row_id is None:
             return super()._restore(message)
         # Back where it was, in its turn: the same row, visible again.
-        self.session.query(self.message_cls).filter(self.message_cls.id == row_id).update(
-            {"visible": True}, synchronize_session=False
-        )
-        self.session.commit()
+        with self._own_session() as session:
+            session.query(self.message_cls).filter(self.message_cls.id == row_id).update(
+                {"visible": True}, synchronize_session=False
+            )
+            session.commit()
         return None
 
 
