@@ -6,39 +6,68 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('promotions', '0015_signatures'),
+        ("promotions", "0015_signatures"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='promotionrequest',
-            name='escalated_at',
+            model_name="promotionrequest",
+            name="escalated_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='promotionrequest',
-            name='last_escalation_at',
+            model_name="promotionrequest",
+            name="last_escalation_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='stage',
-            name='escalate_after',
-            field=models.DurationField(blank=True, help_text='A request pending longer than this is escalated to the stage admins (told once, then daily). Empty: never.', null=True, verbose_name='escalate after'),
+            model_name="stage",
+            name="escalate_after",
+            field=models.DurationField(
+                blank=True,
+                help_text="A request pending longer than this is escalated to the stage admins (told once, then daily). Empty: never.",
+                null=True,
+                verbose_name="escalate after",
+            ),
         ),
         migrations.AddField(
-            model_name='stage',
-            name='independent_validation',
-            field=models.BooleanField(default=False, help_text="No approver may be the version's author: its MLflow user, or its run's.", verbose_name='independent validators'),
+            model_name="stage",
+            name="independent_validation",
+            field=models.BooleanField(
+                default=False,
+                help_text="No approver may be the version's author: its MLflow user, or its run's.",
+                verbose_name="independent validators",
+            ),
         ),
         migrations.CreateModel(
-            name='Profile',
+            name="Profile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('mlflow_user', models.CharField(blank=True, default='', help_text="The user MLflow records on this person's runs and versions, if not their username.", max_length=256, verbose_name='MLflow user')),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='promotions_profile', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "mlflow_user",
+                    models.CharField(
+                        blank=True,
+                        default="",
+                        help_text="The user MLflow records on this person's runs and versions, if not their username.",
+                        max_length=256,
+                        verbose_name="MLflow user",
+                    ),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="promotions_profile",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
     ]

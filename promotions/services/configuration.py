@@ -30,12 +30,15 @@ STAGE_FIELDS = (
     "enforcement",
     "signature_required",
     "signature_meanings",
+    "escalate_after",
+    "independent_validation",
 )
 
 
 def stage_snapshot(stage: Stage) -> dict:
     data = {name: getattr(stage, name) for name in STAGE_FIELDS}
     data["request_ttl"] = str(data["request_ttl"])
+    data["escalate_after"] = str(data["escalate_after"]) if data["escalate_after"] is not None else None
     data["allowed_from"] = sorted(s.name for s in stage.allowed_from.all())
     data["approver_groups"] = sorted(g.name for g in stage.approver_groups.all())
     return data
@@ -87,6 +90,8 @@ def policy_lowered(before: dict, after: dict) -> list[str]:
         lowered.append("reachable from no stage")
     if before.get("signature_required") and not after["signature_required"]:
         lowered.append("decisions no longer signed")
+    if before.get("independent_validation") and not after["independent_validation"]:
+        lowered.append("the version's author may approve")
     return lowered
 
 
