@@ -316,6 +316,8 @@ PROMOTION_RETRY_CAP_SECONDS = min(
     envint("PROMOTION_RETRY_CAP_SECONDS", 120, minimum=1), CELERY_VISIBILITY_TIMEOUT // 4
 )
 EXPIRE_INTERVAL_SECONDS = envint("EXPIRE_INTERVAL_SECONDS", 300, minimum=5)
+# How often the worker looks for requests pending past their stage's escalate_after.
+PROMOTION_ESCALATE_INTERVAL_SECONDS = envint("PROMOTION_ESCALATE_INTERVAL_SECONDS", 300, minimum=5)
 # Approvals are bound to the model's files: the worker records every file's SHA-256 when a
 # request is filed, and at apply time checks the files again. `full` hashes every file again;
 # `quick` compares all sizes and hashes only MLmodel and files of at most
@@ -432,6 +434,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(PROMOTION_SWEEP_INTERVAL_SECONDS),
     },
     "expire-requests": {"task": "promotions.expire_requests", "schedule": float(EXPIRE_INTERVAL_SECONDS)},
+    "escalate-requests": {
+        "task": "promotions.escalate_requests",
+        "schedule": float(PROMOTION_ESCALATE_INTERVAL_SECONDS),
+    },
     "sweep-webhook-deliveries": {
         "task": "promotions.sweep_deliveries",
         "schedule": float(WEBHOOK_SWEEP_INTERVAL_SECONDS),

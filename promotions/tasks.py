@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from datetime import datetime
 
 from celery import shared_task
 from django.conf import settings
@@ -12,7 +13,7 @@ from django.utils import timezone
 from promotions import audit, services
 from promotions.errors import TransientApplyError
 from promotions.models import WorkerHeartbeat
-from promotions.services import enforcement, manifest
+from promotions.services import enforcement, escalation, manifest
 from promotions.services.lifecycle import APPLY_TASK
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,18 @@ def sweep_requests() -> int:
 @shared_task(name="promotions.expire_requests")
 def expire_requests() -> int:
     return services.requests_expire()
+
+
+@shared_task(name="promotions.escalate_requests")
+def escalate_requests(now: str | None = None) -> int:
+    """Tell the stage admins of requests waiting too long. `now` (ISO 8601 with a timezone) is
+    a clock to run against instead of the worker's: the beat sends none."""
+    at = None
+    if now is not None:
+        at = datetime.fromisoformat(now)
+        if at.tzinfo is None:
+            raise ValueError(f"now={now!r} has no timezone")
+    return escalation.requests_escalate(now=at)
 
 
 @shared_task(name="promotions.seal_audit_log")
