@@ -81,6 +81,16 @@ def authorship(user, version) -> str:
     return next((name for name in authors if name.strip().lower() in names), "")
 
 
+def _reviewer_authored(version) -> Q:
+    """SQL for "the review's reviewer made `version`": the twin of `authorship` over reviews."""
+    authored = Q(pk__in=[])
+    for name in {n for n in (version.user_id, version.run_user) if n and n.strip()}:
+        authored |= Q(reviewer__username__iexact=name) | Q(
+            reviewer__promotions_profile__mlflow_user__iexact=name
+        )
+    return authored
+
+
 def _authored_by(user):
     """SQL for "the request's version was made by `user`": the twin of `authorship`."""
     username = user.get_username()
@@ -164,22 +174,27 @@ def approval_counts(review: Review, request: PromotionRequest) -> bool:
         and reviewer is not None
         and reviewer.is_active
         and may_approve_for(reviewer, request)
+        and not (request.stage.independent_validation and authorship(reviewer, request.version))
     )
 
 
 def counting_approvals(request: PromotionRequest) -> list[Review]:
     """The approvals for which `approval_counts` holds, in one query whatever the number of
-    reviewers: membership of the stage's groups and of the filing-time groups is asked in SQL."""
+    reviewers: membership of the stage's groups and of the filing-time groups, and on a stage
+    with independent validators authorship of the version, are asked in SQL."""
     memberships = get_user_model().groups.through.objects.filter(user_id=OuterRef("reviewer_id"))
     stage_groups = Stage.approver_groups.through.objects.filter(stage_id=request.stage_id)
     filed_with = PromotionRequest.approver_groups_at_filing.through.objects.filter(
         promotionrequest_id=request.pk
     )
+    reviews = Review.objects.filter(
+        request=request, decision=Review.Decision.APPROVE, stale=False, reviewer__is_active=True
+    )
+    if request.stage.independent_validation:
+        # An approval the version's author gave before the stage asked for independence stops counting.
+        reviews = reviews.exclude(_reviewer_authored(request.version))
     return list(
-        Review.objects.filter(
-            request=request, decision=Review.Decision.APPROVE, stale=False, reviewer__is_active=True
-        )
-        .filter(Exists(memberships.filter(group_id__in=stage_groups.values("group_id"))))
+        reviews.filter(Exists(memberships.filter(group_id__in=stage_groups.values("group_id"))))
         .filter(~Exists(filed_with) | Exists(memberships.filter(group_id__in=filed_with.values("group_id"))))
         .select_related("reviewer")
         .order_by("created_at", "pk")

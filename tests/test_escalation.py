@@ -21,6 +21,7 @@ from promotions.services.escalation import requests_escalate
 from promotions.tasks import escalate_requests
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.test_api import api_client
 
 pytestmark = pytest.mark.django_db
 Status = PromotionRequest.Status
@@ -178,3 +179,12 @@ def test_a_worker_escalates_with_the_clock_the_task_is_sent(celery_worker, reque
     request.refresh_from_db()
     assert request.escalated_at.isoformat() == later
     assert request.status == Status.PENDING
+
+
+def test_the_api_shows_the_wait_and_when_a_request_was_escalated(escalating, requester):
+    request = file(requester, days_ago=3)
+    requests_escalate()
+    client = api_client(requester)
+    production = client.get("/api/stages/Production").json()
+    assert production["escalate_after_seconds"] == 2 * 86400
+    assert client.get(f"/api/requests/{request.pk}").json()["escalated_at"] is not None

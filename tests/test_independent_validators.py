@@ -203,3 +203,18 @@ def test_a_profile_change_is_audited(stage_admin, reviewer):
     event = AuditEvent.objects.get(action="user.profile_changed")
     assert event.details["mlflow_user"] == {"before": "", "after": "r.tester"}
     assert event.actor_username == "sam"
+
+
+def test_an_approval_the_author_gave_before_the_rule_stops_counting(requester, reviewer, reviewer2):
+    Stage.objects.filter(name="Production").update(required_approvals=2)
+    Profile.objects.create(user=reviewer2, mlflow_user="")
+    request = file(requester, run_user="rex")
+    services.review_approve(request=request, reviewer=reviewer)
+    services.review_approve(request=request, reviewer=make_user("vera", "Reviewers"))
+    request.refresh_from_db()
+    assert len(policy.counting_approvals(request)) == 2
+    Stage.objects.filter(name="Production").update(independent_validation=True)
+    request.refresh_from_db()
+    counting = policy.counting_approvals(request)
+    assert [r.reviewer.username for r in counting] == ["vera"]
+    assert [policy.approval_counts(r, request) for r in request.reviews.order_by("pk")] == [False, True]
