@@ -123,3 +123,19 @@ def test_a_request_page_on_a_signing_stage_costs_no_more(
         response = client.get(f"/requests/{requests[0].pk}/")
     html = response.content.decode()
     assert 'name="signature_token"' in html and "Signed by Rex (rex)" in html
+
+
+@pytest.mark.parametrize("tab", ["mine", "open"])
+def test_the_queue_costs_no_more_with_independent_validators_and_escalations(
+    client, requester, reviewer, reviewer2, django_assert_num_queries, tab
+):
+    requests = fill(10, requester, reviewer)
+    Stage.objects.filter(name="Production").update(independent_validation=True)
+    ModelVersion.objects.filter(pk__in=[r.version_id for r in requests[:3]]).update(run_user="RITA")
+    PromotionRequest.objects.filter(pk__in=[r.pk for r in requests[3:6]]).update(
+        escalated_at=timezone.now(), last_escalation_at=timezone.now()
+    )
+    client.force_login(reviewer2)
+    with django_assert_num_queries({"mine": 11, "open": 13}[tab]):
+        response = client.get(f"/?tab={tab}")
+    assert "Escalated · waiting" in response.content.decode()
