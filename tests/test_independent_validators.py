@@ -14,6 +14,7 @@ from promotions.models import AuditEvent, Profile, Review, Stage
 from promotions.services import people
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.registry_helpers import make_version
 
 pytestmark = pytest.mark.django_db
 
@@ -218,3 +219,15 @@ def test_an_approval_the_author_gave_before_the_rule_stops_counting(requester, r
     counting = policy.counting_approvals(request)
     assert [r.reviewer.username for r in counting] == ["vera"]
     assert [policy.approval_counts(r, request) for r in request.reviews.order_by("pk")] == [False, True]
+
+
+def test_a_version_logged_in_mlflow_by_the_reviewer_is_theirs(registry, model_name, requester, reviewer):
+    Stage.objects.filter(name="Staging").update(independent_validation=True)
+    make_version(registry.client(), model_name, user="Rex")
+    request = services.promotion_request_file(
+        model_name=model_name, version=1, stage_name="Staging", requested_by=requester, justification="x"
+    )
+    assert request.version.run_user == "Rex"  # filled by the sync the filing ran
+    assert policy.decide_refusal(reviewer, request).message == (
+        "You are the author of this version (MLflow user 'Rex'); Staging needs an independent validator."
+    )
