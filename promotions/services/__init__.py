@@ -13,6 +13,7 @@ from promotions.services.decisions import (
     review_approve,
     review_reject,
 )
+from promotions.services.escalation import request_escalate, requests_escalate
 from promotions.services.evidence import build_evidence, requests_refresh_evidence
 from promotions.services.filing import (
     pipeline_continue,
@@ -38,9 +39,11 @@ __all__ = [
     "promotion_request_file",
     "promotion_requests_create_passing",
     "request_cancel",
+    "request_escalate",
     "request_manifest_compute",
     "request_retry",
     "requester_required",
+    "requests_escalate",
     "requests_expire",
     "requests_refresh_evidence",
     "requests_sweep",
