@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from bench.common import wait_until
@@ -188,3 +189,41 @@ def test_the_api_shows_the_wait_and_when_a_request_was_escalated(escalating, req
     production = client.get("/api/stages/Production").json()
     assert production["escalate_after_seconds"] == 2 * 86400
     assert client.get(f"/api/requests/{request.pk}").json()["escalated_at"] is not None
+
+
+def production_form(**overrides):
+    production = stage("Production")
+    data = {
+        "name": "Production",
+        "position": str(production.position),
+        "mlflow_stage": "Production",
+        "archive_existing": "on",
+        "required_approvals": str(production.required_approvals),
+        "approver_groups": [str(g.pk) for g in production.approver_groups.all()],
+        "checks": production.checks,
+        "request_ttl": "7 00:00:00",
+        "is_active": "on",
+        "enforcement": "detect",
+        **overrides,
+    }
+    return data
+
+
+@pytest.mark.parametrize(
+    "wait, error",
+    [("-1 00:00:00", "Escalation needs a positive wait"), ("soon", "Enter a valid duration")],
+)
+def test_the_stage_admin_form_sets_the_wait_audited_and_refuses_a_bad_one(client, stage_admin, wait, error):
+    stage_admin.user_permissions.set(Permission.objects.filter(codename__endswith="_stage"))
+    client.force_login(stage_admin)
+    production = stage("Production")
+    url = f"/admin/promotions/stage/{production.pk}/change/"
+    response = client.post(url, production_form(escalate_after="2 00:00:00"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert stage("Production").escalate_after == timedelta(days=2)
+    change = AuditEvent.objects.get(action="stage.changed").details["changes"]["escalate_after"]
+    assert change == {"before": None, "after": "2 days, 0:00:00"}
+    refused = client.post(url, production_form(escalate_after=wait))
+    assert refused.status_code == 200
+    assert error in refused.content.decode()
+    assert stage("Production").escalate_after == timedelta(days=2)
