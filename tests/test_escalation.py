@@ -147,7 +147,7 @@ def test_the_queue_and_the_request_page_say_it_in_red_words(client, escalating, 
     assert "Escalated · waiting 3 days" in page
 
 
-def test_the_catalog_page_and_the_stage_admin_form_carry_the_wait(client, escalating, requester):
+def test_the_catalog_page_says_the_wait_in_words(client, escalating, requester):
     client.force_login(requester)
     html = client.get("/stages/").content.decode()
     assert "a request pending longer than 2 days is escalated to the stage admins" in html
