@@ -316,6 +316,8 @@ EXPIRE_INTERVAL_SECONDS = envint("EXPIRE_INTERVAL_SECONDS", 300, minimum=5)
 # How often the beat releases scheduled requests whose deployment window has opened: a request
 # is applied at most one interval (plus the apply itself) after its window opens.
 PROMOTION_SCHEDULE_INTERVAL_SECONDS = envint("PROMOTION_SCHEDULE_INTERVAL_SECONDS", 30, minimum=1)
+# How often the worker looks for requests pending past their stage's escalate_after.
+PROMOTION_ESCALATE_INTERVAL_SECONDS = envint("PROMOTION_ESCALATE_INTERVAL_SECONDS", 300, minimum=5)
 # Approvals are bound to the model's files: the worker records every file's SHA-256 when a
 # request is filed, and at apply time checks the files again. `full` hashes every file again;
 # `quick` compares all sizes and hashes only MLmodel and files of at most
@@ -442,6 +444,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "promotions.release_scheduled",
         "schedule": float(PROMOTION_SCHEDULE_INTERVAL_SECONDS),
         "options": {"expires": float(PROMOTION_SCHEDULE_INTERVAL_SECONDS)},
+    },
+    "escalate-requests": {
+        "task": "promotions.escalate_requests",
+        "schedule": float(PROMOTION_ESCALATE_INTERVAL_SECONDS),
     },
     "sweep-webhook-deliveries": {
         "task": "promotions.sweep_deliveries",

@@ -21,11 +21,12 @@ from promotions.models import (
     Freeze,
     OutboundDelivery,
     OutboundEmail,
+    Profile,
     PromotionRequest,
     Stage,
     WebhookEndpoint,
 )
-from promotions.services import configuration, scheduling
+from promotions.services import configuration, people, scheduling
 from promotions.services.configuration import STAGE_FIELDS
 
 # MLflow's own rule for alias names, plus its reserved words.
@@ -137,6 +138,9 @@ class StageForm(forms.ModelForm):
         ttl = data.get("request_ttl")
         if ttl is not None and ttl.total_seconds() <= 0:
             self.add_error("request_ttl", "The TTL must be positive.")
+        escalate_after = data.get("escalate_after")
+        if escalate_after is not None and escalate_after.total_seconds() <= 0:
+            self.add_error("escalate_after", "Escalation needs a positive wait; leave it empty for none.")
         return data
 
 
@@ -223,6 +227,20 @@ class PromotionRequestAdmin(ReadOnly, admin.ModelAdmin):
 class AuditEventAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ("sequence", "created_at", "actor_name", "action", "meaning")
     list_filter = ("action",)
+
+
+@admin.register(Profile)
+class ProfileAdmin(admin.ModelAdmin):
+    """The MLflow user of a person, when MLflow knows them by another name than their username:
+    stages with independent validators compare it with the version's authors."""
+
+    list_display = ("user", "mlflow_user")
+    search_fields = ("user__username", "mlflow_user")
+    raw_id_fields = ("user",)
+    fields = ("user", "mlflow_user")
+
+    def save_model(self, request, obj, form, change):
+        people.profile_save(form=form, actor=request.user)
 
 
 # --- outbound webhooks ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ goes through the same services as the pages; the API only parses, calls and rend
 
 Errors are `{"code", "message"}` (plus `errors` for field errors): 401 no or bad token, 403 a
 valid token without the role (`signature_required` for a decision on a stage that requires an
-electronic signature: those are made on the request page, with the password), 404 unknown ids
+electronic signature: those are made on the request page, with the password; `not_independent`
+for a decision by the version's author on a stage with independent validators), 404 unknown ids
 (only ever after the role check, so existence never leaks), 409 already decided or duplicate,
 413 body too large, 422 malformed or invalid, 503 `registry_unavailable` when filing cannot ask
 MLflow (nothing filed; try again later).
@@ -427,6 +428,9 @@ class RequestOut(Schema):
     created_at: datetime
     updated_at: datetime
     expires_at: datetime
+    escalated_at: datetime | None = Field(
+        description="When the stage admins were first told the request waits too long; null if never."
+    )
     decided_at: datetime | None
     applied_at: datetime | None
     emergency: EmergencyOut | None = Field(
@@ -486,6 +490,10 @@ class StageOut(Schema):
     emergency_allowed: bool = Field(
         description="Stage admins may apply a pending request at once (POST /requests/{id}/emergency)."
     )
+    escalate_after_seconds: int | None = Field(
+        description="A request pending longer is escalated to the stage admins; null: never."
+    )
+    independent_validation: bool = Field(description="No approver may be the version's author.")
 
 
 class VersionOut(Schema):
@@ -584,6 +592,7 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
         "created_at": promotion.created_at,
         "updated_at": promotion.updated_at,
         "expires_at": promotion.expires_at,
+        "escalated_at": promotion.escalated_at,
         "decided_at": promotion.decided_at,
         "applied_at": promotion.applied_at,
         "emergency": _emergency_out(promotion),
@@ -646,6 +655,8 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
         "window_time_zone": stage.window_time_zone,
         "deployment_windows": [line for line in stage.deployment_windows.splitlines() if line.strip()],
         "emergency_allowed": stage.emergency_allowed,
+        "escalate_after_seconds": int(stage.escalate_after.total_seconds()) if stage.escalate_after else None,
+        "independent_validation": stage.independent_validation,
     }
 
 
@@ -762,7 +773,8 @@ def request_get(request, request_id: RequestId):
     "/requests/{request_id}/approve", response={200: RequestOut, **_errors(404, 409, 413)}, tags=["requests"]
 )
 def request_approve(request, request_id: RequestId, payload: DecisionIn | None = None):
-    """Approve as the token's user (an approver of the stage, not the requester). On a stage that
+    """Approve as the token's user (an approver of the stage, not the requester, and on a stage
+    with independent validators not the version's author: 403 `not_independent`). On a stage that
     requires a signature (`signature_required`) the answer is 403 `signature_required`: a token
     proves the pipeline, not the person, so signed decisions are made on the request page."""
     promotion = _get_request_for_user(request, request_id)

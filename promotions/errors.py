@@ -66,6 +66,13 @@ class NotAllowed(PromotionError):
     http_status = 403
 
 
+class NotIndependent(NotAllowed):
+    """The reviewer made the version (its MLflow user, or its run's) and the stage requires
+    independent validators."""
+
+    code = "not_independent"
+
+
 class SignatureRequired(NotAllowed):
     """The stage requires an electronic signature, which only the decision page takes: a token
     proves the pipeline, not the person at the keyboard."""

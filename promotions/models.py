@@ -118,6 +118,19 @@ class Stage(models.Model):
         "Scheduled and is applied when the next one opens. Empty: any time.",
     )
 
+    escalate_after = models.DurationField(
+        "escalate after",
+        null=True,
+        blank=True,
+        help_text="A request pending longer than this is escalated to the stage admins (told once, "
+        "then daily). Empty: never.",
+    )
+    independent_validation = models.BooleanField(
+        "independent validators",
+        default=False,
+        help_text="No approver may be the version's author: its MLflow user, or its run's.",
+    )
+
     class Meta:
         ordering = ["position", "name"]
         constraints = [models.UniqueConstraint(Lower("name"), name="stage_name_ci_unique")]
@@ -262,6 +275,10 @@ class PromotionRequest(models.Model):
     review_due_at = models.DateTimeField(null=True, blank=True)
     review_completed_at = models.DateTimeField(null=True, blank=True)
     review_reminded_at = models.DateTimeField(null=True, blank=True)
+    # Pending past the stage's escalate_after: when the stage admins were first told, and last
+    # told (they are told again a day later while it still waits). Set by compare-and-set.
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    last_escalation_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -280,6 +297,11 @@ class PromotionRequest(models.Model):
     @property
     def checks_passed(self) -> int:
         return sum(1 for result in self.check_results if result.get("passed"))
+
+    @property
+    def is_escalated(self) -> bool:
+        """Still pending, and the stage admins have been told it waits too long."""
+        return self.status == self.Status.PENDING and self.escalated_at is not None
 
     @property
     def is_emergency(self) -> bool:
@@ -375,6 +397,25 @@ class Review(models.Model):
             signed_at=self.signed_at,
             meaning=self.signed_meaning,
         )
+
+
+class Profile(models.Model):
+    """What the product knows of a person beyond Django's user: the name MLflow knows them by,
+    when it is not their username (independent validators are compared with both)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="promotions_profile"
+    )
+    mlflow_user = models.CharField(
+        "MLflow user",
+        max_length=256,
+        blank=True,
+        default="",
+        help_text="The user MLflow records on this person's runs and versions, if not their username.",
+    )
+
+    def __str__(self) -> str:
+        return f"profile of {self.user}"
 
 
 class SignatureNonce(models.Model):
@@ -514,6 +555,7 @@ class ApiToken(models.Model):
 
 WEBHOOK_EVENTS = (
     "request.created",
+    "request.escalated",
     "request.approved",
     "request.rejected",
     "request.cancelled",

@@ -44,6 +44,7 @@ from promotions.models import (
     Review,
     WebhookEndpoint,
 )
+from promotions.templatetags.promotions_tags import duration
 from registry_sync.models import DriftEvent
 from registry_sync.webhooks import sign
 
@@ -64,6 +65,7 @@ _EMERGENCY_EVENTS = ("promotion.emergency", RETROSPECTIVE_OVERDUE)
 
 _VERBS = {
     "request.created": "Requested",
+    "request.escalated": "Escalated",
     "request.approved": "Approved",
     "request.rejected": "Rejected",
     "request.cancelled": "Cancelled",
@@ -162,6 +164,8 @@ def _slack_escape(text: str) -> str:
 def _reason(event: str, request: PromotionRequest) -> str:
     if event in _EMERGENCY_EVENTS:
         return request.emergency_reason
+    if event == "request.escalated":
+        return _waiting(request)
     if event == "promotion.failed":
         return request.last_error
     if event == "request.rejected":
@@ -286,6 +290,20 @@ def registry_email_send(*, event: str, drift_event_id: int) -> int:
 # --- e-mail -----------------------------------------------------------------------------------
 
 
+def _waiting(request: PromotionRequest) -> str:
+    """'waiting 3 days (Production escalates after 2 days)': the words of an escalation."""
+    waited = duration(timezone.now() - request.created_at)
+    after = request.stage.escalate_after
+    return f"waiting {waited}" + (
+        f" ({request.stage.name} escalates after {duration(after)})" if after else ""
+    )
+
+
+def _stage_admin_addresses() -> list[str]:
+    users = get_user_model().objects.filter(is_active=True, groups__name=roles.STAGE_ADMINS).exclude(email="")
+    return sorted({user.email for user in users})
+
+
 def _approver_addresses(request: PromotionRequest) -> list[str]:
     users = (
         get_user_model()
@@ -328,12 +346,15 @@ def _emergency_addresses(request: PromotionRequest) -> list[str]:
 
 
 def event_recipients(event: str, request: PromotionRequest) -> list[str]:
-    """Approvers hear about new requests that wait for them; the requester hears the rest.
-    Emergency changes, and their overdue reviews, go to the approvers and the auditors."""
+    """Approvers hear about new requests that wait for them, the stage admins about requests that
+    wait too long (escalated); the requester hears the rest. Emergency changes, and their overdue
+    reviews, go to the approvers and the auditors."""
     if event in _EMERGENCY_EVENTS:
         return _emergency_addresses(request)
     if event == "request.created":
         return _approver_addresses(request) if request.stage.required_approvals > 0 else []
+    if event == "request.escalated":
+        return _stage_admin_addresses()
     return _requester_address(event, request)
 
 

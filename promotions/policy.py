@@ -14,10 +14,11 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Lower
 
 from promotions import roles
 from promotions.errors import ManifestFailed, ManifestPending
-from promotions.models import ManifestState, PromotionRequest, RetrospectiveReview, Review, Stage
+from promotions.models import ManifestState, Profile, PromotionRequest, RetrospectiveReview, Review, Stage
 
 # --- roles ------------------------------------------------------------------------------------
 
@@ -54,6 +55,55 @@ def may_approve_for(user, request: PromotionRequest) -> bool:
 class Refusal:
     reason: str  # for the audit log
     message: str  # for the person refused
+    code: str = "forbidden"  # for the API: what a pipeline may tell apart
+
+
+NOT_INDEPENDENT = "not_independent"
+
+
+def mlflow_names(user) -> set[str]:
+    """The names MLflow may know `user` by, lower-cased: the username, and the profile's
+    MLflow user when one is set."""
+    names = {user.get_username().lower()}
+    profile = Profile.objects.filter(user_id=user.pk).values_list("mlflow_user", flat=True).first()
+    if profile and profile.strip():
+        names.add(profile.strip().lower())
+    return names
+
+
+def authorship(user, version) -> str:
+    """The MLflow user by which `user` is an author of `version` ("" when they are not one): the
+    version's own user_id, or its run's user, compared without case."""
+    authors = [name for name in (version.user_id, version.run_user) if name and name.strip()]
+    if not authors:
+        return ""
+    names = mlflow_names(user)
+    return next((name for name in authors if name.strip().lower() in names), "")
+
+
+def _reviewer_authored(version) -> Q:
+    """SQL for "the review's reviewer made `version`": the twin of `authorship` over reviews."""
+    authored = Q(pk__in=[])
+    for name in {n for n in (version.user_id, version.run_user) if n and n.strip()}:
+        authored |= Q(reviewer__username__iexact=name) | Q(
+            reviewer__promotions_profile__mlflow_user__iexact=name
+        )
+    return authored
+
+
+def _authored_by(user):
+    """SQL for "the request's version was made by `user`": the twin of `authorship`."""
+    username = user.get_username()
+    # Lower() = Lower(), not iexact: iexact against a column is a LIKE whose '_' matches anything.
+    profile = (
+        Profile.objects.filter(user_id=user.pk).exclude(mlflow_user="").annotate(name=Lower("mlflow_user"))
+    )
+    return (
+        Q(version__user_id__iexact=username)
+        | Q(version__run_user__iexact=username)
+        | Exists(profile.filter(name=Lower(OuterRef("version__user_id"))))
+        | Exists(profile.filter(name=Lower(OuterRef("version__run_user"))))
+    )
 
 
 def decide_refusal(user, request: PromotionRequest) -> Refusal | None:
@@ -70,6 +120,16 @@ def decide_refusal(user, request: PromotionRequest) -> Refusal | None:
             "not an approver of the stage",
             f"Only members of {groups} may review requests to {request.stage.name}.",
         )
+    if request.stage.independent_validation:
+        author = authorship(user, request.version)
+        if author:
+            # Rejecting is refused as well: the author takes no part in the decision (README).
+            return Refusal(
+                "author of the version",
+                f"You are the author of this version (MLflow user '{author}'); "
+                f"{request.stage.name} needs an independent validator.",
+                NOT_INDEPENDENT,
+            )
     return None
 
 
@@ -114,22 +174,27 @@ def approval_counts(review: Review, request: PromotionRequest) -> bool:
         and reviewer is not None
         and reviewer.is_active
         and may_approve_for(reviewer, request)
+        and not (request.stage.independent_validation and authorship(reviewer, request.version))
     )
 
 
 def counting_approvals(request: PromotionRequest) -> list[Review]:
     """The approvals for which `approval_counts` holds, in one query whatever the number of
-    reviewers: membership of the stage's groups and of the filing-time groups is asked in SQL."""
+    reviewers: membership of the stage's groups and of the filing-time groups, and on a stage
+    with independent validators authorship of the version, are asked in SQL."""
     memberships = get_user_model().groups.through.objects.filter(user_id=OuterRef("reviewer_id"))
     stage_groups = Stage.approver_groups.through.objects.filter(stage_id=request.stage_id)
     filed_with = PromotionRequest.approver_groups_at_filing.through.objects.filter(
         promotionrequest_id=request.pk
     )
+    reviews = Review.objects.filter(
+        request=request, decision=Review.Decision.APPROVE, stale=False, reviewer__is_active=True
+    )
+    if request.stage.independent_validation:
+        # An approval the version's author gave before the stage asked for independence stops counting.
+        reviews = reviews.exclude(_reviewer_authored(request.version))
     return list(
-        Review.objects.filter(
-            request=request, decision=Review.Decision.APPROVE, stale=False, reviewer__is_active=True
-        )
-        .filter(Exists(memberships.filter(group_id__in=stage_groups.values("group_id"))))
+        reviews.filter(Exists(memberships.filter(group_id__in=stage_groups.values("group_id"))))
         .filter(~Exists(filed_with) | Exists(memberships.filter(group_id__in=filed_with.values("group_id"))))
         .select_related("reviewer")
         .order_by("created_at", "pk")
@@ -262,6 +327,7 @@ def decidable_requests(user) -> QuerySet[PromotionRequest]:
         )
         .exclude(requested_by=user)
         .exclude(pk__in=already_reviewed)
+        .exclude(Q(stage__independent_validation=True) & _authored_by(user))
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from datetime import datetime
 
 from celery import shared_task
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.utils.dateparse import parse_datetime
 from promotions import audit, services
 from promotions.errors import TransientApplyError
 from promotions.models import WorkerHeartbeat
-from promotions.services import emergency, enforcement, manifest, scheduling
+from promotions.services import emergency, enforcement, escalation, manifest, scheduling
 from promotions.services.lifecycle import APPLY_TASK
 
 logger = logging.getLogger(__name__)
@@ -96,16 +97,27 @@ def expire_requests() -> int:
     return services.requests_expire()
 
 
+def _clock(now: str | None) -> datetime | None:
+    """A beat task's `now`: an ISO 8601 time with its offset, standing in for the worker's clock
+    (how a test moves time for a real worker); None, as the beat sends, is the clock itself."""
+    if not now:
+        return None
+    moment = parse_datetime(now)
+    if moment is None or timezone.is_naive(moment):
+        raise ValueError(f"now must be an ISO 8601 time with an offset, not {now[:40]!r}")
+    return moment
+
+
 @shared_task(name="promotions.release_scheduled")
 def release_scheduled(now: str | None = None) -> list[int]:
-    """Release the scheduled requests whose window opened. `now` (ISO 8601 with an offset) is
-    the clock of the decision when given: how a test moves time for a real worker."""
-    moment = None
-    if now:
-        moment = parse_datetime(now)
-        if moment is None or timezone.is_naive(moment):
-            raise ValueError(f"now must be an ISO 8601 time with an offset, not {now[:40]!r}")
-    return scheduling.scheduled_release(now=moment)
+    """Release the scheduled requests whose window opened."""
+    return scheduling.scheduled_release(now=_clock(now))
+
+
+@shared_task(name="promotions.escalate_requests")
+def escalate_requests(now: str | None = None) -> int:
+    """Tell the stage admins of requests waiting too long."""
+    return escalation.requests_escalate(now=_clock(now))
 
 
 @shared_task(name="promotions.seal_audit_log")
@@ -117,9 +129,5 @@ def seal_audit_log() -> int | None:
 
 @shared_task(name=emergency.REMIND_TASK)
 def remind_retrospective_reviews(now: str | None = None) -> list[int]:
-    """Remind the overdue retrospective reviews. `now` (ISO 8601, with its offset) stands in for
-    the clock, so that the reminders can be driven through a real worker."""
-    moment = parse_datetime(now) if now else None
-    if now and (moment is None or moment.tzinfo is None):
-        raise ValueError(f"now={now!r} is not an ISO 8601 time with an offset")
-    return services.retrospective_reviews_remind(now=moment)
+    """Remind the overdue retrospective reviews."""
+    return services.retrospective_reviews_remind(now=_clock(now))

@@ -250,6 +250,14 @@ def _detail_context(
     already = any(r.reviewer_id == user.pk and not r.stale for r in reviews)
     may_decide = policy.may_decide(user, promotion, reviews=reviews)
     signing = promotion.stage.signature_required and may_decide
+    # Why not, beside a disabled Approve, when the reason is the stage's independence rule.
+    refused = None
+    if (
+        not may_decide
+        and promotion.status == PromotionRequest.Status.PENDING
+        and promotion.stage.independent_validation
+    ):
+        refused = policy.decide_refusal(user, promotion)
     return {
         "promotion": promotion,
         "reviews": reviews,
@@ -266,6 +274,7 @@ def _detail_context(
         else "",
         "rejection_meaning": REJECTION_MEANING,
         "already_reviewed": already,
+        "not_independent": refused.message if refused and refused.code == policy.NOT_INDEPENDENT else "",
         "is_requester": promotion.requested_by_id == user.pk,
         "may_cancel": promotion.status in ("pending", "approved", "scheduled")
         and policy.may_cancel(user, promotion),

@@ -116,12 +116,21 @@ class ModelVersionInfo:
     aliases: list[str]
     creation_timestamp: int | None
     last_updated_timestamp: int | None
+    user_id: str = ""  # who MLflow says created the version ("" when it records nobody)
 
 
 @dataclass(frozen=True)
 class RunData:
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
+    user: str = ""  # who ran it: the run's mlflow.user tag, else its user_id
+
+
+def _run_data(run) -> RunData:
+    user = run.data.tags.get("mlflow.user") or run.info.user_id or ""
+    # MLflow's client writes "unknown" when it was told no user: that names nobody.
+    user = "" if user == "unknown" else user
+    return RunData(metrics=dict(run.data.metrics), params=dict(run.data.params), user=user)
 
 
 def _client() -> MlflowClient:
@@ -243,6 +252,7 @@ def _version_info(mv) -> ModelVersionInfo:
         aliases=sorted(mv.aliases or []),
         creation_timestamp=mv.creation_timestamp,
         last_updated_timestamp=mv.last_updated_timestamp,
+        user_id=mv.user_id or "",
     )
 
 
@@ -316,7 +326,7 @@ def get_run_data(run_id: str) -> RunData:
         if isinstance(error, (ModelNotFound, VersionNotFound)):
             return RunData()  # the run was deleted; the version still exists
         raise error from exc
-    return RunData(metrics=dict(run.data.metrics), params=dict(run.data.params))
+    return _run_data(run)
 
 
 # --- the version's model files ---------------------------------------------------------------
@@ -672,7 +682,7 @@ def mlflow_version() -> str:
 
 
 def get_runs_data(run_ids: list[str], *, batch_size: int = 100) -> dict[str, RunData]:
-    """Metrics and params of many runs in a few calls (search_runs with run_id IN (...))."""
+    """Metrics, params and users of many runs in a few calls (search_runs with run_id IN (...))."""
     wanted = sorted({run_id for run_id in run_ids if run_id})
     if not wanted:
         return {}
@@ -692,9 +702,7 @@ def get_runs_data(run_ids: list[str], *, batch_size: int = 100) -> dict[str, Run
                     page_token=token,
                 )
                 for run in page:
-                    found[run.info.run_id] = RunData(
-                        metrics=dict(run.data.metrics), params=dict(run.data.params)
-                    )
+                    found[run.info.run_id] = _run_data(run)
                 token = page.token
                 if not token:
                     break

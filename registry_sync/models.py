@@ -40,6 +40,11 @@ class ModelVersion(models.Model):
     tags = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     params = models.JSONField(default=dict, blank=True)
+    # Who made the version: MLflow's user_id on the version, and the run's user (its
+    # mlflow.user tag, else the run's user_id). Stages with independent validators compare
+    # approvers with both.
+    user_id = models.CharField(max_length=256, blank=True, default="")
+    run_user = models.CharField(max_length=256, blank=True, default="")
     creation_timestamp = models.BigIntegerField(null=True, blank=True)
     last_updated_timestamp = models.BigIntegerField(null=True, blank=True)
     is_deleted = models.BooleanField(default=False)

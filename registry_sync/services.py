@@ -46,6 +46,7 @@ VERSION_FIELDS = (
     "creation_timestamp",
     "last_updated_timestamp",
     "is_deleted",
+    "user_id",
 )
 WRITE_BATCH = 1000
 
@@ -243,6 +244,7 @@ def _plan_version_page(page, seen_models, alias_maps, seen_versions, *, full: bo
             "creation_timestamp": info.creation_timestamp,
             "last_updated_timestamp": info.last_updated_timestamp,
             "is_deleted": False,
+            "user_id": info.user_id,
         }
         row = existing.get((model.pk, info.version))
         if row is None:
@@ -267,8 +269,10 @@ def _plan_version_page(page, seen_models, alias_maps, seen_versions, *, full: bo
         runs = gateway.get_runs_data([row.run_id for row in need_run_data])
         for row in need_run_data:
             data = runs.get(row.run_id)
-            if data is not None and (row.metrics != data.metrics or row.params != data.params):
-                row.metrics, row.params = data.metrics, data.params
+            if data is not None and (
+                row.metrics != data.metrics or row.params != data.params or row.run_user != data.user
+            ):
+                row.metrics, row.params, row.run_user = data.metrics, data.params, data.user
                 if row.pk and id(row) not in queued:
                     plan.to_update.append(row)
     return plan
@@ -315,7 +319,9 @@ def _write_version_page(plan: _VersionPagePlan, stats: SyncStats) -> None:
         stats.created += len(plan.to_create)
     if plan.to_update:
         ModelVersion.objects.bulk_update(
-            plan.to_update, [*VERSION_FIELDS, "metrics", "params", "last_synced_at"], batch_size=WRITE_BATCH
+            plan.to_update,
+            [*VERSION_FIELDS, "metrics", "params", "run_user", "last_synced_at"],
+            batch_size=WRITE_BATCH,
         )
         stats.updated += len(plan.to_update)
         stats.changed_version_ids.update(row.pk for row in plan.to_update)

@@ -13,8 +13,10 @@ def experiment_id(client, name: str = "tests") -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def make_run(client, metrics: dict | None = None, params: dict | None = None) -> str:
-    run = client.create_run(experiment_id(client))
+def make_run(client, metrics: dict | None = None, params: dict | None = None, *, user: str = "") -> str:
+    """A run; `user` is who MLflow records as its author (the mlflow.user tag, as MLflow's own
+    fluent API sets it from LOGNAME)."""
+    run = client.create_run(experiment_id(client), tags={"mlflow.user": user} if user else None)
     now = int(time.time() * 1000)
     client.log_batch(
         run.info.run_id,
@@ -24,10 +26,10 @@ def make_run(client, metrics: dict | None = None, params: dict | None = None) ->
     return run.info.run_id
 
 
-def make_version(client, name: str, *, metrics=None, params=None, tags=None, run=True) -> int:
+def make_version(client, name: str, *, metrics=None, params=None, tags=None, run=True, user: str = "") -> int:
     if not _exists(client, name):
         client.create_registered_model(name)
-    run_id = make_run(client, metrics, params) if run else None
+    run_id = make_run(client, metrics, params, user=user) if run else None
     source = f"runs:/{run_id}/model" if run_id else "s3://tests/model"
     return int(client.create_model_version(name, source, run_id=run_id, tags=tags or {}).version)
 

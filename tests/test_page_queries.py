@@ -172,3 +172,19 @@ def test_the_emergency_changes_page(
         response = client.get("/audit/emergencies/")
     assert response.status_code == 200
     assert response.content.decode().count("data-overdue") == 0
+
+
+@pytest.mark.parametrize("tab", ["mine", "open"])
+def test_the_queue_costs_no_more_with_independent_validators_and_escalations(
+    client, requester, reviewer, reviewer2, django_assert_num_queries, tab
+):
+    requests = fill(10, requester, reviewer)
+    Stage.objects.filter(name="Production").update(independent_validation=True)
+    ModelVersion.objects.filter(pk__in=[r.version_id for r in requests[:3]]).update(run_user="RITA")
+    PromotionRequest.objects.filter(pk__in=[r.pk for r in requests[3:6]]).update(
+        escalated_at=timezone.now(), last_escalation_at=timezone.now()
+    )
+    client.force_login(reviewer2)
+    with django_assert_num_queries({"mine": 12, "open": 13}[tab]):
+        response = client.get(f"/?tab={tab}")
+    assert "Escalated · waiting" in response.content.decode()

@@ -13,6 +13,7 @@ from promotions.errors import DuplicateRequest, TransientApplyError
 from promotions.models import AuditEvent, Freeze, PromotionRequest, Stage
 from promotions.services import lifecycle, people, scheduling
 from registry_sync import gateway
+from tests.conftest import free_port
 from tests.factories import mirror_model, stage, version
 from tests.test_api import api_client
 from tests.test_stage_admin import form as stage_form
@@ -178,8 +179,16 @@ def test_a_freeze_added_after_the_approval_stops_the_worker_before_any_mlflow_ca
 
 
 def test_break_glass_takes_a_frozen_request_past_the_freeze_at_approval_and_at_the_worker(
-    sales, requester, reviewer, reviewer2, stage_admin, published, django_capture_on_commit_callbacks
+    sales,
+    requester,
+    reviewer,
+    reviewer2,
+    stage_admin,
+    published,
+    django_capture_on_commit_callbacks,
+    settings,
 ):
+    settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"  # nobody answers there
     freeze(reason="year-end close")
     request = approved(sales, requester, reviewer, reviewer2, django_capture_on_commit_callbacks)
     assert request.status == Status.SCHEDULED
@@ -191,7 +200,7 @@ def test_break_glass_takes_a_frozen_request_past_the_freeze_at_approval_and_at_t
     assert request.scheduled_for is None and request.hold_reason == ""
     assert published == [(lifecycle.APPLY_TASK, [request.pk])]
 
-    # No MLflow answers here: the attempt got past the freeze to MLflow, and waits to retry.
+    # The attempt got past the freeze to MLflow (which does not answer), and waits to retry.
     with pytest.raises(TransientApplyError):
         services.promotion_apply(request_id=request.pk)
     request.refresh_from_db()

@@ -182,3 +182,18 @@ def test_the_command_fails_with_the_reason_when_mlflow_is_down(settings):
     settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(CommandError, match="not answering"):
         call_command("sync_registry")
+
+
+def test_it_mirrors_who_made_the_version_from_its_run(registry, model_name):
+    client = registry.client()
+    by_riley = make_version(client, model_name, user="riley")
+    by_nobody = make_version(client, model_name)
+
+    sync(model_name)
+
+    rows = {v.version: v for v in ModelVersion.objects.filter(model__name=model_name)}
+    assert rows[by_riley].run_user == "riley"
+    # MLflow's client records "unknown" for a run told no user: the mirror says nobody.
+    assert rows[by_nobody].run_user == ""
+    # The local server has no sign-in, so MLflow names nobody on the version itself.
+    assert rows[by_riley].user_id == (client.get_model_version(model_name, str(by_riley)).user_id or "")

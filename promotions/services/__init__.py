@@ -18,6 +18,7 @@ from promotions.services.emergency import (
     retrospective_review_give,
     retrospective_reviews_remind,
 )
+from promotions.services.escalation import request_escalate, requests_escalate
 from promotions.services.evidence import build_evidence, requests_refresh_evidence
 from promotions.services.filing import (
     pipeline_continue,
@@ -44,9 +45,11 @@ __all__ = [
     "promotion_requests_create_passing",
     "request_break_glass",
     "request_cancel",
+    "request_escalate",
     "request_manifest_compute",
     "request_retry",
     "requester_required",
+    "requests_escalate",
     "requests_expire",
     "requests_refresh_evidence",
     "requests_sweep",

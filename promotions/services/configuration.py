@@ -33,12 +33,15 @@ STAGE_FIELDS = (
     "window_time_zone",
     "deployment_windows",
     "emergency_allowed",
+    "escalate_after",
+    "independent_validation",
 )
 
 
 def stage_snapshot(stage: Stage) -> dict:
     data = {name: getattr(stage, name) for name in STAGE_FIELDS}
     data["request_ttl"] = str(data["request_ttl"])
+    data["escalate_after"] = str(data["escalate_after"]) if data["escalate_after"] is not None else None
     data["allowed_from"] = sorted(s.name for s in stage.allowed_from.all())
     data["approver_groups"] = sorted(g.name for g in stage.approver_groups.all())
     return data
@@ -94,6 +97,8 @@ def policy_lowered(before: dict, after: dict) -> list[str]:
         lowered.append("decisions no longer signed")
     if after.get("emergency_allowed") and before.get("emergency_allowed") is False:
         lowered.append("emergency changes allowed (applied at once, reviewed afterwards)")
+    if before.get("independent_validation") and not after["independent_validation"]:
+        lowered.append("the version's author may approve")
     return lowered
 
 

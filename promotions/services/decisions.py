@@ -14,6 +14,8 @@ from promotions.errors import (
     DuplicateRequest,
     EvidenceChanged,
     InvalidRequest,
+    NotAllowed,
+    NotIndependent,
     SignatureRequired,
 )
 from promotions.models import MAX_TEXT, PromotionRequest, Review
@@ -36,7 +38,8 @@ Status = PromotionRequest.Status
 def _review_permission(request: PromotionRequest, reviewer, action: str) -> None:
     refused = policy.decide_refusal(reviewer, request)
     if refused is not None:
-        raise refusal(reviewer, request, action, refused.reason, refused.message)
+        error = NotIndependent if refused.code == policy.NOT_INDEPENDENT else NotAllowed
+        raise refusal(reviewer, request, action, refused.reason, refused.message, error=error)
 
 
 def _signature_required(

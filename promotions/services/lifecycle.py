@@ -37,8 +37,10 @@ def audit_context(request: PromotionRequest) -> dict:
     }
 
 
-def refusal(user, request: PromotionRequest, action: str, reason: str, message: str) -> NotAllowed:
-    """Audit `user`'s refused `action` on `request`; return the error to raise."""
+def refusal(
+    user, request: PromotionRequest, action: str, reason: str, message: str, *, error=NotAllowed
+) -> NotAllowed:
+    """Audit `user`'s refused `action` on `request`; return the error (`error`) to raise."""
     audit.record_denied(
         actor=user,
         what=f"{action} request #{request.pk}",
@@ -48,7 +50,7 @@ def refusal(user, request: PromotionRequest, action: str, reason: str, message: 
         to_stage=request.stage.name,
         request_id=request.pk,
     )
-    return NotAllowed(message)
+    return error(message)
 
 
 def request_lock(request_id: int) -> PromotionRequest:

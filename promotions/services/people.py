@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 
 from promotions import audit, policy
-from promotions.models import PromotionRequest, Review
+from promotions.models import Profile, PromotionRequest, Review
 from promotions.services.lifecycle import request_reopen
 
 Status = PromotionRequest.Status
@@ -42,6 +42,33 @@ def user_activation_changed(*, user, active: bool, actor) -> None:
         )
         if not active:
             approvals_recheck(user=user)
+
+
+def profile_save(*, form, actor):
+    """Save a validated profile form (the person's MLflow user) and record the change: it
+    decides on which versions they count as the author."""
+    with transaction.atomic():
+        existing = form.instance.pk is not None
+        before = (
+            Profile.objects.filter(pk=form.instance.pk).values_list("mlflow_user", flat=True).first()
+            if existing
+            else ""
+        )
+        profile = form.save()
+        if existing and before == profile.mlflow_user:
+            return profile
+        user = profile.user
+        audit.record(
+            action="user.profile_changed",
+            actor=actor,
+            meaning=f"{audit.printed_name(user)} ({user.get_username()}): MLflow user "
+            f"'{before or ''}' → '{profile.mlflow_user}'",
+            details={
+                "username": user.get_username(),
+                "mlflow_user": {"before": before, "after": profile.mlflow_user},
+            },
+        )
+    return profile
 
 
 def approvals_recheck(*, user) -> int:
