@@ -388,12 +388,26 @@ class RequestOut(Schema):
         description="When the worker tries to apply again after MLflow could not be reached; null otherwise."
     )
     reviews: list[ReviewOut]
+    risk_tier: str = Field(description="The model's risk tier now, '' for none (see rules).")
+    rules: RulesOut
     created_at: datetime
     updated_at: datetime
     expires_at: datetime
     decided_at: datetime | None
     applied_at: datetime | None
     url: str
+
+
+class RulesOut(Schema):
+    tier: str = Field(description="The model's risk tier now (its registered-model tag), '' for none.")
+    tier_at_filing: str = Field(description="The model's risk tier when the request was filed.")
+    approvals: int = Field(description="Approvals needed: the stricter of the stage's and the tiers' rules.")
+    required_groups: list[str] = Field(
+        description="Groups from each of which at least one approval must come."
+    )
+    signature_required: bool = Field(description="Decisions need an electronic signature (on the page).")
+    summary: str = Field(description="The rules in force in words.")
+    sentences: list[str] = Field(description="Where each part of the rules comes from, in words.")
 
 
 class RequestPageOut(Schema):
@@ -498,6 +512,7 @@ class AuditPageOut(Schema):
 def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
     reviews = list(promotion.reviews.all())
     retry = selectors.apply_retry(promotion)
+    rules = policy.rules_in_force(promotion)
     return {
         "id": promotion.pk,
         "status": promotion.status,
@@ -510,7 +525,7 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
         "justification": promotion.justification,
         "via": promotion.via,
         "approvals": sum(1 for r in reviews if r.decision == Review.Decision.APPROVE and not r.stale),
-        "required_approvals": promotion.stage.required_approvals,
+        "required_approvals": rules.approvals,
         "checks": promotion.check_results,
         "evidence": promotion.ci_evidence,
         "evidence_sha256": promotion.evidence_sha256,
@@ -530,6 +545,16 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
             }
             for r in reviews
         ],
+        "risk_tier": rules.tier,
+        "rules": {
+            "tier": rules.tier,
+            "tier_at_filing": rules.tier_at_filing,
+            "approvals": rules.approvals,
+            "required_groups": [name for _, name in rules.required_groups],
+            "signature_required": rules.signature_required,
+            "summary": rules.summary,
+            "sentences": list(rules.sentences),
+        },
         "created_at": promotion.created_at,
         "updated_at": promotion.updated_at,
         "expires_at": promotion.expires_at,
@@ -627,7 +652,10 @@ def request_list(
         .prefetch_related("reviews")
         .order_by("-created_at", "-id")[offset : offset + limit]
     )
-    return {"count": requests.count(), "items": [_request_out(p) for p in page]}
+    return {
+        "count": requests.count(),
+        "items": [_request_out(p) for p in selectors.with_tier_rules(list(page))],
+    }
 
 
 @api.post("/requests", response={201: RequestOut, **_errors(409, 413, 503)}, tags=["requests"])

@@ -32,7 +32,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from common.redact import redact, url_password
-from promotions import audit, catalog, outbox, roles, webhook_targets
+from promotions import audit, catalog, outbox, policy, roles, webhook_targets
 from promotions.models import (
     REGISTRY_EVENTS,
     WEBHOOK_EVENTS,
@@ -294,7 +294,7 @@ def _requester_address(event: str, request: PromotionRequest) -> list[str]:
 def event_recipients(event: str, request: PromotionRequest) -> list[str]:
     """Approvers hear about new requests that wait for them; the requester hears the rest."""
     if event == "request.created":
-        return _approver_addresses(request) if request.stage.required_approvals > 0 else []
+        return _approver_addresses(request) if policy.required_approvals(request) > 0 else []
     return _requester_address(event, request)
 
 

@@ -7,14 +7,22 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, Prefetch, Q, prefetch_related_objects
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
-from promotions import catalog, roles
+from promotions import catalog, policy, roles
 from promotions.model_changes import FileChanges, file_changes
-from promotions.models import AuditEvent, DriftRevert, ManifestState, PromotionRequest, Review, Stage
+from promotions.models import (
+    AuditEvent,
+    DriftRevert,
+    ManifestState,
+    PromotionRequest,
+    Review,
+    RiskTierRule,
+    Stage,
+)
 from promotions.policy import decidable_requests, may_request
 from registry_sync import gateway
 from registry_sync.model_files import version_model_files_for
@@ -338,9 +346,25 @@ def with_approvals(rows) -> list:
         .annotate(n=Count("id"))
         .order_by()
     )
+    with_tier_rules(rows)
     for row in rows:
         row.approvals = counts.get(row.pk, 0)
+        row.required_approvals = policy.required_approvals(row)
     return rows
+
+
+def with_tier_rules(rows: list[PromotionRequest]) -> list[PromotionRequest]:
+    """Load what policy.rules_in_force reads for a page of requests (loaded with version__model
+    and stage): the rows whose model has a risk tier read their stages' tier rules in one query,
+    whatever their number; the others need none."""
+    tiered = [row for row in rows if policy.model_tier(row.version.model)]
+    prefetch_related_objects(tiered, tier_rules_prefetch("stage__risk_tier_rules"))
+    return rows
+
+
+def tier_rules_prefetch(lookup: str = "risk_tier_rules") -> Prefetch:
+    """The stages' risk tier rules with their groups, in one query (policy.rules_in_force reads them)."""
+    return Prefetch(lookup, queryset=RiskTierRule.objects.select_related("required_group"))
 
 
 def status_counts() -> dict[str, int]:

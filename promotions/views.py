@@ -244,11 +244,13 @@ def _detail_context(
     approvals = [r for r in reviews if r.decision == "approve" and not r.stale]
     already = any(r.reviewer_id == user.pk and not r.stale for r in reviews)
     may_decide = policy.may_decide(user, promotion, reviews=reviews)
-    signing = promotion.stage.signature_required and may_decide
+    rules = policy.rules_in_force(promotion)
+    signing = rules.signature_required and may_decide
     return {
         "promotion": promotion,
         "reviews": reviews,
         "approvals": len(approvals),
+        "rules": rules,
         "comparison": selectors.comparison(promotion.evidence),
         "timeline": selectors.request_timeline(promotion.pk),
         "may_decide": may_decide,
@@ -368,7 +370,8 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
     signature = None
     try:
         # Who may decide is asked first: a refusal is a 403 whether or not the stage signs.
-        if promotion.stage.signature_required and policy.decide_refusal(request.user, promotion) is None:
+        signed = policy.rules_in_force(promotion).signature_required
+        if signed and policy.decide_refusal(request.user, promotion) is None:
             signature = signatures.signature_check(
                 http_request=request,
                 user=request.user,
@@ -432,7 +435,9 @@ def request_retry(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def stage_list(request: HttpRequest) -> HttpResponse:
     _require_role(request)
-    stages = Stage.objects.prefetch_related("allowed_from", "approver_groups").order_by("position", "name")
+    stages = Stage.objects.prefetch_related(
+        "allowed_from", "approver_groups", selectors.tier_rules_prefetch()
+    ).order_by("position", "name")
     context = {
         "stages": [
             {
@@ -440,6 +445,9 @@ def stage_list(request: HttpRequest) -> HttpResponse:
                 "allowed_from": catalog.describe_allowed_from(stage),
                 "rules": stage.check_rules(),
                 "groups": [g.name for g in stage.approver_groups.all()],
+                "tiers": [
+                    policy.describe_tier_rule(rule, stage=stage) for rule in stage.risk_tier_rules.all()
+                ],
             }
             for stage in stages
         ],

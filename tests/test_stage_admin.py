@@ -31,6 +31,9 @@ def form(**overrides):
         "request_ttl": "3 00:00:00",
         "is_active": "on",
         "enforcement": "detect",
+        # The risk tier rules' inline formset on the same page: none unless a test adds rows.
+        "risk_tier_rules-TOTAL_FORMS": "0",
+        "risk_tier_rules-INITIAL_FORMS": "0",
     }
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}

@@ -198,15 +198,13 @@ class _Approvers:
 def _approvers(request: PromotionRequest) -> tuple[_Approvers, str]:
     """The approvals that count now, and why they do not suffice ("" when they do): an approver
     left (deactivated, or out of the approver groups), or the policy asks for more."""
-    approvals, required = policy.counting_approvals(request), policy.required_approvals(request)
+    approvals = policy.counting_approvals(request)
     approvers = _Approvers(
         names=[review.reviewer_name for review in approvals],
         # counting_approvals keeps active reviewers only, so each review still has its user
         usernames=[review.reviewer.username for review in approvals],
     )
-    if len(approvals) < required:
-        return approvers, f"{len(approvals)} of the {required} approvals needed still count"
-    return approvers, ""
+    return approvers, policy.approval_shortfall(request, approvals)
 
 
 def promotion_apply(*, request_id: int) -> str:
