@@ -159,6 +159,24 @@ class RiskTierRuleInline(admin.TabularInline):
         "the required group's member must also be in the stage's approver groups)"
     )
 
+    # Part of the stage: whoever may add or change the stage edits its tier rules.
+    def _may_edit_stage(self, request) -> bool:
+        return request.user.has_perm("promotions.change_stage") or request.user.has_perm(
+            "promotions.add_stage"
+        )
+
+    def has_view_permission(self, request, obj=None):
+        return self._may_edit_stage(request) or request.user.has_perm("promotions.view_stage")
+
+    def has_add_permission(self, request, obj=None):
+        return self._may_edit_stage(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self._may_edit_stage(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._may_edit_stage(request)
+
 
 @admin.register(Stage)
 class StageAdmin(admin.ModelAdmin):

@@ -5,7 +5,7 @@ its filing-time tier and the model's tier now."""
 import re
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 
 from promotions import policy, services, tokens
 from promotions.errors import SignatureRequired
@@ -13,6 +13,7 @@ from promotions.models import AuditEvent, PromotionRequest, Review, RiskTierRule
 from registry_sync.models import RegisteredModel
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.test_stage_admin import form as stage_form
 
 pytestmark = pytest.mark.django_db
 Status = PromotionRequest.Status
@@ -310,3 +311,125 @@ def test_the_api_gives_the_tier_and_the_rules(client, requester, reviewer, high_
     assert response.status_code == 403
     assert response.json()["code"] == "signature_required"
     assert not Review.objects.filter(request=request).exists()
+
+
+# --- the stage catalog ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_client(client, stage_admin):
+    stage_admin.user_permissions.set(Permission.objects.filter(codename__endswith="_stage"))
+    client.force_login(stage_admin)
+    return client
+
+
+def production_form(rows: list[dict], *, initial: int = 0) -> dict:
+    production = stage("Production")
+    data = stage_form(
+        name="Production",
+        description=production.description,
+        mlflow_stage="Production",
+        mlflow_alias="",
+        required_approvals="2",
+        archive_existing="on",
+        checks="",
+        request_ttl="7 00:00:00",
+        position="20",
+    )
+    data["risk_tier_rules-TOTAL_FORMS"] = str(len(rows))
+    data["risk_tier_rules-INITIAL_FORMS"] = str(initial)
+    for i, row in enumerate(rows):
+        data.update({f"risk_tier_rules-{i}-{key}": value for key, value in row.items()})
+        data[f"risk_tier_rules-{i}-stage"] = str(production.pk)
+    return data
+
+
+def test_a_stage_admin_adds_a_tier_rule_on_the_stage_page_and_it_is_audited(admin_client, validators):
+    production = stage("Production")
+    assert (
+        "risk_tier_rules-TOTAL_FORMS"
+        in admin_client.get(f"/admin/promotions/stage/{production.pk}/change/").content.decode()
+    )
+    row = {
+        "tier": " High ",
+        "min_approvals": "3",
+        "required_group": str(validators.pk),
+        "signature_required": "on",
+    }
+    response = admin_client.post(f"/admin/promotions/stage/{production.pk}/change/", production_form([row]))
+    assert response.status_code == 302, response.content.decode()[:3000]
+    rule = RiskTierRule.objects.get(stage=production)
+    assert (rule.tier, rule.min_approvals, rule.required_group, rule.signature_required) == (
+        "high",
+        3,
+        validators,
+        True,
+    )
+    event = AuditEvent.objects.get(action="stage.changed", to_stage="Production")
+    assert event.meaning == "Stage Production changed: risk tier rules"
+    assert event.details["changes"]["risk_tiers"] == {
+        "before": {},
+        "after": {"high": {"approvals": 3, "group": "Model validators", "signature": True}},
+    }
+    assert "lowered" not in event.details
+
+
+def test_lowering_or_removing_a_tier_rule_is_a_lowered_policy(admin_client, high_rule):
+    url = f"/admin/promotions/stage/{high_rule.stage_id}/change/"
+    row = {"id": str(high_rule.pk), "tier": "high", "min_approvals": "1", "required_group": ""}
+    assert admin_client.post(url, production_form([row], initial=1)).status_code == 302
+    event = AuditEvent.objects.filter(action="stage.changed").latest("sequence")
+    assert event.details["lowered"] == [
+        "risk tier high: approvals needed 3 → 1",
+        "risk tier high: an approval from Model validators no longer required",
+        "risk tier high: decisions no longer signed",
+    ]
+    row = {**row, "DELETE": "on"}
+    assert admin_client.post(url, production_form([row], initial=1)).status_code == 302
+    assert not RiskTierRule.objects.exists()
+    event = AuditEvent.objects.filter(action="stage.changed").latest("sequence")
+    assert event.details["lowered"] == ["risk tier high: rule removed"]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"tier": "high", "min_approvals": "0"}, "A tier rule asks for something"),
+        ({"tier": "   ", "min_approvals": "2"}, "This field is required"),
+        ({"tier": "x" * 65, "min_approvals": "2"}, "at most 64 characters"),
+    ],
+)
+def test_a_tier_rule_that_says_nothing_is_refused(admin_client, row, message):
+    url = f"/admin/promotions/stage/{stage('Production').pk}/change/"
+    response = admin_client.post(url, production_form([row]))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not RiskTierRule.objects.exists()
+
+
+def test_two_rules_for_one_tier_are_refused(admin_client):
+    url = f"/admin/promotions/stage/{stage('Production').pk}/change/"
+    rows = [{"tier": "high", "min_approvals": "3"}, {"tier": "HIGH", "min_approvals": "4"}]
+    response = admin_client.post(url, production_form(rows))
+    assert response.status_code == 200
+    assert not RiskTierRule.objects.exists()
+
+
+def test_the_stage_catalog_states_the_tier_rules_in_plain_words(client, requester, high_rule):
+    client.force_login(requester)
+    html = client.get("/stages/").content.decode()
+    assert (
+        "Models tagged risk_tier=high need 3 approvals, at least one from Model validators, signed." in html
+    )
+    assert "A model whose tier changes while a request is open is held to the stricter tier." in html
+    assert "no tier rules: every model follows the stage's own rules" in html  # Staging
+
+
+def test_the_tier_tag_is_a_setting(client, requester, high_rule, settings):
+    settings.RISK_TIER_TAG = "criticality"
+    request = file(requester, tier="high")  # tagged risk_tier, not criticality
+    assert policy.rules_in_force(fresh(request)).approvals == 2
+    RegisteredModel.objects.filter(pk=request.version.model_id).update(tags={"criticality": "high"})
+    assert policy.rules_in_force(fresh(request)).approvals == 3
+    client.force_login(requester)
+    assert "Models tagged criticality=high need" in client.get("/stages/").content.decode()
