@@ -8,9 +8,10 @@ import pytest
 from django.contrib.auth.models import Group, Permission
 
 from promotions import policy, services, tokens
-from promotions.errors import SignatureRequired
+from promotions.errors import SignatureRequired, TransientApplyError
 from promotions.models import AuditEvent, PromotionRequest, Review, RiskTierRule
 from registry_sync.models import RegisteredModel
+from tests.apply_helpers import approved_request, registry_with_production
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
 from tests.test_stage_admin import form as stage_form
@@ -433,3 +434,38 @@ def test_the_tier_tag_is_a_setting(client, requester, high_rule, settings):
     assert policy.rules_in_force(fresh(request)).approvals == 3
     client.force_login(requester)
     assert "Models tagged criticality=high need" in client.get("/stages/").content.decode()
+
+
+# --- the tier at apply, read from MLflow --------------------------------------------------------
+
+
+def test_the_apply_reads_the_tier_from_mlflow_on_a_stage_with_tier_rules(
+    mlflow_proxy, registry, model_name, requester, reviewer, reviewer2
+):
+    client = registry.client()
+    registry_with_production(client, model_name)
+    RiskTierRule.objects.create(stage=stage("Production"), tier="high", min_approvals=3)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    client.set_registered_model_tag(model_name, "risk_tier", "high")
+
+    assert services.promotion_apply(request_id=request.pk) == "reopened"
+    assert RegisteredModel.objects.get(name=model_name).tags["risk_tier"] == "high"
+    assert fresh(request).status == Status.PENDING
+
+    # Lowered in MLflow again: the rule of the tier at filing (none) and now (none) lets it through.
+    client.delete_registered_model_tag(model_name, "risk_tier")
+    request = services.review_approve(request=fresh(request), reviewer=make_user("ted", "Reviewers"))
+    assert request.status == Status.APPROVED
+    assert services.promotion_apply(request_id=request.pk) == "applied"
+
+
+def test_mlflow_not_answering_the_tier_read_leaves_the_apply_to_its_own_retries(
+    mlflow_proxy, registry, model_name, requester, reviewer, reviewer2
+):
+    registry_with_production(registry.client(), model_name)
+    RiskTierRule.objects.create(stage=stage("Production"), tier="high", min_approvals=3)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    mlflow_proxy.mode = "down"
+    with pytest.raises(TransientApplyError):
+        services.promotion_apply(request_id=request.pk)
+    assert fresh(request).status == Status.APPROVED

@@ -21,7 +21,7 @@ from django.utils import timezone
 from common.redact import redact
 from promotions import audit, catalog, notifications, outbox, policy, provenance
 from promotions.errors import TransientApplyError
-from promotions.models import ManifestState, PromotionRequest, Stage
+from promotions.models import ManifestState, PromotionRequest, RiskTierRule, Stage
 from promotions.services.lifecycle import (
     LEASE_ENDED,
     audit_context,
@@ -33,7 +33,7 @@ from promotions.services.lifecycle import (
 from promotions.services.manifest import manifest_changes
 from registry_sync import gateway
 from registry_sync.models import RegisteredModel
-from registry_sync.services import mirror_binding_set
+from registry_sync.services import mirror_binding_set, mirror_model_tags_set
 
 logger = logging.getLogger(__name__)
 Status = PromotionRequest.Status
@@ -207,6 +207,26 @@ def _approvers(request: PromotionRequest) -> tuple[_Approvers, str]:
     return approvers, policy.approval_shortfall(request, approvals)
 
 
+def _risk_tier_refresh(request: PromotionRequest) -> None:
+    """On a stage with risk tier rules, read the model's tags from MLflow before the policy is
+    checked: a tier raised since the last sync holds the request to the stricter rule now.
+    One call, only there; when MLflow does not answer, the mirror's tags stand (and the apply's
+    own calls meet the outage)."""
+    if not RiskTierRule.objects.filter(stage_id=request.stage_id).exists():
+        return
+    model = request.version.model
+    try:
+        info = gateway.get_registered_model(model.name)
+    except gateway.RegistryError as exc:
+        logger.info(
+            "Request #%s: the model's tags could not be read, the mirror's stand: %s",
+            request.pk,
+            redact(str(exc)),
+        )
+        return
+    mirror_model_tags_set(model, tags=info.tags)
+
+
 def promotion_apply(*, request_id: int) -> str:
     """Apply one approved request to MLflow. Idempotent; returns what happened.
 
@@ -230,6 +250,7 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
         _fail(request, lease, f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts")
         return "failed"
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
+    _risk_tier_refresh(request)
     approvers, too_few = _approvers(request)
     if too_few:
         with transaction.atomic():
