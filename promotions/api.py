@@ -435,6 +435,14 @@ class BulkOut(Schema):
     refused: list[RefusedOut]
 
 
+class TierRuleOut(Schema):
+    tier: str
+    min_approvals: int
+    required_group: str | None
+    signature_required: bool
+    summary: str = Field(description="The rule in words, as the stages page states it.")
+
+
 class StageOut(Schema):
     name: str
     position: int
@@ -452,6 +460,7 @@ class StageOut(Schema):
     enforcement: str
     signature_required: bool = Field(description="Decisions need an electronic signature (on the page).")
     signature_meanings: list[str]
+    risk_tiers: list[TierRuleOut] = Field(description="What a model's risk tier adds to this stage's rules.")
 
 
 class VersionOut(Schema):
@@ -598,6 +607,16 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
         "enforcement": stage.enforcement,
         "signature_required": stage.signature_required,
         "signature_meanings": stage.approval_meanings(),
+        "risk_tiers": [
+            {
+                "tier": rule.tier,
+                "min_approvals": rule.min_approvals,
+                "required_group": rule.required_group.name if rule.required_group_id else None,
+                "signature_required": rule.signature_required,
+                "summary": policy.describe_tier_rule(rule, stage=stage),
+            }
+            for rule in stage.risk_tier_rules.all()
+        ],
     }
 
 
@@ -605,7 +624,7 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
 
 
 def _stages():
-    return Stage.objects.prefetch_related("allowed_from", "approver_groups")
+    return Stage.objects.prefetch_related("allowed_from", "approver_groups", selectors.tier_rules_prefetch())
 
 
 @api.get("/stages", response={200: list[StageOut], **_errors()}, tags=["stages"])

@@ -230,9 +230,11 @@ def _check_preview(form: PromotionRequestForm, stage_name: str):
     stage = next((s for s in form.allowed_stages if s.name == stage_name), None)
     if version is None or stage is None:
         return None
+    rule = policy.tier_rule_for(stage, policy.model_tier(version.model))
     return {
         "stage": stage,
         "results": policy.evaluate_checks(stage, metrics=version.metrics, tags=version.tags),
+        "tier_rule": policy.describe_tier_rule(rule, stage=stage) if rule else "",
     }
 
 

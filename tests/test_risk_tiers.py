@@ -469,3 +469,25 @@ def test_mlflow_not_answering_the_tier_read_leaves_the_apply_to_its_own_retries(
     with pytest.raises(TransientApplyError):
         services.promotion_apply(request_id=request.pk)
     assert fresh(request).status == Status.APPROVED
+
+
+def test_the_request_form_says_what_the_model_s_tier_adds(client, requester, high_rule):
+    model = mirror_model(versions={1: {"current_stage": "Staging"}})
+    tag(model, "HIGH")
+    client.force_login(requester)
+    body = client.get(f"/requests/new/?model={model.name}&version=1&stage=Production").content.decode()
+    assert "Its risk tier raises that: Models tagged risk_tier=high need 3 approvals" in body
+
+
+def test_the_stage_api_lists_the_tier_rules(client, requester, high_rule):
+    _, secret = tokens.api_token_create(user=requester, name="ci")
+    body = client.get("/api/stages/production", HTTP_AUTHORIZATION=f"Bearer {secret}").json()
+    assert body["risk_tiers"] == [
+        {
+            "tier": "high",
+            "min_approvals": 3,
+            "required_group": "Model validators",
+            "signature_required": True,
+            "summary": "Models tagged risk_tier=high need 3 approvals, at least one from Model validators, signed",
+        }
+    ]
