@@ -488,6 +488,7 @@ def test_the_stage_api_lists_the_tier_rules(client, requester, high_rule):
             "min_approvals": 3,
             "required_group": "Model validators",
             "signature_required": True,
-            "summary": "Models tagged risk_tier=high need 3 approvals, at least one from Model validators, signed",
+            "summary": "Models tagged risk_tier=high need 3 approvals, at least one from Model validators, "
+            "signed",
         }
     ]
