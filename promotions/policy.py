@@ -143,7 +143,10 @@ def tier_rule_snapshot(rule: RiskTierRule | None) -> dict | None:
 
 def describe_rule(*, approvals: int, groups: list[str] | tuple[str, ...], signed: bool) -> str:
     """A rule in words: "3 approvals, at least one from Model validators, signed"."""
-    words = [f"{approvals} approval{'' if approvals == 1 else 's'}" if approvals else "no approval"]
+    if approvals:
+        words = [f"{approvals} approval{'' if approvals == 1 else 's'}"]
+    else:
+        words = [] if groups or signed else ["no approval"]
     words += [f"at least one from {name}" for name in groups]
     if signed:
         words.append("signed")

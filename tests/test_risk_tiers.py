@@ -492,3 +492,11 @@ def test_the_stage_api_lists_the_tier_rules(client, requester, high_rule):
             "signed",
         }
     ]
+
+
+def test_the_rules_read_as_words():
+    assert policy.describe_rule(approvals=0, groups=[], signed=False) == "no approval"
+    assert policy.describe_rule(approvals=1, groups=[], signed=True) == "1 approval, signed"
+    assert policy.describe_rule(approvals=0, groups=["Model validators"], signed=False) == (
+        "at least one from Model validators"
+    )
