@@ -10,10 +10,12 @@ from django.contrib.auth.models import Group, Permission
 from promotions import policy, services, tokens
 from promotions.errors import SignatureRequired, TransientApplyError
 from promotions.models import AuditEvent, PromotionRequest, Review, RiskTierRule
-from registry_sync.models import RegisteredModel
+from registry_sync.models import RegisteredModel, SyncRun
+from registry_sync.services import sync_registry
 from tests.apply_helpers import approved_request, registry_with_production
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.registry_helpers import make_version
 from tests.test_stage_admin import form as stage_form
 
 pytestmark = pytest.mark.django_db
@@ -500,3 +502,14 @@ def test_the_rules_read_as_words():
     assert policy.describe_rule(approvals=0, groups=["Model validators"], signed=False) == (
         "at least one from Model validators"
     )
+
+
+def test_the_sync_keeps_the_model_s_tier_fresh(registry, model_name):
+    client = registry.client()
+    make_version(client, model_name)
+    client.set_registered_model_tag(model_name, "risk_tier", "low")
+    sync_registry(trigger=SyncRun.Trigger.COMMAND, model_name=model_name)
+    assert policy.model_tier(RegisteredModel.objects.get(name=model_name)) == "low"
+    client.set_registered_model_tag(model_name, "risk_tier", "high")
+    sync_registry(trigger=SyncRun.Trigger.COMMAND)
+    assert policy.model_tier(RegisteredModel.objects.get(name=model_name)) == "high"
