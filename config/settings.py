@@ -184,6 +184,8 @@ AXES_CLIENT_IP_CALLABLE = "promotions.auth_events.client_address"
 SIGN_IN_AUDIT_NAMES_PER_ADDRESS = envint("SIGN_IN_AUDIT_NAMES_PER_ADDRESS", 20, minimum=1)
 # A signed decision form (stages with signature_required) is good for this long, and once.
 SIGNATURE_FORM_MAX_AGE_SECONDS = envint("SIGNATURE_FORM_MAX_AGE_SECONDS", 600, minimum=30)
+# The registered model's tag that names its risk tier; the stage catalog's tier rules match its value.
+RISK_TIER_TAG = envstr("RISK_TIER_TAG", "risk_tier")
 
 # Internationalisation ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -23,6 +23,7 @@ from promotions.models import (
     OutboundEmail,
     Profile,
     PromotionRequest,
+    RiskTierRule,
     Stage,
     WebhookEndpoint,
 )
@@ -144,9 +145,64 @@ class StageForm(forms.ModelForm):
         return data
 
 
+class RiskTierRuleForm(forms.ModelForm):
+    class Meta:
+        model = RiskTierRule
+        fields = ["tier", "min_approvals", "required_group", "signature_required"]
+
+    def clean_tier(self) -> str:
+        # Compared as policy.normalize_tier compares a model's tag: trimmed, ignoring case.
+        tier = policy.normalize_tier(self.cleaned_data["tier"])
+        if not tier or any(ord(c) < 32 for c in tier):
+            raise forms.ValidationError("Name the tier as the model's tag says it, e.g. high.")
+        return tier
+
+    def clean(self):
+        data = super().clean()
+        if not (data.get("min_approvals") or data.get("required_group") or data.get("signature_required")):
+            if not data.get("DELETE"):
+                raise forms.ValidationError(
+                    "A tier rule asks for something: more approvals, a group's approval or a signature."
+                )
+        return data
+
+
+class RiskTierRuleInline(admin.TabularInline):
+    """The stage's risk tier rules, edited on the stage's own page (plain rows: works without
+    JavaScript) and saved with it by configuration.stage_save, in its audited change."""
+
+    model = RiskTierRule
+    form = RiskTierRuleForm
+    extra = 2
+    verbose_name = "risk tier rule"
+    verbose_name_plural = (
+        "risk tier rules (the model's tag, settings RISK_TIER_TAG, raises what this stage needs; "
+        "the required group's member must also be in the stage's approver groups)"
+    )
+
+    # Part of the stage: whoever may add or change the stage edits its tier rules.
+    def _may_edit_stage(self, request) -> bool:
+        return request.user.has_perm("promotions.change_stage") or request.user.has_perm(
+            "promotions.add_stage"
+        )
+
+    def has_view_permission(self, request, obj=None):
+        return self._may_edit_stage(request) or request.user.has_perm("promotions.view_stage")
+
+    def has_add_permission(self, request, obj=None):
+        return self._may_edit_stage(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self._may_edit_stage(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._may_edit_stage(request)
+
+
 @admin.register(Stage)
 class StageAdmin(admin.ModelAdmin):
     form = StageForm
+    inlines = [RiskTierRuleInline]
     list_display = (
         "name",
         "position",
@@ -162,12 +218,12 @@ class StageAdmin(admin.ModelAdmin):
     filter_horizontal = ("allowed_from", "approver_groups")
 
     def save_model(self, request, obj, form, change):
-        configuration.stage_save(form=form, actor=request.user)
+        # Saved in save_related, with the tier rules' formset: one audited change of the stage.
+        pass
 
     def save_related(self, request, form, formsets, change):
-        # stage_save saved the relations with the stage, in the same audited transaction.
-        for formset in formsets:
-            self.save_formset(request, form, formset, change=change)
+        tier_rules = next((f for f in formsets if f.model is RiskTierRule), None)
+        configuration.stage_save(form=form, actor=request.user, tier_rules=tier_rules)
 
     def delete_model(self, request, obj):
         configuration.stage_delete(stage=obj, actor=request.user)

@@ -425,6 +425,8 @@ class RequestOut(Schema):
         "12 Dec 18:00 CET: year-end close. Applies at Mon 09:00 CET (in 3 days).'); empty otherwise."
     )
     reviews: list[ReviewOut]
+    risk_tier: str = Field(description="The model's risk tier now, '' for none (see rules).")
+    rules: RulesOut
     created_at: datetime
     updated_at: datetime
     expires_at: datetime
@@ -438,6 +440,18 @@ class RequestOut(Schema):
         "retrospective review."
     )
     url: str
+
+
+class RulesOut(Schema):
+    tier: str = Field(description="The model's risk tier now (its registered-model tag), '' for none.")
+    tier_at_filing: str = Field(description="The model's risk tier when the request was filed.")
+    approvals: int = Field(description="Approvals needed: the stricter of the stage's and the tiers' rules.")
+    required_groups: list[str] = Field(
+        description="Groups from each of which at least one approval must come."
+    )
+    signature_required: bool = Field(description="Decisions need an electronic signature (on the page).")
+    summary: str = Field(description="The rules in force in words.")
+    sentences: list[str] = Field(description="Where each part of the rules comes from, in words.")
 
 
 class RequestPageOut(Schema):
@@ -463,6 +477,14 @@ class BulkOut(Schema):
     filed: list[RequestOut]
     skipped: list[SkippedOut]
     refused: list[RefusedOut]
+
+
+class TierRuleOut(Schema):
+    tier: str
+    min_approvals: int
+    required_group: str | None
+    signature_required: bool
+    summary: str = Field(description="The rule in words, as the stages page states it.")
 
 
 class StageOut(Schema):
@@ -494,6 +516,7 @@ class StageOut(Schema):
         description="A request pending longer is escalated to the stage admins; null: never."
     )
     independent_validation: bool = Field(description="No approver may be the version's author.")
+    risk_tiers: list[TierRuleOut] = Field(description="What a model's risk tier adds to this stage's rules.")
 
 
 class VersionOut(Schema):
@@ -555,6 +578,7 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
     reviews = list(promotion.reviews.all())
     retry = selectors.apply_retry(promotion)
     hold = selectors.request_hold(promotion)
+    rules = policy.rules_in_force(promotion)
     return {
         "id": promotion.pk,
         "status": promotion.status,
@@ -567,7 +591,7 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
         "justification": promotion.justification,
         "via": promotion.via,
         "approvals": sum(1 for r in reviews if r.decision == Review.Decision.APPROVE and not r.stale),
-        "required_approvals": promotion.stage.required_approvals,
+        "required_approvals": rules.approvals,
         "checks": promotion.check_results,
         "evidence": promotion.ci_evidence,
         "evidence_sha256": promotion.evidence_sha256,
@@ -589,6 +613,16 @@ def _request_out(promotion: PromotionRequest) -> dict[str, Any]:
             }
             for r in reviews
         ],
+        "risk_tier": rules.tier,
+        "rules": {
+            "tier": rules.tier,
+            "tier_at_filing": rules.tier_at_filing,
+            "approvals": rules.approvals,
+            "required_groups": [name for _, name in rules.required_groups],
+            "signature_required": rules.signature_required,
+            "summary": rules.summary,
+            "sentences": list(rules.sentences),
+        },
         "created_at": promotion.created_at,
         "updated_at": promotion.updated_at,
         "expires_at": promotion.expires_at,
@@ -657,6 +691,16 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
         "emergency_allowed": stage.emergency_allowed,
         "escalate_after_seconds": int(stage.escalate_after.total_seconds()) if stage.escalate_after else None,
         "independent_validation": stage.independent_validation,
+        "risk_tiers": [
+            {
+                "tier": rule.tier,
+                "min_approvals": rule.min_approvals,
+                "required_group": rule.required_group.name if rule.required_group_id else None,
+                "signature_required": rule.signature_required,
+                "summary": policy.describe_tier_rule(rule, stage=stage),
+            }
+            for rule in stage.risk_tier_rules.all()
+        ],
     }
 
 
@@ -664,7 +708,7 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
 
 
 def _stages():
-    return Stage.objects.prefetch_related("allowed_from", "approver_groups")
+    return Stage.objects.prefetch_related("allowed_from", "approver_groups", selectors.tier_rules_prefetch())
 
 
 @api.get("/stages", response={200: list[StageOut], **_errors()}, tags=["stages"])
@@ -711,7 +755,10 @@ def request_list(
         .prefetch_related("reviews", "retrospective_reviews")
         .order_by("-created_at", "-id")[offset : offset + limit]
     )
-    return {"count": requests.count(), "items": [_request_out(p) for p in page]}
+    return {
+        "count": requests.count(),
+        "items": [_request_out(p) for p in selectors.with_tier_rules(list(page))],
+    }
 
 
 @api.post("/requests", response={201: RequestOut, **_errors(409, 413, 503)}, tags=["requests"])

@@ -177,6 +177,39 @@ class Freeze(models.Model):
         return f"{self.stage.name} frozen: {self.reason}"
 
 
+# The longest risk tier a rule names; a model's tag longer than this matches no rule.
+MAX_TIER = 64
+
+
+class RiskTierRule(models.Model):
+    """What a model of a risk tier (its registered-model tag, settings.RISK_TIER_TAG) needs on
+    top of the stage's own rules: more approvals, one of them from a group, a signature."""
+
+    stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="risk_tier_rules")
+    tier = models.CharField(
+        max_length=MAX_TIER, help_text="The tag's value, e.g. high (compared trimmed, ignoring case)."
+    )
+    min_approvals = models.PositiveSmallIntegerField(
+        "approvals at least", default=0, help_text="Raises the stage's count when it is higher."
+    )
+    required_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="At least one approval must come from a member of this group.",
+    )
+    signature_required = models.BooleanField("signature required", default=False)
+
+    class Meta:
+        ordering = ["stage", "tier"]
+        constraints = [models.UniqueConstraint(fields=["stage", "tier"], name="one_rule_per_stage_tier")]
+
+    def __str__(self) -> str:
+        return f"{self.stage.name}: {self.tier}"
+
+
 class ManifestState(models.TextChoices):
     NONE = "", "Not recorded"
     COMPUTING = "computing", "Computing"
@@ -223,6 +256,11 @@ class PromotionRequest(models.Model):
     # Likewise the approver groups: a reviewer must be in them then and now (a group added to
     # the stage later does not let its members decide an open request).
     approver_groups_at_filing = models.ManyToManyField(Group, blank=True, related_name="+")
+    # The model's risk tier when the request was filed ("" none) and the stage's rule for it then
+    # ({"approvals", "group_id", "group", "signature"}, or None): a request is held to the
+    # stricter of these and the rules for the model's current tier.
+    risk_tier_at_filing = models.CharField(max_length=MAX_TIER, blank=True, default="")
+    risk_rule_at_filing = models.JSONField(null=True, blank=True)
     check_results = models.JSONField(default=list)
     # Some check in check_results failed: kept beside them so that "Waiting for you" and its
     # count leave out, in SQL, the requests nobody can approve until their checks pass.

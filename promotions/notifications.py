@@ -32,7 +32,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from common.redact import redact, url_password
-from promotions import audit, catalog, outbox, roles, webhook_targets
+from promotions import audit, catalog, outbox, policy, roles, webhook_targets
 from promotions.models import (
     REGISTRY_EVENTS,
     WEBHOOK_EVENTS,
@@ -352,7 +352,7 @@ def event_recipients(event: str, request: PromotionRequest) -> list[str]:
     if event in _EMERGENCY_EVENTS:
         return _emergency_addresses(request)
     if event == "request.created":
-        return _approver_addresses(request) if request.stage.required_approvals > 0 else []
+        return _approver_addresses(request) if policy.required_approvals(request) > 0 else []
     if event == "request.escalated":
         return _stage_admin_addresses()
     return _requester_address(event, request)

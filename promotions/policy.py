@@ -12,13 +12,23 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Lower
 
 from promotions import roles
 from promotions.errors import ManifestFailed, ManifestPending
-from promotions.models import ManifestState, Profile, PromotionRequest, RetrospectiveReview, Review, Stage
+from promotions.models import (
+    MAX_TIER,
+    ManifestState,
+    Profile,
+    PromotionRequest,
+    RetrospectiveReview,
+    Review,
+    RiskTierRule,
+    Stage,
+)
 
 # --- roles ------------------------------------------------------------------------------------
 
@@ -159,9 +169,183 @@ def approval_blocker(request: PromotionRequest) -> ManifestPending | ManifestFai
     return None
 
 
+# --- risk tiers -------------------------------------------------------------------------------
+
+
+def normalize_tier(value: object) -> str:
+    """A tier as the catalog compares it: trimmed, lower-case. A value longer than any tier can
+    be is cut and marked ("…"), so it is shown short and matches no rule."""
+    if not isinstance(value, str):
+        return ""
+    text = value.strip().lower()
+    return text if len(text) <= MAX_TIER else text[: MAX_TIER - 1] + "…"
+
+
+def model_tier(model) -> str:
+    """The registered model's risk tier, from its mirrored tags ("" when it has none)."""
+    tags = model.tags if isinstance(model.tags, dict) else {}
+    return normalize_tier(tags.get(settings.RISK_TIER_TAG, ""))
+
+
+def tier_rule_for(stage: Stage, tier: str) -> RiskTierRule | None:
+    """The stage's rule for `tier`, or None (no tier, or one the catalog does not name: the
+    stage's own rules apply). Reads the prefetched rules when the caller prefetched them."""
+    if not tier:
+        return None
+    if "risk_tier_rules" in getattr(stage, "_prefetched_objects_cache", {}):
+        return next((rule for rule in stage.risk_tier_rules.all() if rule.tier == tier), None)
+    return stage.risk_tier_rules.select_related("required_group").filter(tier=tier).first()
+
+
+def tier_rule_snapshot(rule: RiskTierRule | None) -> dict | None:
+    """A rule as a request records it at filing (it outlives a later change of the catalog)."""
+    if rule is None:
+        return None
+    group = rule.required_group
+    return {
+        "approvals": rule.min_approvals,
+        "group_id": group.pk if group else None,
+        "group": group.name if group else "",
+        "signature": rule.signature_required,
+    }
+
+
+def describe_rule(*, approvals: int, groups: list[str] | tuple[str, ...], signed: bool) -> str:
+    """A rule in words: "3 approvals, at least one from Model validators, signed"."""
+    if approvals:
+        words = [f"{approvals} approval{'' if approvals == 1 else 's'}"]
+    else:
+        words = [] if groups or signed else ["no approval"]
+    words += [f"at least one from {name}" for name in groups]
+    if signed:
+        words.append("signed")
+    return ", ".join(words)
+
+
+def describe_tier_rule(rule: RiskTierRule, *, stage: Stage) -> str:
+    """A catalog rule as the stage page states it: what a model of the tier needs on the stage."""
+    approvals = max(rule.min_approvals, stage.required_approvals, 1 if rule.required_group_id else 0)
+    groups = [rule.required_group.name] if rule.required_group_id else []
+    signed = rule.signature_required or stage.signature_required
+    return f"Models tagged {settings.RISK_TIER_TAG}={rule.tier} need " + describe_rule(
+        approvals=approvals, groups=groups, signed=signed
+    )
+
+
+@dataclass(frozen=True)
+class RulesInForce:
+    """What a request needs now: the stricter of the stage's rules (at filing and now), the rule
+    of the model's tier when the request was filed (as recorded then and as the catalog says
+    now) and the rule of the model's tier now."""
+
+    tier: str  # the model's tier now ("" none)
+    tier_at_filing: str
+    approvals: int
+    required_groups: tuple[tuple[int, str], ...]  # (group id, name)
+    signature_required: bool
+    sentences: tuple[str, ...]  # where each part comes from, in words
+
+    @property
+    def summary(self) -> str:
+        return describe_rule(
+            approvals=self.approvals,
+            groups=[name for _, name in self.required_groups],
+            signed=self.signature_required,
+        )
+
+    @property
+    def tier_label(self) -> str:
+        """The tier as a page shows it: "high", "high (filed as low)", or "none"."""
+        label = self.tier or "none"
+        if self.tier_at_filing != self.tier:
+            label += f" (filed as {self.tier_at_filing or 'none'})"
+        return label
+
+
+def rules_in_force(request: PromotionRequest) -> RulesInForce:
+    """The one answer to "what does this request need": approvals, required groups, signature.
+
+    Costs no query when the caller loaded `version__model`, `stage` and prefetched
+    `stage__risk_tier_rules__required_group`; otherwise one or two (the tiers' rules)."""
+    stage = request.stage
+    approvals = max(request.required_approvals_at_filing or 0, stage.required_approvals)
+    signed = stage.signature_required
+    groups: dict[int, str] = {}
+    sentences = [f"Stage {stage.name}: " + describe_rule(approvals=approvals, groups=(), signed=signed)]
+    tier_now = model_tier(request.version.model)
+    tier_then = request.risk_tier_at_filing or ""
+    parts: list[tuple[str, dict]] = []
+    if request.risk_rule_at_filing:
+        parts.append((f"Tier {tier_then} when filed", request.risk_rule_at_filing))
+    for tier, label in (
+        (tier_then, f"Tier {tier_then} in the catalog now"),
+        (tier_now, f"Tier {tier_now} now"),
+    ):
+        rule = tier_rule_snapshot(tier_rule_for(stage, tier))
+        if rule is not None and all(rule != seen for _, seen in parts):
+            parts.append((label, rule))
+    for label, rule in parts:
+        needed = int(rule.get("approvals") or 0)
+        group_names = [str(rule.get("group") or "")] if rule.get("group_id") else []
+        approvals = max(approvals, needed)
+        signed = signed or bool(rule.get("signature"))
+        if rule.get("group_id"):
+            groups[int(rule["group_id"])] = group_names[0]
+        sentences.append(
+            f"{label}: "
+            + describe_rule(approvals=needed, groups=group_names, signed=bool(rule.get("signature")))
+        )
+    if groups:
+        # Someone from each required group must approve: never fewer than one approval.
+        approvals = max(approvals, 1)
+    return RulesInForce(
+        tier=tier_now,
+        tier_at_filing=tier_then,
+        approvals=approvals,
+        required_groups=tuple(sorted(groups.items())),
+        signature_required=signed,
+        sentences=tuple(sentences),
+    )
+
+
 def required_approvals(request: PromotionRequest) -> int:
-    """The stricter of the count the request was filed under and the stage's count now."""
-    return max(request.required_approvals_at_filing or 0, request.stage.required_approvals)
+    """The stricter of the counts the request was filed under and the counts now (stage and tier)."""
+    return rules_in_force(request).approvals
+
+
+def groups_missing(
+    request: PromotionRequest, approvals: list[Review], rules: RulesInForce | None = None
+) -> list[str]:
+    """The required groups (by name) that no counting approval comes from; no query when the
+    rules name none."""
+    rules = rules or rules_in_force(request)
+    if not rules.required_groups:
+        return []
+    reviewer_ids = [review.reviewer_id for review in approvals if review.reviewer_id is not None]
+    present = (
+        set(
+            get_user_model()
+            .groups.through.objects.filter(
+                user_id__in=reviewer_ids, group_id__in=[pk for pk, _ in rules.required_groups]
+            )
+            .values_list("group_id", flat=True)
+        )
+        if reviewer_ids
+        else set()
+    )
+    return [name for pk, name in rules.required_groups if pk not in present]
+
+
+def approval_shortfall(request: PromotionRequest, approvals: list[Review] | None = None) -> str:
+    """Why the counting approvals do not yet complete `request`, in words ("" when they do)."""
+    rules = rules_in_force(request)
+    approvals = counting_approvals(request) if approvals is None else approvals
+    if len(approvals) < rules.approvals:
+        return f"{len(approvals)} of the {rules.approvals} approvals needed still count"
+    missing = groups_missing(request, approvals, rules)
+    if missing:
+        return "no approval that counts comes from " + ", ".join(missing) + " yet"
+    return ""
 
 
 def approval_counts(review: Review, request: PromotionRequest) -> bool:

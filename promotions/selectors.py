@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, Prefetch, Q, prefetch_related_objects
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
@@ -22,6 +22,7 @@ from promotions.models import (
     PromotionRequest,
     RetrospectiveReview,
     Review,
+    RiskTierRule,
     Stage,
 )
 from promotions.policy import decidable_requests, may_request
@@ -69,7 +70,8 @@ def waiting_for(user):
 
 
 # What a queue row never shows: the snapshots and file lists, large on a real registry, are
-# left in the database rather than read and decoded 50 times a page.
+# left in the database rather than read and decoded 50 times a page. (The model's tags stay:
+# its risk tier is read from them.)
 QUEUE_ROW_DEFERRED = (
     "evidence",
     "ci_evidence",
@@ -82,7 +84,6 @@ QUEUE_ROW_DEFERRED = (
     "version__tags",
     "version__source",
     "version__description",
-    "version__model__tags",
     "version__model__aliases",
     "version__model__description",
 )
@@ -266,13 +267,15 @@ def request_seen(request_id: int) -> str | None:
 
 def stage_catalog() -> list[Stage]:
     """The stages in pipeline order, with what the catalog page shows of each: the freezes
-    still to come or in force (Stage.current_freezes), in one query for all stages."""
+    still to come or in force (Stage.current_freezes) and the risk tier rules, in one query
+    each for all stages."""
     current = Freeze.objects.filter(ends_at__gt=timezone.now()).order_by("starts_at", "pk")
     return list(
         Stage.objects.prefetch_related(
             "allowed_from",
             "approver_groups",
             Prefetch("freezes", queryset=current, to_attr="current_freezes"),
+            tier_rules_prefetch(),
         ).order_by("position", "name")
     )
 
@@ -423,9 +426,25 @@ def with_approvals(rows) -> list:
         .annotate(n=Count("id"))
         .order_by()
     )
+    with_tier_rules(rows)
     for row in rows:
         row.approvals = counts.get(row.pk, 0)
+        row.required_approvals = policy.required_approvals(row)
     return rows
+
+
+def with_tier_rules(rows: list[PromotionRequest]) -> list[PromotionRequest]:
+    """Load what policy.rules_in_force reads for a page of requests (loaded with version__model
+    and stage): the rows whose model has a risk tier read their stages' tier rules in one query,
+    whatever their number; the others need none."""
+    tiered = [row for row in rows if policy.model_tier(row.version.model)]
+    prefetch_related_objects(tiered, tier_rules_prefetch("stage__risk_tier_rules"))
+    return rows
+
+
+def tier_rules_prefetch(lookup: str = "risk_tier_rules") -> Prefetch:
+    """The stages' risk tier rules with their groups, in one query (policy.rules_in_force reads them)."""
+    return Prefetch(lookup, queryset=RiskTierRule.objects.select_related("required_group"))
 
 
 def status_counts() -> dict[str, int]:

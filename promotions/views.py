@@ -235,9 +235,11 @@ def _check_preview(form: PromotionRequestForm, stage_name: str):
     stage = next((s for s in form.allowed_stages if s.name == stage_name), None)
     if version is None or stage is None:
         return None
+    rule = policy.tier_rule_for(stage, policy.model_tier(version.model))
     return {
         "stage": stage,
         "results": policy.evaluate_checks(stage, metrics=version.metrics, tags=version.tags),
+        "tier_rule": policy.describe_tier_rule(rule, stage=stage) if rule else "",
     }
 
 
@@ -249,7 +251,8 @@ def _detail_context(
     approvals = [r for r in reviews if r.decision == "approve" and not r.stale]
     already = any(r.reviewer_id == user.pk and not r.stale for r in reviews)
     may_decide = policy.may_decide(user, promotion, reviews=reviews)
-    signing = promotion.stage.signature_required and may_decide
+    rules = policy.rules_in_force(promotion)
+    signing = rules.signature_required and may_decide
     # Why not, beside a disabled Approve, when the reason is the stage's independence rule.
     refused = None
     if (
@@ -262,6 +265,7 @@ def _detail_context(
         "promotion": promotion,
         "reviews": reviews,
         "approvals": len(approvals),
+        "rules": rules,
         "comparison": selectors.comparison(promotion.evidence),
         "timeline": selectors.request_timeline(promotion.pk),
         "may_decide": may_decide,
@@ -399,7 +403,8 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
     signature = None
     try:
         # Who may decide is asked first: a refusal is a 403 whether or not the stage signs.
-        if promotion.stage.signature_required and policy.decide_refusal(request.user, promotion) is None:
+        signed = policy.rules_in_force(promotion).signature_required
+        if signed and policy.decide_refusal(request.user, promotion) is None:
             signature = signatures.signature_check(
                 http_request=request,
                 user=request.user,
@@ -517,6 +522,9 @@ def stage_list(request: HttpRequest) -> HttpResponse:
                 "groups": [g.name for g in stage.approver_groups.all()],
                 "windows": change_windows.describe_windows(stage),
                 "freezes": selectors.freezes_in_words(stage),
+                "tiers": [
+                    policy.describe_tier_rule(rule, stage=stage) for rule in stage.risk_tier_rules.all()
+                ],
             }
             for stage in stages
         ],

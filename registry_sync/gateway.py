@@ -306,6 +306,13 @@ def get_model_version(name: str, version: int) -> ModelVersionInfo:
         raise _translate(exc, name=name, version=version) from exc
 
 
+def get_registered_model(name: str) -> RegisteredModelInfo:
+    try:
+        return _model_info(_client().get_registered_model(name))
+    except Exception as exc:  # noqa: BLE001
+        raise _translate(exc, name=name) from exc
+
+
 def get_version_by_alias(name: str, alias: str) -> ModelVersionInfo | None:
     try:
         return _version_info(_client().get_model_version_by_alias(name, alias))

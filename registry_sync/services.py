@@ -465,6 +465,16 @@ def mirror_binding_set(
             ModelVersion.objects.filter(pk=row.pk).update(aliases=wanted)
 
 
+def mirror_model_tags_set(model: RegisteredModel, *, tags: dict[str, str]) -> bool:
+    """Write a registered model's tags just read from MLflow into the mirror (the worker reads
+    them before an apply, as the policy depends on them). Returns whether they changed."""
+    if dict(model.tags or {}) == tags:
+        return False
+    RegisteredModel.objects.filter(pk=model.pk).update(tags=tags)
+    model.tags = tags
+    return True
+
+
 def model_drift_resolve(*, model: RegisteredModel) -> None:
     with transaction.atomic():
         DriftEvent.objects.filter(model=model, resolved=False).update(resolved=True)

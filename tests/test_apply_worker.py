@@ -6,7 +6,7 @@ from django.core.management import call_command
 
 from bench.common import wait_until
 from promotions import services
-from promotions.models import AuditEvent, PromotionRequest, Stage
+from promotions.models import AuditEvent, PromotionRequest, RiskTierRule, Stage
 from registry_sync.models import ModelVersion, SyncRun
 from registry_sync.services import sync_registry
 from tests.apply_helpers import approved_request, registry_with_production
@@ -270,3 +270,22 @@ def test_while_mlflow_is_unreachable_the_page_says_the_worker_is_retrying_then_a
     assert request.attempts >= 2 and request.last_error == ""
     assert "Retrying" not in client.get(f"/requests/{request.pk}/").content.decode()
     assert applied_count(request) == 1
+
+
+def test_a_risk_tier_raised_in_mlflow_after_approval_stops_the_worker_s_apply(
+    registry, model_name, requester, reviewer, reviewer2, worker_factory
+):
+    client = registry.client()
+    registry_with_production(client, model_name)
+    RiskTierRule.objects.create(stage=Stage.objects.get(name="Production"), tier="high", min_approvals=3)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])  # enqueued, no worker yet
+    # Raised in MLflow only: the mirror has not seen it when the worker takes the request.
+    client.set_registered_model_tag(model_name, "risk_tier", "High")
+
+    worker = worker_factory()
+    wait_for_status(request, Status.PENDING, worker=worker)
+
+    assert "2 of the 3 approvals needed still count" in request.last_error
+    assert client.get_model_version(model_name, "2").current_stage == "Staging"
+    assert applied_count(request) == 0
+    assert AuditEvent.objects.filter(action="request.reopened", request_id=request.pk).count() == 1

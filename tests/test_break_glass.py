@@ -26,6 +26,7 @@ from promotions.models import (
 from promotions.services import lifecycle
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.test_stage_admin import current_form
 
 pytestmark = pytest.mark.django_db
 Status = PromotionRequest.Status
@@ -378,23 +379,7 @@ def test_changing_the_stages_emergency_rule_in_the_admin_is_audited(client, stag
     client.force_login(stage_admin)
     production = stage("Production")
     Stage.objects.filter(pk=production.pk).update(emergency_allowed=False)
-    data = {
-        "name": "Production",
-        "position": str(production.position),
-        "description": production.description,
-        "mlflow_stage": "Production",
-        "mlflow_alias": "",
-        "archive_existing": "on" if production.archive_existing else "",
-        "allowed_from": [str(s.pk) for s in production.allowed_from.all()],
-        "required_approvals": str(production.required_approvals),
-        "approver_groups": [str(g.pk) for g in production.approver_groups.all()],
-        "checks": production.checks,
-        "request_ttl": "7 00:00:00",
-        "is_active": "on",
-        "enforcement": "detect",
-        "signature_meanings": "\n".join(production.approval_meanings()),
-        "emergency_allowed": "on",
-    }
+    data = current_form("Production", emergency_allowed="on")
 
     response = client.post(f"/admin/promotions/stage/{production.pk}/change/", data)
 

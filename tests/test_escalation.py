@@ -23,6 +23,7 @@ from promotions.tasks import escalate_requests
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
 from tests.test_api import api_client
+from tests.test_stage_admin import current_form
 
 pytestmark = pytest.mark.django_db
 Status = PromotionRequest.Status
@@ -192,21 +193,7 @@ def test_the_api_shows_the_wait_and_when_a_request_was_escalated(escalating, req
 
 
 def production_form(**overrides):
-    production = stage("Production")
-    data = {
-        "name": "Production",
-        "position": str(production.position),
-        "mlflow_stage": "Production",
-        "archive_existing": "on",
-        "required_approvals": str(production.required_approvals),
-        "approver_groups": [str(g.pk) for g in production.approver_groups.all()],
-        "checks": production.checks,
-        "request_ttl": "7 00:00:00",
-        "is_active": "on",
-        "enforcement": "detect",
-        **overrides,
-    }
-    return data
+    return current_form("Production", **overrides)
 
 
 @pytest.mark.parametrize(

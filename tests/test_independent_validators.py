@@ -15,6 +15,7 @@ from promotions.services import people
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
 from tests.registry_helpers import make_version
+from tests.test_stage_admin import current_form
 
 pytestmark = pytest.mark.django_db
 
@@ -171,20 +172,7 @@ def test_a_stage_admin_turns_the_rule_on_and_off_and_off_is_flagged_as_lowered(c
     stage_admin.user_permissions.set(Permission.objects.filter(codename__endswith="_stage"))
     client.force_login(stage_admin)
     production = stage("Production")
-    data = {
-        "name": "Production",
-        "position": str(production.position),
-        "mlflow_stage": "Production",
-        "archive_existing": "on",
-        "allowed_from": [str(s.pk) for s in production.allowed_from.all()],
-        "required_approvals": str(production.required_approvals),
-        "approver_groups": [str(g.pk) for g in production.approver_groups.all()],
-        "checks": production.checks,
-        "request_ttl": "7 00:00:00",
-        "is_active": "on",
-        "enforcement": "detect",
-        "independent_validation": "on",
-    }
+    data = current_form("Production", independent_validation="on")
     response = client.post(f"/admin/promotions/stage/{production.pk}/change/", data)
     assert response.status_code == 302, response.content.decode()[:2000]
     assert stage("Production").independent_validation

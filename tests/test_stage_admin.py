@@ -31,9 +31,36 @@ def form(**overrides):
         "request_ttl": "3 00:00:00",
         "is_active": "on",
         "enforcement": "detect",
+        "emergency_allowed": "on",  # the default: a form that changes nothing leaves it on
+        # The risk tier rules' inline formset on the same page: none unless a test adds rows.
+        "risk_tier_rules-TOTAL_FORMS": "0",
+        "risk_tier_rules-INITIAL_FORMS": "0",
     }
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
+
+
+def current_form(name: str, **overrides):
+    """The stage's edit form as its page shows it now, with `overrides`: a post that changes
+    only what the test says."""
+    current = Stage.objects.get(name=name)
+    fields = dict(
+        name=current.name,
+        position=str(current.position),
+        mlflow_stage=current.mlflow_stage,
+        mlflow_alias=current.mlflow_alias,
+        archive_existing="on" if current.archive_existing else None,
+        allow_from_none="on" if current.allow_from_none else None,
+        allowed_from=[str(s.pk) for s in current.allowed_from.all()],
+        required_approvals=str(current.required_approvals),
+        approver_groups=[str(g.pk) for g in current.approver_groups.all()],
+        checks=current.checks,
+        request_ttl=str(current.request_ttl.days) + " 00:00:00",
+        enforcement=current.enforcement,
+        emergency_allowed="on" if current.emergency_allowed else None,
+        independent_validation="on" if current.independent_validation else None,
+    )
+    return form(**{**fields, **overrides})
 
 
 def test_a_stage_admin_adds_a_stage_and_it_is_audited(admin_client):

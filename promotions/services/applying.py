@@ -21,7 +21,7 @@ from django.utils import timezone
 from common.redact import redact
 from promotions import audit, catalog, change_windows, notifications, outbox, policy, provenance
 from promotions.errors import TransientApplyError
-from promotions.models import ManifestState, PromotionRequest, Stage
+from promotions.models import ManifestState, PromotionRequest, RiskTierRule, Stage
 from promotions.services.lifecycle import (
     LEASE_ENDED,
     audit_context,
@@ -34,7 +34,7 @@ from promotions.services.lifecycle import (
 from promotions.services.manifest import manifest_changes
 from registry_sync import gateway
 from registry_sync.models import RegisteredModel
-from registry_sync.services import mirror_binding_set
+from registry_sync.services import mirror_binding_set, mirror_model_tags_set
 
 logger = logging.getLogger(__name__)
 Status = PromotionRequest.Status
@@ -199,15 +199,33 @@ class _Approvers:
 def _approvers(request: PromotionRequest) -> tuple[_Approvers, str]:
     """The approvals that count now, and why they do not suffice ("" when they do): an approver
     left (deactivated, or out of the approver groups), or the policy asks for more."""
-    approvals, required = policy.counting_approvals(request), policy.required_approvals(request)
+    approvals = policy.counting_approvals(request)
     approvers = _Approvers(
         names=[review.reviewer_name for review in approvals],
         # counting_approvals keeps active reviewers only, so each review still has its user
         usernames=[review.reviewer.username for review in approvals],
     )
-    if len(approvals) < required:
-        return approvers, f"{len(approvals)} of the {required} approvals needed still count"
-    return approvers, ""
+    return approvers, policy.approval_shortfall(request, approvals)
+
+
+def _risk_tier_refresh(request: PromotionRequest) -> None:
+    """On a stage with risk tier rules, read the model's tags from MLflow before the policy is
+    checked: a tier raised since the last sync holds the request to the stricter rule now.
+    One call, only there; when MLflow does not answer, the mirror's tags stand (and the apply's
+    own calls meet the outage)."""
+    if not RiskTierRule.objects.filter(stage_id=request.stage_id).exists():
+        return
+    model = request.version.model
+    try:
+        info = gateway.get_registered_model(model.name)
+    except gateway.RegistryError as exc:
+        logger.info(
+            "Request #%s: the model's tags could not be read, the mirror's stand: %s",
+            request.pk,
+            redact(str(exc)),
+        )
+        return
+    mirror_model_tags_set(model, tags=info.tags)
 
 
 def _emergency_approver(request: PromotionRequest) -> _Approvers:
@@ -263,6 +281,7 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
         _fail(request, lease, f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts")
         return "failed"
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
+    _risk_tier_refresh(request)
     approvers, too_few = _approvers(request)
     if request.is_emergency:
         # Break-glass skipped the approvals, nothing else: the checks below still run.

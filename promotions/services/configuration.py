@@ -13,7 +13,7 @@ from django import forms
 from django.db import transaction
 
 from promotions import audit, notifications
-from promotions.models import Stage, WebhookEndpoint
+from promotions.models import RiskTierRule, Stage, WebhookEndpoint
 
 STAGE_FIELDS = (
     "name",
@@ -38,22 +38,38 @@ STAGE_FIELDS = (
 )
 
 
+# How a change's meaning names a part of the stage that is not one of its columns.
+_FIELD_WORDS = {"risk_tiers": "risk tier rules"}
+
+
 def stage_snapshot(stage: Stage) -> dict:
     data = {name: getattr(stage, name) for name in STAGE_FIELDS}
     data["request_ttl"] = str(data["request_ttl"])
     data["escalate_after"] = str(data["escalate_after"]) if data["escalate_after"] is not None else None
     data["allowed_from"] = sorted(s.name for s in stage.allowed_from.all())
     data["approver_groups"] = sorted(g.name for g in stage.approver_groups.all())
+    data["risk_tiers"] = {
+        rule.tier: {
+            "approvals": rule.min_approvals,
+            "group": rule.required_group.name if rule.required_group_id else "",
+            "signature": rule.signature_required,
+        }
+        for rule in RiskTierRule.objects.filter(stage=stage).select_related("required_group")
+    }
     return data
 
 
-def stage_save(*, form: forms.ModelForm, actor) -> Stage:
-    """Save a validated stage form (fields and relations) and record what changed."""
+def stage_save(*, form: forms.ModelForm, actor, tier_rules: forms.BaseModelFormSet | None = None) -> Stage:
+    """Save a validated stage form (fields and relations) and, when given, its validated formset
+    of risk tier rules, and record what changed in one entry."""
     with transaction.atomic():
         existing = form.instance.pk is not None
         # The form has already written its values onto form.instance: read the row as it was.
         before = stage_snapshot(Stage.objects.get(pk=form.instance.pk)) if existing else {}
         stage = form.save()
+        if tier_rules is not None:
+            tier_rules.instance = stage
+            tier_rules.save()
         after = stage_snapshot(stage)
         changes = {k: {"before": before.get(k), "after": v} for k, v in after.items() if before.get(k) != v}
         if existing and not changes:
@@ -63,7 +79,7 @@ def stage_save(*, form: forms.ModelForm, actor) -> Stage:
             action="stage.changed" if existing else "stage.created",
             actor=actor,
             meaning=f"Stage {stage.name} {'changed' if existing else 'created'}: "
-            + ", ".join(sorted(changes)),
+            + ", ".join(sorted(_FIELD_WORDS.get(name, name) for name in changes)),
             to_stage=stage.name,
             details={"changes": changes, **({"lowered": lowered} if lowered else {})},
         )
@@ -99,6 +115,27 @@ def policy_lowered(before: dict, after: dict) -> list[str]:
         lowered.append("emergency changes allowed (applied at once, reviewed afterwards)")
     if before.get("independent_validation") and not after["independent_validation"]:
         lowered.append("the version's author may approve")
+    lowered += _tiers_lowered(before.get("risk_tiers") or {}, after.get("risk_tiers") or {})
+    return lowered
+
+
+def _tiers_lowered(before: dict, after: dict) -> list[str]:
+    """What the risk tier rules no longer ask of a tier, in words."""
+    lowered = []
+    for tier, old in sorted(before.items()):
+        new = after.get(tier)
+        if new is None:
+            lowered.append(f"risk tier {tier}: rule removed")
+            continue
+        if new["approvals"] < old["approvals"]:
+            lowered.append(f"risk tier {tier}: approvals needed {old['approvals']} → {new['approvals']}")
+        if old["group"] and new["group"] != old["group"]:
+            lowered.append(
+                f"risk tier {tier}: an approval from {old['group']} no longer required"
+                + (f" ({new['group']} instead)" if new["group"] else "")
+            )
+        if old["signature"] and not new["signature"]:
+            lowered.append(f"risk tier {tier}: decisions no longer signed")
     return lowered
 
 

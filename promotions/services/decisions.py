@@ -45,22 +45,27 @@ def _review_permission(request: PromotionRequest, reviewer, action: str) -> None
 def _signature_required(
     request: PromotionRequest, reviewer, action: str, signature: SignatureProof | None
 ) -> None:
-    """A stage that requires signatures takes no decision without the signer's fresh proof."""
-    if not request.stage.signature_required:
+    """A stage (or the model's risk tier) that requires signatures takes no decision without the
+    signer's fresh proof."""
+    rules = policy.rules_in_force(request)
+    if not rules.signature_required:
         return
     if signature is not None and signature.user_id == reviewer.pk and signature.request_id == request.pk:
         return
     audit.record_denied(
         actor=reviewer,
         what=f"{action} request #{request.pk} unsigned",
-        reason="the stage requires a signature",
+        reason="the stage requires a signature"
+        if request.stage.signature_required
+        else f"risk tier {rules.tier or rules.tier_at_filing} requires a signature",
         model_name=request.version.model.name,
         version=request.version.version,
         to_stage=request.stage.name,
         request_id=request.pk,
     )
+    who = request.stage.name if request.stage.signature_required else f"Risk tier {rules.tier_label}"
     raise SignatureRequired(
-        f"{request.stage.name} requires a signed decision: approve or reject on the request page "
+        f"{who} requires a signed decision: approve or reject on the request page "
         f"(/requests/{request.pk}/), re-entering your password. API tokens cannot sign."
     )
 
@@ -128,8 +133,9 @@ def review_approve(
             raise InvalidRequest(
                 "Checks must pass before this request can be approved. Failing: " + "; ".join(failing)
             )
-        approvals = len(policy.counting_approvals(locked))
-        required = policy.required_approvals(locked)
+        counting = policy.counting_approvals(locked)
+        approvals, required = len(counting), policy.required_approvals(locked)
+        shortfall = policy.approval_shortfall(locked, counting)
         audit.record(
             action="review.approved",
             actor=reviewer,
@@ -144,7 +150,7 @@ def review_approve(
             },
             **audit_context(locked),
         )
-        if approvals >= required:
+        if not shortfall:
             request_approve_for_apply(locked, actor=reviewer, reason=f"{approvals} of {required} approvals")
         else:
             PromotionRequest.objects.filter(pk=locked.pk).update(updated_at=now)

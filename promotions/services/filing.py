@@ -215,7 +215,12 @@ def promotion_request_create(
 
     evidence = build_evidence(version=version, stage=stage, ci_evidence=ci_evidence, rollback=rollback)
     failing = policy.failing(evidence["checks"])
-    automatic = stage.required_approvals == 0
+    tier = policy.model_tier(version.model)
+    tier_rule = policy.tier_rule_snapshot(policy.tier_rule_for(stage, tier))
+    # A tier's rule that asks for an approval (or a group's) makes an automatic stage wait for it.
+    automatic = stage.required_approvals == 0 and not (
+        tier_rule and (tier_rule["approvals"] or tier_rule["group_id"])
+    )
     if automatic and failing:
         raise ChecksFailed(
             f"{stage.name} promotes automatically only when every check passes. Failing: "
@@ -241,6 +246,8 @@ def promotion_request_create(
                 ci_evidence=dict(ci_evidence or {}),
                 then_stages=list(then_stages or []),
                 required_approvals_at_filing=stage.required_approvals,
+                risk_tier_at_filing=tier,
+                risk_rule_at_filing=tier_rule,
                 check_results=evidence["checks"],
                 checks_blocked=bool(failing),
                 via=via,
@@ -267,6 +274,8 @@ def promotion_request_create(
                     "via": via,
                     "rollback": rollback,
                     "then_stages": list(then_stages or []),
+                    "risk_tier": tier,
+                    "risk_rule": tier_rule,
                 },
             )
             notifications.notify("request.created", request.pk)

@@ -87,8 +87,6 @@ def approvals_recheck(*, user) -> int:
         reason = f"{review.reviewer_name} may no longer approve requests to {request.stage.name}"
         Review.objects.filter(pk=review.pk).update(stale=True, stale_reason=reason[:500])
         stale += 1
-        if request.status in (Status.APPROVED, Status.SCHEDULED) and len(
-            policy.counting_approvals(request)
-        ) < policy.required_approvals(request):
+        if request.status in (Status.APPROVED, Status.SCHEDULED) and policy.approval_shortfall(request):
             request_reopen(request, old=(Status.APPROVED, Status.SCHEDULED), reason=reason)
     return stale

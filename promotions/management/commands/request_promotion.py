@@ -18,7 +18,7 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from promotions import audit, catalog, services
+from promotions import audit, catalog, policy, services
 from promotions.errors import InvalidRequest, PromotionError, RegistryUnavailable
 from promotions.models import AuditEvent, PromotionRequest
 
@@ -170,7 +170,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Request #{request.pk}: {request.get_status_display()} — {request.version.model.name} "
             f"v{request.version.version} → {request.stage.name} "
-            f"({approvals}/{request.stage.required_approvals} approvals)"
+            f"({approvals}/{policy.required_approvals(request)} approvals)"
         )
         for result in request.check_results:
             mark = "✓" if result["passed"] else "✗"
