@@ -4,9 +4,14 @@ from django.urls import include, path
 
 from config import health
 from promotions import api, error_pages
+from promotions.identity import views as identity_views
 
 urlpatterns = [
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", identity_views.SignInView.as_view(), name="login"),
+    path(
+        "accounts/login/break-glass/", identity_views.BreakGlassSignInView.as_view(), name="login_break_glass"
+    ),
+    path("oidc/", include("promotions.identity.urls")),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),

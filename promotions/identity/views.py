@@ -1,0 +1,158 @@
+"""Sign-in pages: the password form (LOCAL_LOGIN), the break-glass form for superusers, and the
+OpenID Connect start and callback (mozilla-django-oidc's views, with pages that say what went
+wrong instead of a bare redirect)."""
+
+from __future__ import annotations
+
+import time
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import LoginView
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.decorators import method_decorator
+from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
+
+from promotions import roles
+from promotions.auth_events import client_address
+from promotions.identity import provider
+from promotions.identity.middleware import SESSION_REFRESH_DUE
+from promotions.models import SsoIdentity
+from promotions.services import identity
+from promotions.services.identity import SignInRefused
+
+LOCAL_LOGIN_OFF = "Sign-in with a password is turned off here: use the company sign-in."
+
+
+def _login_page(request: HttpRequest, *, form=None, status: int = 200, **context) -> HttpResponse:
+    context = {
+        "form": form if form is not None else AuthenticationForm(request),
+        "local_login": settings.LOCAL_LOGIN,
+        "oidc_enabled": settings.OIDC_ENABLED,
+        "provider_name": settings.OIDC_PROVIDER_NAME,
+        "next": request.GET.get("next", ""),
+        **context,
+    }
+    return render(request, "registration/login.html", context, status=status)
+
+
+@method_decorator(login_not_required, name="dispatch")
+class SignInView(LoginView):
+    """Django's LoginView; with LOCAL_LOGIN=false it shows only the company sign-in."""
+
+    def get_context_data(self, **kwargs):
+        return {
+            **super().get_context_data(**kwargs),
+            "local_login": settings.LOCAL_LOGIN,
+            "oidc_enabled": settings.OIDC_ENABLED,
+            "provider_name": settings.OIDC_PROVIDER_NAME,
+        }
+
+    def post(self, request, *args, **kwargs):
+        if not settings.LOCAL_LOGIN:
+            return HttpResponse(LOCAL_LOGIN_OFF, status=403, content_type="text/plain; charset=utf-8")
+        return super().post(request, *args, **kwargs)
+
+
+class SuperuserAuthenticationForm(AuthenticationForm):
+    def confirm_login_allowed(self, user) -> None:
+        super().confirm_login_allowed(user)
+        if not user.is_superuser:
+            raise forms.ValidationError(
+                "Only superusers created with `manage.py createsuperuser` sign in here.", code="not_superuser"
+            )
+
+
+@method_decorator(login_not_required, name="dispatch")
+class BreakGlassSignInView(LoginView):
+    """With LOCAL_LOGIN=false: a password sign-in for superusers only (django-axes still counts)."""
+
+    authentication_form = SuperuserAuthenticationForm
+    template_name = "identity/break_glass.html"
+
+    def dispatch(self, request, *args, **kwargs):
+        if settings.LOCAL_LOGIN:
+            raise Http404("The password form is at /accounts/login/.")
+        return super().dispatch(request, *args, **kwargs)
+
+
+@method_decorator(login_not_required, name="dispatch")
+class SsoStartView(OIDCAuthenticationRequestView):
+    def __init__(self, *args, **kwargs) -> None:
+        # Not the library's: it reads the authorization endpoint at once; here, on use.
+        self.OIDC_RP_CLIENT_ID = settings.OIDC_RP_CLIENT_ID
+
+    def get(self, request):
+        if not settings.OIDC_ENABLED:
+            raise Http404("Company sign-in is not configured.")
+        try:
+            self.OIDC_OP_AUTH_ENDPOINT = provider.endpoint("authorization_endpoint")
+        except provider.ProviderUnavailable:
+            return _login_page(request, provider_down=True, status=503)
+        return super().get(request)
+
+
+@method_decorator(login_not_required, name="dispatch")
+class SsoCallbackView(OIDCAuthenticationCallbackView):
+    def get(self, request):
+        if not settings.OIDC_ENABLED:
+            raise Http404("Company sign-in is not configured.")
+        if error := request.GET.get("error"):
+            refusal = SignInRefused("provider_error", str(error)[:100])
+            identity.sso_sign_in_refused_record(
+                reason=refusal.reason, detail=refusal.detail, ip_address=client_address(request)
+            )
+            super().get(request)  # forgets the state and signs out, as the library does
+            return self._refused(refusal)
+        state = request.GET.get("state")
+        if "code" not in request.GET or state not in request.session.get("oidc_states", {}):
+            refusal = SignInRefused("state", str(state or "")[:64])
+            identity.sso_sign_in_refused_record(
+                reason=refusal.reason, detail=refusal.detail, ip_address=client_address(request)
+            )
+            return self._refused(refusal)
+        return super().get(request)
+
+    def login_failure(self):
+        refusal = getattr(self.request, "sso_refusal", None)
+        if refusal is None:
+            refusal = SignInRefused("inactive")
+        return self._refused(refusal)
+
+    def _refused(self, refusal: SignInRefused) -> HttpResponse:
+        if refusal.reason == "provider_unavailable":
+            return _login_page(self.request, provider_down=True, status=503)
+        return render(
+            self.request,
+            "identity/refused.html",
+            {
+                "refusal": refusal,
+                "provider_name": settings.OIDC_PROVIDER_NAME,
+                "local_login": settings.LOCAL_LOGIN,
+            },
+            status=403 if refusal.reason in ("inactive", "username_taken") else 400,
+        )
+
+    def login_success(self):
+        response = super().login_success()
+        self.request.session[SESSION_REFRESH_DUE] = time.time() + settings.OIDC_REFRESH_SECONDS
+        if not roles.role_names(self.user) and not self.user.is_superuser:
+            return redirect("sso_no_role")
+        return response
+
+
+def no_role(request: HttpRequest) -> HttpResponse:
+    """Signed in, but none of the provider's groups gives a role here."""
+    sso = SsoIdentity.objects.filter(user=request.user).first()
+    return render(
+        request,
+        "identity/no_role.html",
+        {
+            "groups": sso.last_groups if sso else [],
+            "has_role": bool(roles.role_names(request.user)) or request.user.is_superuser,
+            "groups_claim": settings.OIDC_GROUPS_CLAIM,
+        },
+    )
