@@ -208,6 +208,8 @@ OIDC_TIMEOUT = envint("OIDC_TIMEOUT_SECONDS", 5, minimum=1)
 OIDC_REFRESH_SECONDS = envint("OIDC_REFRESH_SECONDS", 900, minimum=30)
 OIDC_CLOCK_SKEW_SECONDS = envint("OIDC_CLOCK_SKEW_SECONDS", 60, minimum=0)
 OIDC_USE_PKCE = True
+# client_secret_basic: the method every provider must accept at its token endpoint.
+OIDC_TOKEN_USE_BASIC_AUTH = True
 OIDC_USE_NONCE = True
 OIDC_CREATE_USER = True
 OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"

@@ -25,6 +25,13 @@ SESSION_REFRESH_DUE = "sso_refresh_due"
 RETRY_SECONDS = 60
 
 
+def _error_code(response) -> str:
+    try:
+        return str(response.json().get("error", ""))[:100]
+    except (AttributeError, ValueError):
+        return ""
+
+
 def _refresh(request) -> bool:
     """False when the provider refused: the caller signs the user out."""
     backend = SsoBackend()
@@ -38,15 +45,18 @@ def _refresh(request) -> bool:
                 "refresh_token": request.session[SESSION_REFRESH_TOKEN],
             }
         )
-        payload = backend.verify_token(answer.get("id_token"))
-        if str(payload.get("sub")) != request.user.sso_identity.subject:
+        subject = request.user.sso_identity.subject
+        # Many providers send no new ID token on a refresh: then the user info names the person.
+        payload = backend.verify_token(answer["id_token"]) if answer.get("id_token") else {"sub": subject}
+        if str(payload.get("sub")) != subject:
             raise SignInRefused("userinfo_subject")
         claims = backend.get_userinfo(answer.get("access_token"), answer.get("id_token"), payload)
     except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else 0
-        if 400 <= status < 500:
-            identity.sso_user_provider_gone(user=request.user, reason=f"refresh refused (status {status})")
+        if _error_code(exc.response) == "invalid_grant":
+            identity.sso_user_provider_gone(user=request.user, reason="refresh refused (invalid_grant)")
             return False
+        # Anything else (our client refused, the provider failing) says nothing about the person.
+        log.warning("The provider refused an SSO refresh: %s", _error_code(exc.response) or "no error code")
         request.session[SESSION_REFRESH_DUE] = time.time() + RETRY_SECONDS
         return True
     except (requests.RequestException, provider.ProviderUnavailable) as exc:
