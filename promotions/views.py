@@ -3,6 +3,7 @@ history. Views parse, call one service or selector, render."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.views import redirect_to_login
@@ -31,6 +32,7 @@ from promotions.forms import (
     parse_optional_number,
     parse_text,
 )
+from promotions.identity import reauth
 from promotions.models import REJECTION_MEANING, PromotionRequest, Stage
 from promotions.services import enforcement, signatures
 from registry_sync import selectors as mirror
@@ -260,6 +262,8 @@ def _detail_context(
         if signing
         else "",
         "rejection_meaning": REJECTION_MEANING,
+        "signs_with_provider": signing and reauth.signs_with_provider(user),
+        "provider_name": settings.OIDC_PROVIDER_NAME,
         "already_reviewed": already,
         "is_requester": promotion.requested_by_id == user.pk,
         "may_cancel": promotion.status in ("pending", "approved") and policy.may_cancel(user, promotion),
@@ -369,6 +373,13 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         # Who may decide is asked first: a refusal is a 403 whether or not the stage signs.
         if promotion.stage.signature_required and policy.decide_refusal(request.user, promotion) is None:
+            reauthentication = None
+            if reauth.signs_with_provider(request.user):
+                # No password here: the decision waits for a fresh sign-in at the provider.
+                key = request.POST.get("reauth_key", "")
+                if not key:
+                    return reauth.reauthentication_start(request, request_id=promotion.pk, fields=data)
+                reauthentication = reauth.proof_take(request, promotion.pk, key) or {}
             signature = signatures.signature_check(
                 http_request=request,
                 user=request.user,
@@ -377,6 +388,7 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
                 token=data["signature_token"],
                 password=data["password"],
                 meaning=data["meaning"] if approve else REJECTION_MEANING,
+                reauthentication=reauthentication,
             )
         if approve:
             services.review_approve(

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
 import jwt
 import pytest
 from django.contrib.auth.models import User
 
-from promotions import roles
+from promotions import roles, services
 from promotions.identity import provider as discovery
 from promotions.identity.backend import SsoBackend
 from promotions.identity.middleware import SESSION_REFRESH_DUE
-from promotions.models import AuditEvent, SsoIdentity
+from promotions.models import AuditEvent, Review, SsoIdentity
 from promotions.services.identity import SignInRefused
 from tests import oidc_provider
 from tests.conftest import make_user
+from tests.factories import mirror_model, stage, version
 
 pytestmark = pytest.mark.django_db
 
@@ -276,3 +278,96 @@ def test_the_break_glass_form_is_absent_while_local_login_is_on(client, sso):
 def test_without_an_issuer_company_sign_in_is_off(client):
     assert "Sign in with" not in client.get("/accounts/login/").content.decode()
     assert client.get("/oidc/authenticate/").status_code == 404
+
+
+def test_the_no_role_page_needs_a_signed_in_user(client, outsider):
+    assert client.get("/oidc/no-role/")["Location"].startswith("/accounts/login/")
+    client.force_login(outsider)
+    assert "You have no role here" in client.get("/oidc/no-role/").content.decode()
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?code=x&state=<script>", "?error=<b>denied</b>&state=x", "?code=" + "x" * 5000, "?state=&code=", ""],
+)
+def test_a_hostile_callback_gets_a_clear_refusal(client, sso, query):
+    response = client.get("/oidc/callback/" + query)
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Sign-in refused" in page and "<script>" not in page and "<b>denied</b>" not in page
+
+
+# --- signatures by a fresh sign-in at the provider --------------------------------------------
+
+
+@pytest.fixture
+def signing_request(requester):
+    production = stage("Production")
+    production.signature_required = True
+    production.save()
+    sales = mirror_model(
+        "sales_forecast",
+        {3: {"current_stage": "Production"}, 5: {"current_stage": "Staging", "metrics": {"accuracy": 0.93}}},
+    )
+    return services.promotion_request_create(
+        version=version(sales, 5), stage=production, requested_by=requester, justification="beats v3"
+    )
+
+
+def hidden_fields(html: str) -> dict:
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
+
+
+def post_signed_decision(client, sso, promotion):
+    page = client.get(f"/requests/{promotion.pk}/").content.decode()
+    assert "You sign by signing in again at Acme SSO" in page and 'name="password"' not in page
+    fields = hidden_fields(page)
+    body = {"decision": "approve", "comment": "fine <b>work</b>", "meaning": "Approved for release"}
+    response = client.post(f"/requests/{promotion.pk}/decide/", {**fields, **body})
+    assert response.status_code == 302 and response["Location"] == f"/oidc/reauthenticate/{promotion.pk}/"
+    start = client.get(response["Location"])
+    assert "prompt=login" in start["Location"] and "max_age=0" in start["Location"]
+    return start["Location"]
+
+
+def test_an_sso_reviewer_signs_by_signing_in_again_at_the_provider(client, sso, signing_request):
+    sso.set_user("sub-rae", preferred_username="rae", name="Rae Viewer", groups=["ml-reviewers"])
+    sign_in(client, sso, "sub-rae")
+    authorize = post_signed_decision(client, sso, signing_request)
+    assert not Review.objects.exists()
+    confirm = client.get(sso.authorize(authorize, "sub-rae"))
+    page = confirm.content.decode()
+    assert confirm.status_code == 200 and "Sign and approve" in page
+    assert "fine &lt;b&gt;work&lt;/b&gt;" in page
+    body = hidden_fields(page)
+    assert client.post(f"/requests/{signing_request.pk}/decide/", body).status_code == 302
+    review = Review.objects.get()
+    assert (review.signer_username, review.signer_name, review.signed_meaning) == (
+        "rae",
+        "Rae Viewer",
+        "Approved for release",
+    )
+    # The fresh sign-in signs one decision: the same confirmation again signs nothing.
+    again = client.post(f"/requests/{signing_request.pk}/decide/", body, HTTP_HX_REQUEST="true")
+    assert again.status_code == 422
+    assert Review.objects.count() == 1
+
+
+def test_a_fresh_sign_in_by_someone_else_signs_nothing(client, sso, signing_request):
+    sso.set_user("sub-ray", preferred_username="ray", groups=["ml-reviewers"])
+    sso.set_user("sub-mallory", preferred_username="mallory", groups=["ml-reviewers"])
+    sign_in(client, sso, "sub-ray")
+    authorize = post_signed_decision(client, sso, signing_request)
+    refused = client.get(sso.authorize(authorize, "sub-mallory"))
+    assert refused.status_code == 403
+    assert "another person" in refused.content.decode()
+    assert not Review.objects.exists()
+    assert events("signature.refused")[0].details["reason"] == "the provider signed in another person"
+    # Nor can the decision be forced through without the proof.
+    fields = hidden_fields(client.get(f"/requests/{signing_request.pk}/").content.decode())
+    body = {**fields, "decision": "approve", "meaning": "Approved for release", "reauth_key": "guessed"}
+    assert (
+        client.post(f"/requests/{signing_request.pk}/decide/", body, HTTP_HX_REQUEST="true").status_code
+        == 422
+    )
+    assert not Review.objects.exists()

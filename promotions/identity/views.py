@@ -5,23 +5,28 @@ wrong instead of a bare redirect)."""
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qs, urlsplit
 
+import requests
 from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.decorators import method_decorator
+from mozilla_django_oidc.utils import absolutify
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
 from promotions import roles
 from promotions.auth_events import client_address
-from promotions.identity import provider
+from promotions.identity import provider, reauth
+from promotions.identity.backend import SsoBackend
 from promotions.identity.middleware import SESSION_REFRESH_DUE
-from promotions.models import SsoIdentity
-from promotions.services import identity
+from promotions.models import PromotionRequest, SsoIdentity
+from promotions.services import identity, signatures
 from promotions.services.identity import SignInRefused
 
 LOCAL_LOGIN_OFF = "Sign-in with a password is turned off here: use the company sign-in."
@@ -95,6 +100,26 @@ class SsoStartView(OIDCAuthenticationRequestView):
         return super().get(request)
 
 
+class ReauthenticationStartView(SsoStartView):
+    """To the provider for a fresh sign-in that signs the decision kept in the session."""
+
+    def get(self, request, pk: int):
+        if not settings.OIDC_ENABLED or not request.user.is_authenticated:
+            raise Http404("Company sign-in is not configured.")
+        if reauth.pending_for(request, pk) is None:
+            return redirect("request_detail", pk=pk)
+        response = super().get(request)
+        if response.status_code == 302:
+            state = parse_qs(urlsplit(response["Location"]).query).get("state", [""])[0]
+            request.session["oidc_states"][state]["reauth"] = pk
+            request.session.modified = True
+        return response
+
+    def get_extra_params(self, request):
+        # A new authentication now, whatever session the provider holds (checked via auth_time).
+        return {"prompt": "login", "max_age": "0"}
+
+
 @method_decorator(login_not_required, name="dispatch")
 class SsoCallbackView(OIDCAuthenticationCallbackView):
     def get(self, request):
@@ -114,7 +139,72 @@ class SsoCallbackView(OIDCAuthenticationCallbackView):
                 reason=refusal.reason, detail=refusal.detail, ip_address=client_address(request)
             )
             return self._refused(refusal)
+        entry = request.session["oidc_states"][state]
+        if entry.get("reauth"):
+            del request.session["oidc_states"][state]
+            request.session.modified = True
+            return self._reauthenticated(request, entry)
         return super().get(request)
+
+    def _reauthenticated(self, request, entry: dict) -> HttpResponse:
+        """A fresh sign-in for a signature: check it names the signer, now; then ask to confirm."""
+        pending = reauth.pending_for(request, entry["reauth"]) if request.user.is_authenticated else None
+        if pending is None:
+            return self._refused(SignInRefused("state", "no signature waits for this sign-in"))
+        promotion = get_object_or_404(
+            PromotionRequest.objects.select_related("stage", "version__model"), pk=pending["request"]
+        )
+        backend = SsoBackend()
+        backend.request = request
+        try:
+            answer = backend.get_token(
+                {
+                    "client_id": settings.OIDC_RP_CLIENT_ID,
+                    "client_secret": settings.OIDC_RP_CLIENT_SECRET,
+                    "grant_type": "authorization_code",
+                    "code": request.GET["code"],
+                    "redirect_uri": absolutify(request, reverse("oidc_authentication_callback")),
+                    "code_verifier": entry.get("code_verifier"),
+                }
+            )
+            payload = backend.verify_token(answer.get("id_token"), nonce=entry.get("nonce"))
+        except SignInRefused as refusal:
+            reason = refusal.text
+        except (requests.RequestException, provider.ProviderUnavailable):
+            reason = "the provider is not answering"
+        else:
+            reason = self._reauthentication_refusal(request, payload, pending)
+        if reason:
+            signatures.signature_refusal_record(user=request.user, promotion=promotion, reason=reason)
+            return render(
+                request,
+                "identity/sign_confirm.html",
+                {"promotion": promotion, "refusal": reason, "provider_name": settings.OIDC_PROVIDER_NAME},
+                status=403,
+            )
+        reauth.proof_record(request, pending=pending, auth_time=int(payload["auth_time"]))
+        return render(
+            request,
+            "identity/sign_confirm.html",
+            {
+                "promotion": promotion,
+                "pending": pending,
+                "fields": pending["fields"],
+                "provider_name": settings.OIDC_PROVIDER_NAME,
+            },
+        )
+
+    @staticmethod
+    def _reauthentication_refusal(request, payload: dict, pending: dict) -> str:
+        subject = SsoIdentity.objects.filter(user=request.user).values_list("subject", flat=True).first()
+        if str(payload.get("sub")) != subject:
+            return "the provider signed in another person"
+        auth_time = payload.get("auth_time")
+        if not isinstance(auth_time, int):
+            return "the provider did not say when the person signed in (auth_time)"
+        if auth_time < pending["posted_at"] - settings.OIDC_CLOCK_SKEW_SECONDS:
+            return "the provider did not ask for a new sign-in (auth_time before the decision)"
+        return ""
 
     def login_failure(self):
         refusal = getattr(self.request, "sso_refusal", None)
