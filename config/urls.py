@@ -14,6 +14,9 @@ urlpatterns = [
     path("oidc/", include("promotions.identity.urls")),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
+    # One sign-in page for the admin too: the admin's own would take any staff password even
+    # with LOCAL_LOGIN=false.
+    path("admin/login/", identity_views.admin_login, name="admin_login_redirect"),
     path("admin/", admin.site.urls),
     path("audit/", include("promotions.audit.urls")),
     path("api/", api.urls()),

@@ -38,6 +38,7 @@ PUBLIC = {"login", "logout", "healthz", "mlflow_webhook"}
 # pages need any signed-in user (the latter only with a signed decision waiting in the session).
 PUBLIC |= {
     "login_break_glass",
+    "admin_login_redirect",
     "oidc_authentication_init",
     "oidc_authentication_callback",
     "sso_no_role",

@@ -142,6 +142,7 @@ ENDPOINTS = [
     ("login", "get", "/accounts/login/", ("next",)),
     ("login", "post", "/accounts/login/", ("username", "password", "next")),
     ("login_break_glass", "post", "/accounts/login/break-glass/", ("username", "password", "next")),
+    ("admin_login_redirect", "get", "/admin/login/", ("next",)),
     ("oidc_authentication_init", "get", "/oidc/authenticate/", ("next",)),
     ("oidc_authentication_callback", "get", "/oidc/callback/", ("code", "state", "error")),
     ("sso_no_role", "get", "/oidc/no-role/", ()),
@@ -221,7 +222,13 @@ PATH_TEXT = st.one_of(
 )
 def test_no_value_gives_a_server_error(world, name, method, template, names):
     value_strategy = POST_VALUE if method == "post" else VALUE
-    signed_out = ("login", "login_break_glass", "oidc_authentication_init", "oidc_authentication_callback")
+    signed_out = (
+        "login",
+        "login_break_glass",
+        "admin_login_redirect",
+        "oidc_authentication_init",
+        "oidc_authentication_callback",
+    )
     roles = (*ROLES, "anonymous") if name in (*signed_out, "healthz", "mlflow_webhook") else ROLES
 
     @settings(

@@ -20,6 +20,7 @@ from promotions.services.identity import SignInRefused
 from tests import oidc_provider
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.test_settings import run_check
 
 pytestmark = pytest.mark.django_db
 
@@ -269,6 +270,28 @@ def test_with_local_login_off_only_superusers_use_a_password(client, sso, settin
     ok = client.post("/accounts/login/break-glass/", {"username": "root", "password": "pw-root-long-enough"})
     assert ok.status_code == 302
     assert client.session["_auth_user_id"] == str(User.objects.get(username="root").pk)
+
+
+def test_the_admin_signs_in_on_the_same_pages(client, sso, settings):
+    assert client.get("/admin/login/?next=/admin/")["Location"] == "/accounts/login/?next=%2Fadmin%2F"
+    settings.LOCAL_LOGIN = False
+    assert client.get("/admin/login/")["Location"] == "/accounts/login/break-glass/"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"OIDC_ISSUER": "http://idp", "OIDC_CLIENT_ID": "c", "OIDC_ROLE_MAP": "ml=Admins"},
+            "OIDC_ROLE_MAP entry",
+        ),
+        ({"OIDC_ISSUER": "http://idp"}, "OIDC_CLIENT_ID is required"),
+        ({"LOCAL_LOGIN": "false"}, "LOCAL_LOGIN=false needs OIDC_ISSUER"),
+    ],
+)
+def test_bad_sign_in_settings_stop_start_up_with_one_line(env, expected):
+    result = run_check(**env)
+    assert result.returncode == 2 and expected in result.stderr
 
 
 def test_the_break_glass_form_is_absent_while_local_login_is_on(client, sso):

@@ -5,7 +5,7 @@ wrong instead of a bare redirect)."""
 from __future__ import annotations
 
 import time
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 from django import forms
@@ -232,6 +232,14 @@ class SsoCallbackView(OIDCAuthenticationCallbackView):
         if not roles.role_names(self.user) and not self.user.is_superuser:
             return redirect("sso_no_role")
         return response
+
+
+@login_not_required
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """The admin's sign-in is ours: the password form, or with LOCAL_LOGIN=false the break-glass one."""
+    target = reverse("login" if settings.LOCAL_LOGIN else "login_break_glass")
+    next_url = request.GET.get("next", "")
+    return redirect(f"{target}?{urlencode({'next': next_url})}" if next_url else target)
 
 
 def no_role(request: HttpRequest) -> HttpResponse:
