@@ -456,6 +456,7 @@ def stage_list(request: HttpRequest) -> HttpResponse:
             for stage in stages
         ],
         "may_edit": policy.is_stage_admin(request.user) and request.user.is_staff,
+        "sso_provider_name": settings.OIDC_PROVIDER_NAME if settings.OIDC_ENABLED else "",
     }
     return render(request, "promotions/stage_list.html", context)
 

@@ -376,6 +376,12 @@ def test_an_sso_reviewer_signs_by_signing_in_again_at_the_provider(client, sso, 
     assert Review.objects.count() == 1
 
 
+def test_the_stage_catalog_says_how_sso_users_sign(client, sso, signing_request, reviewer):
+    client.force_login(reviewer)
+    page = client.get("/stages/").content.decode()
+    assert "single sign-on users sign in again at Acme SSO instead" in page
+
+
 def test_a_fresh_sign_in_by_someone_else_signs_nothing(client, sso, signing_request):
     sso.set_user("sub-ray", preferred_username="ray", groups=["ml-reviewers"])
     sso.set_user("sub-mallory", preferred_username="mallory", groups=["ml-reviewers"])
