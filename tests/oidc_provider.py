@@ -11,7 +11,13 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import pytest
 import requests
+
+from promotions import roles
+from promotions.identity import provider as discovery
+
+CLIENT_ID = "promotions-test"
 
 
 def free_port() -> int:
@@ -110,3 +116,25 @@ def stop(provider: Provider) -> None:
         provider.process.wait(timeout=5)
     except subprocess.TimeoutExpired:
         provider.process.kill()
+
+
+@pytest.fixture(scope="session")
+def oidc():
+    """One provider process for the session."""
+    provider = start()
+    yield provider
+    stop(provider)
+
+
+@pytest.fixture
+def sso(oidc, settings):
+    """Company sign-in on, through the session's provider."""
+    settings.OIDC_ISSUER = oidc.issuer
+    settings.OIDC_ENABLED = True
+    settings.OIDC_RP_CLIENT_ID = CLIENT_ID
+    settings.OIDC_RP_CLIENT_SECRET = "secret"
+    settings.OIDC_PROVIDER_NAME = "Acme SSO"
+    settings.OIDC_ROLE_MAP = {"ml-reviewers": roles.REVIEWERS, "ml-platform": roles.STAGE_ADMINS}
+    discovery.forget()
+    yield oidc
+    discovery.forget()

@@ -20,31 +20,10 @@ from promotions.services.identity import SignInRefused
 from tests import oidc_provider
 from tests.conftest import make_user
 from tests.factories import mirror_model, stage, version
+from tests.oidc_provider import CLIENT_ID
 from tests.test_settings import run_check
 
 pytestmark = pytest.mark.django_db
-
-CLIENT_ID = "promotions-test"
-
-
-@pytest.fixture(scope="session")
-def oidc():
-    provider = oidc_provider.start()
-    yield provider
-    oidc_provider.stop(provider)
-
-
-@pytest.fixture
-def sso(oidc, settings):
-    settings.OIDC_ISSUER = oidc.issuer
-    settings.OIDC_ENABLED = True
-    settings.OIDC_RP_CLIENT_ID = CLIENT_ID
-    settings.OIDC_RP_CLIENT_SECRET = "secret"
-    settings.OIDC_PROVIDER_NAME = "Acme SSO"
-    settings.OIDC_ROLE_MAP = {"ml-reviewers": roles.REVIEWERS, "ml-platform": roles.STAGE_ADMINS}
-    discovery.forget()
-    yield oidc
-    discovery.forget()
 
 
 def sign_in(client, oidc, sub: str):
