@@ -170,6 +170,7 @@ def test_a_wrong_nonce_is_refused_and_audited(client, sso):
     assert response.status_code == 400
     assert not User.objects.filter(username="gus").exists()
     assert events("auth.oidc_refused")[0].details["reason"] == "nonce"
+    assert events("auth.login_failed") == []  # one entry per refusal, the one that says why
     assert "_auth_user_id" not in client.session
 
 
