@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -379,4 +380,26 @@ def test_a_fresh_sign_in_by_someone_else_signs_nothing(client, sso, signing_requ
         client.post(f"/requests/{signing_request.pk}/decide/", body, HTTP_HX_REQUEST="true").status_code
         == 422
     )
+    assert not Review.objects.exists()
+
+
+def test_a_deactivated_sso_user_loses_their_session_at_once(client, sso):
+    sso.set_user("sub-lou", preferred_username="lou", groups=["ml-reviewers"])
+    sign_in(client, sso, "sub-lou")
+    assert client.get("/").status_code == 200
+    User.objects.filter(username="lou").update(is_active=False)
+    assert client.get("/")["Location"].startswith("/accounts/login/")
+
+
+def test_cancelling_at_the_provider_while_signing_signs_nothing_and_keeps_the_session(
+    client, sso, signing_request
+):
+    sso.set_user("sub-max", preferred_username="max", groups=["ml-reviewers"])
+    sign_in(client, sso, "sub-max")
+    authorize = post_signed_decision(client, sso, signing_request)
+    # What a provider sends back when the person cancels (the mock's own Deny drops the state).
+    state = parse_qs(urlsplit(authorize).query)["state"][0]
+    response = client.get(f"/oidc/callback/?error=access_denied&state={state}")
+    assert response.status_code == 302 and response["Location"] == f"/requests/{signing_request.pk}/"
+    assert client.get("/").status_code == 200
     assert not Review.objects.exists()

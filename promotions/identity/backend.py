@@ -75,6 +75,11 @@ class SsoBackend(OIDCAuthenticationBackend):
             )
         return None
 
+    def get_user(self, user_id):
+        # The library's returns deactivated users too: a session would outlive the deactivation.
+        user = super().get_user(user_id)
+        return user if user is not None and self.user_can_authenticate(user) else None
+
     def get_token(self, payload):
         self.token_info = super().get_token(payload)
         return self.token_info
@@ -113,7 +118,8 @@ class SsoBackend(OIDCAuthenticationBackend):
                 key,
                 algorithms=[self.OIDC_RP_SIGN_ALGO],
                 audience=self.OIDC_RP_CLIENT_ID,
-                issuer=settings.OIDC_ISSUER,
+                # The issuer exactly as the provider spells it (a trailing slash included).
+                issuer=provider.discovery()["issuer"],
                 leeway=settings.OIDC_CLOCK_SKEW_SECONDS,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )

@@ -15,6 +15,7 @@ from django.contrib.auth.views import redirect_to_login
 
 from promotions.identity import provider
 from promotions.identity.backend import SESSION_REFRESH_TOKEN, SsoBackend
+from promotions.models import SsoIdentity
 from promotions.services import identity
 from promotions.services.identity import SignInRefused
 
@@ -45,7 +46,9 @@ def _refresh(request) -> bool:
                 "refresh_token": request.session[SESSION_REFRESH_TOKEN],
             }
         )
-        subject = request.user.sso_identity.subject
+        subject = SsoIdentity.objects.filter(user=request.user).values_list("subject", flat=True).first()
+        if subject is None:  # the identity was removed by an administrator: sign in again
+            return False
         # Many providers send no new ID token on a refresh: then the user info names the person.
         payload = backend.verify_token(answer["id_token"]) if answer.get("id_token") else {"sub": subject}
         if str(payload.get("sub")) != subject:

@@ -125,6 +125,12 @@ class SsoCallbackView(OIDCAuthenticationCallbackView):
     def get(self, request):
         if not settings.OIDC_ENABLED:
             raise Http404("Company sign-in is not configured.")
+        entry = request.session.get("oidc_states", {}).get(request.GET.get("state"))
+        if isinstance(entry, dict) and entry.get("reauth") and request.GET.get("error"):
+            # Cancelled at the provider while signing: nothing signed, still signed in here.
+            del request.session["oidc_states"][request.GET["state"]]
+            request.session.modified = True
+            return redirect("request_detail", pk=entry["reauth"])
         if error := request.GET.get("error"):
             refusal = SignInRefused("provider_error", str(error)[:100])
             identity.sso_sign_in_refused_record(
