@@ -21,6 +21,7 @@ from promotions.models import (
     OutboundDelivery,
     OutboundEmail,
     PromotionRequest,
+    SsoIdentity,
     Stage,
     WebhookEndpoint,
 )
@@ -183,6 +184,15 @@ class PromotionRequestAdmin(ReadOnly, admin.ModelAdmin):
 class AuditEventAdmin(ReadOnly, admin.ModelAdmin):
     list_display = ("sequence", "created_at", "actor_name", "action", "meaning")
     list_filter = ("action",)
+
+
+@admin.register(SsoIdentity)
+class SsoIdentityAdmin(ReadOnly, admin.ModelAdmin):
+    """Read-only: written by the company sign-in (promotions/services/identity.py) alone."""
+
+    list_display = ("user", "subject", "issuer", "last_sign_in_at", "deactivated_by_provider")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "subject")
 
 
 # --- outbound webhooks ------------------------------------------------------------------------
