@@ -53,6 +53,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "promotions.audit.log.audit_context_middleware",
+    "promotions.identity.middleware.sso_refresh_middleware",
     "promotions.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -163,6 +164,8 @@ LOGOUT_REDIRECT_URL = "login"
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
+    # Does nothing but on the OpenID Connect callback (and only with OIDC_ISSUER set).
+    "promotions.identity.backend.SsoBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -186,6 +189,53 @@ SIGN_IN_AUDIT_NAMES_PER_ADDRESS = envint("SIGN_IN_AUDIT_NAMES_PER_ADDRESS", 20, 
 SIGNATURE_FORM_MAX_AGE_SECONDS = envint("SIGNATURE_FORM_MAX_AGE_SECONDS", 600, minimum=30)
 # The registered model's tag that names its risk tier; the stage catalog's tier rules match its value.
 RISK_TIER_TAG = envstr("RISK_TIER_TAG", "risk_tier")
+
+# Company sign-in (OpenID Connect, promotions/identity) ----------------------------------------
+# Off unless OIDC_ISSUER is set. The provider's endpoints come from its discovery document,
+# fetched on first use (not at start-up: a provider that is down must not stop the site).
+OIDC_ISSUER = (
+    envurl("OIDC_ISSUER", "", schemes=("http", "https")).rstrip("/") if envstr("OIDC_ISSUER", "") else ""
+)
+OIDC_ENABLED = bool(OIDC_ISSUER)
+OIDC_RP_CLIENT_ID = envstr("OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = envstr("OIDC_CLIENT_SECRET", "")
+if OIDC_ENABLED and not OIDC_RP_CLIENT_ID:
+    raise ImproperlyConfigured("OIDC_ISSUER is set: OIDC_CLIENT_ID is required too.")
+OIDC_PROVIDER_NAME = envstr("OIDC_PROVIDER_NAME", "single sign-on")
+OIDC_RP_SCOPES = envstr("OIDC_SCOPES", "openid email profile")
+OIDC_RP_SIGN_ALGO = envstr("OIDC_SIGN_ALGO", "RS256")
+OIDC_GROUPS_CLAIM = envstr("OIDC_GROUPS_CLAIM", "groups")
+OIDC_TIMEOUT = envint("OIDC_TIMEOUT_SECONDS", 5, minimum=1)
+# Roles are recomputed at every sign-in and, with a refresh token, this often while signed in.
+OIDC_REFRESH_SECONDS = envint("OIDC_REFRESH_SECONDS", 900, minimum=30)
+OIDC_CLOCK_SKEW_SECONDS = envint("OIDC_CLOCK_SKEW_SECONDS", 60, minimum=0)
+OIDC_USE_PKCE = True
+# client_secret_basic: the method every provider must accept at its token endpoint.
+OIDC_TOKEN_USE_BASIC_AUTH = True
+OIDC_USE_NONCE = True
+OIDC_CREATE_USER = True
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_authentication_callback"
+
+
+def _role_map_from_env() -> dict[str, str]:
+    roles = ("Requesters", "Reviewers", "Stage admins", "Auditors")  # promotions.roles.ALL_ROLES
+    mapping = {}
+    for item in envlist("OIDC_ROLE_MAP", []):
+        group, sep, role = item.partition("=")
+        if not sep or not group.strip() or role.strip() not in roles:
+            raise ImproperlyConfigured(
+                f"OIDC_ROLE_MAP entry {item!r} must be GROUP=ROLE, the role one of: {', '.join(roles)}."
+            )
+        mapping[group.strip()] = role.strip()
+    return mapping
+
+
+OIDC_ROLE_MAP = _role_map_from_env()
+# Off: no password form; only superusers created with `createsuperuser` sign in with a password,
+# at /accounts/login/break-glass/ (docs/sso.md).
+LOCAL_LOGIN = envbool("LOCAL_LOGIN", True)
+if not LOCAL_LOGIN and not OIDC_ENABLED:
+    raise ImproperlyConfigured("LOCAL_LOGIN=false needs OIDC_ISSUER: nobody but superusers could sign in.")
 
 # Internationalisation ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -4,11 +4,19 @@ from django.urls import include, path
 
 from config import health
 from promotions import api, error_pages
+from promotions.identity import views as identity_views
 
 urlpatterns = [
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", identity_views.SignInView.as_view(), name="login"),
+    path(
+        "accounts/login/break-glass/", identity_views.BreakGlassSignInView.as_view(), name="login_break_glass"
+    ),
+    path("oidc/", include("promotions.identity.urls")),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
+    # One sign-in page for the admin too: the admin's own would take any staff password even
+    # with LOCAL_LOGIN=false.
+    path("admin/login/", identity_views.admin_login, name="admin_login_redirect"),
     path("admin/", admin.site.urls),
     path("audit/", include("promotions.audit.urls")),
     path("api/", api.urls()),

@@ -24,6 +24,7 @@ from promotions.models import (
     Profile,
     PromotionRequest,
     RiskTierRule,
+    SsoIdentity,
     Stage,
     WebhookEndpoint,
 )
@@ -297,6 +298,15 @@ class ProfileAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         people.profile_save(form=form, actor=request.user)
+
+
+@admin.register(SsoIdentity)
+class SsoIdentityAdmin(ReadOnly, admin.ModelAdmin):
+    """Read-only: written by the company sign-in (promotions/services/identity.py) alone."""
+
+    list_display = ("user", "subject", "issuer", "last_sign_in_at", "deactivated_by_provider")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "subject")
 
 
 # --- outbound webhooks ------------------------------------------------------------------------

@@ -39,6 +39,8 @@ def _address(request) -> str:
 
 
 def on_login_failed(sender, credentials=None, request=None, **kwargs) -> None:
+    if "nonce" in (credentials or {}):
+        return  # a refused company sign-in: its own auth.oidc_refused entry says why
     username = str((credentials or {}).get("username", ""))[:150]
     sign_in.sign_in_failure_record(username=username, ip_address=_address(request))
 

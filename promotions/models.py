@@ -745,3 +745,30 @@ class DriftRevert(models.Model):
 
     def __str__(self) -> str:
         return f"revert of drift #{self.drift_event_id} ({self.status})"
+
+
+class SsoIdentity(models.Model):
+    """A user who signs in through the company's OpenID Connect provider (promotions/identity):
+    the provider's issuer and subject name the person, whatever their user name becomes. Users
+    without one sign in with a local password."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_identity"
+    )
+    issuer = models.CharField(max_length=500)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_sign_in_at = models.DateTimeField(null=True, blank=True)
+    # The provider's groups at the last sign-in or refresh, as it sent them (roles come from these).
+    last_groups = models.JSONField(default=list, blank=True)
+    # Deactivated because the provider stopped vouching for the person (not by an administrator):
+    # a later sign-in the provider does vouch for activates the account again.
+    deactivated_by_provider = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="sso_identity_unique_subject")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"

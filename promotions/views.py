@@ -32,6 +32,7 @@ from promotions.forms import (
     parse_optional_number,
     parse_text,
 )
+from promotions.identity import reauth
 from promotions.models import REJECTION_MEANING, PromotionRequest, Stage
 from promotions.services import enforcement, signatures
 from registry_sync import selectors as mirror
@@ -277,6 +278,8 @@ def _detail_context(
         if signing
         else "",
         "rejection_meaning": REJECTION_MEANING,
+        "signs_with_provider": signing and reauth.signs_with_provider(user),
+        "provider_name": settings.OIDC_PROVIDER_NAME,
         "already_reviewed": already,
         "not_independent": refused.message if refused and refused.code == policy.NOT_INDEPENDENT else "",
         "is_requester": promotion.requested_by_id == user.pk,
@@ -405,6 +408,13 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
         # Who may decide is asked first: a refusal is a 403 whether or not the stage signs.
         signed = policy.rules_in_force(promotion).signature_required
         if signed and policy.decide_refusal(request.user, promotion) is None:
+            reauthentication = None
+            if reauth.signs_with_provider(request.user):
+                # No password here: the decision waits for a fresh sign-in at the provider.
+                key = request.POST.get("reauth_key", "")
+                if not key:
+                    return reauth.reauthentication_start(request, request_id=promotion.pk, fields=data)
+                reauthentication = reauth.proof_take(request, promotion.pk, key) or {}
             signature = signatures.signature_check(
                 http_request=request,
                 user=request.user,
@@ -413,6 +423,7 @@ def request_decide(request: HttpRequest, pk: int) -> HttpResponse:
                 token=data["signature_token"],
                 password=data["password"],
                 meaning=data["meaning"] if approve else REJECTION_MEANING,
+                reauthentication=reauthentication,
             )
         if approve:
             services.review_approve(
@@ -530,6 +541,7 @@ def stage_list(request: HttpRequest) -> HttpResponse:
         ],
         "may_edit": policy.is_stage_admin(request.user) and request.user.is_staff,
         "review_hours": settings.BREAK_GLASS_REVIEW_HOURS,
+        "sso_provider_name": settings.OIDC_PROVIDER_NAME if settings.OIDC_ENABLED else "",
     }
     return render(request, "promotions/stage_list.html", context)
 

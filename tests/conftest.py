@@ -28,6 +28,7 @@ from bench.common import mlflow_server as running_mlflow_server
 from config.celery import app as celery_app
 from promotions import database_roles, roles
 from promotions.audit import triggers as audit_triggers
+from tests.oidc_provider import oidc, sso  # noqa: F401 - the sign-in tests' provider fixtures
 
 PYTHON = sys.executable
 

@@ -42,6 +42,16 @@ PAGES = {
     "token_list": ("get", False, "requester", 200),
 }
 PUBLIC = {"login", "logout", "healthz", "mlflow_webhook"}
+# Company sign-in (tests/test_oidc.py): reached signed out; the no-role and re-authentication
+# pages need any signed-in user (the latter only with a signed decision waiting in the session).
+PUBLIC |= {
+    "login_break_glass",
+    "admin_login_redirect",
+    "oidc_authentication_init",
+    "oidc_authentication_callback",
+    "sso_no_role",
+    "sso_reauthenticate",
+}
 
 
 def our_url_names():

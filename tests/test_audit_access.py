@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from promotions import audit, roles
 from promotions.audit import access
-from promotions.models import ApiToken, AuditEvent
+from promotions.models import ApiToken, AuditEvent, SsoIdentity
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -213,6 +213,11 @@ def test_last_sign_in_last_action_tokens_and_sign_in_kind(client, auditor, reque
     sso = make_user("sso-sam")
     sso.set_unusable_password()
     sso.save()
+    SsoIdentity.objects.create(user=sso, issuer="https://idp.example", subject="sam-1")
+    # No usable password and no identity (a service account that only holds tokens): local.
+    locked = make_user("no-password")
+    locked.set_unusable_password()
+    locked.save()
 
     rows = {r.username: r for r in access.access_rows()}
     riley = rows["riley"]
@@ -225,6 +230,7 @@ def test_last_sign_in_last_action_tokens_and_sign_in_kind(client, auditor, reque
     assert riley.last_action == "token.created: Created API token ci"
     assert (rows["sso-sam"].sign_in, rows["sso-sam"].tokens, rows["sso-sam"].last_sign_in) == ("SSO", 0, None)
     assert access.sign_in_kind(sso) == "SSO" and access.sign_in_kind(requester) == "local"
+    assert rows["no-password"].sign_in == "local"
 
     client.force_login(auditor)
     cells = row_of(client.get("/audit/access/").content.decode(), "riley")

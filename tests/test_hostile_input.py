@@ -147,6 +147,13 @@ ENDPOINTS = [
     ("token_list", "post", "/settings/tokens/", ("name", "revoke")),
     ("login", "get", "/accounts/login/", ("next",)),
     ("login", "post", "/accounts/login/", ("username", "password", "next")),
+    ("login_break_glass", "post", "/accounts/login/break-glass/", ("username", "password", "next")),
+    ("admin_login_redirect", "get", "/admin/login/", ("next",)),
+    ("oidc_authentication_init", "get", "/oidc/authenticate/", ("next",)),
+    ("oidc_authentication_callback", "get", "/oidc/callback/", ("code", "state", "error")),
+    ("sso_no_role", "get", "/oidc/no-role/", ()),
+    ("sso_reauthenticate", "get", "/oidc/reauthenticate/{pk}/", ()),
+    ("sso_reauthenticate_path", "get", "/oidc/reauthenticate/{number}/", ()),
     ("healthz", "get", "/healthz", ()),
     ("mlflow_webhook", "post", "/hooks/mlflow/", ("data", "entity", "action")),
 ]
@@ -221,7 +228,14 @@ PATH_TEXT = st.one_of(
 )
 def test_no_value_gives_a_server_error(world, name, method, template, names):
     value_strategy = POST_VALUE if method == "post" else VALUE
-    roles = (*ROLES, "anonymous") if name in ("login", "healthz", "mlflow_webhook") else ROLES
+    signed_out = (
+        "login",
+        "login_break_glass",
+        "admin_login_redirect",
+        "oidc_authentication_init",
+        "oidc_authentication_callback",
+    )
+    roles = (*ROLES, "anonymous") if name in (*signed_out, "healthz", "mlflow_webhook") else ROLES
 
     @settings(
         max_examples=EXAMPLES,

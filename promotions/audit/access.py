@@ -22,7 +22,7 @@ from django.utils.dateparse import parse_date
 
 from promotions import roles
 from promotions.audit.actions import AuditAction
-from promotions.models import AuditEvent
+from promotions.models import AuditEvent, SsoIdentity
 
 GROUP_ACTIONS = (AuditAction.USER_GROUP_ADDED.value, AuditAction.USER_GROUP_REMOVED.value)
 ACTIVATION_ACTIONS = (AuditAction.USER_ACTIVATED.value, AuditAction.USER_DEACTIVATED.value)
@@ -34,9 +34,12 @@ SignInKind = Literal["local", "SSO"]
 
 
 def sign_in_kind(user) -> SignInKind:
-    """How `user` signs in. The one place that decides it: an account with no usable password can
-    only come in through single sign-on."""
-    return "local" if user.has_usable_password() else "SSO"
+    """How `user` signs in. The one place that decides it: an account the company sign-in made
+    (it has an SsoIdentity) comes in through the provider; any other with its local password."""
+    try:
+        return "SSO" if user.sso_identity else "local"
+    except SsoIdentity.DoesNotExist:
+        return "local"
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def access_rows() -> list[AccessRow]:
     users = list(
         get_user_model()
         .objects.annotate(tokens=Count("api_tokens", filter=Q(api_tokens__revoked_at__isnull=True)))
+        .select_related("sso_identity")
         .prefetch_related("groups")
         .order_by("username")
     )

@@ -15,6 +15,8 @@ class AuditAction(models.TextChoices):
     AUTH_DENIED = "auth.denied"
     AUTH_LOCKED_OUT = "auth.locked_out"
     AUTH_LOGIN_FAILED = "auth.login_failed"
+    AUTH_OIDC_REFUSED = "auth.oidc_refused"
+    AUTH_SIGNED_IN = "auth.signed_in"
     PIPELINE_STOPPED = "pipeline.stopped"
     PROMOTION_APPLIED = "promotion.applied"
     PROMOTION_FAILED = "promotion.failed"

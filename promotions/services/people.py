@@ -8,6 +8,9 @@ waits for approvals again. The apply re-checks too, for whatever slips between.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from django.contrib.auth.models import Group
 from django.db import transaction
 
@@ -17,6 +20,24 @@ from promotions.services.lifecycle import request_reopen
 
 Status = PromotionRequest.Status
 
+# What made the changes being recorded, when not a person in the admin or a shell: "oidc" while
+# the company sign-in applies the provider's groups (promotions/services/identity.py).
+_changed_via: ContextVar[str] = ContextVar("people_changed_via", default="")
+
+
+@contextmanager
+def changes_via(source: str):
+    """Group and activation changes made inside are recorded with `via: source`."""
+    token = _changed_via.set(source)
+    try:
+        yield
+    finally:
+        _changed_via.reset(token)
+
+
+def _via() -> dict[str, str]:
+    return {"via": via} if (via := _changed_via.get()) else {}
+
 
 def user_group_changed(*, user, group: Group, added: bool, actor) -> None:
     verb = "added to" if added else "removed from"
@@ -25,7 +46,7 @@ def user_group_changed(*, user, group: Group, added: bool, actor) -> None:
             action="user.group_added" if added else "user.group_removed",
             actor=actor,
             meaning=f"{audit.printed_name(user)} ({user.get_username()}) {verb} {group.name}",
-            details={"username": user.get_username(), "group": group.name},
+            details={"username": user.get_username(), "group": group.name, **_via()},
         )
         if not added:
             approvals_recheck(user=user)
@@ -38,7 +59,7 @@ def user_activation_changed(*, user, active: bool, actor) -> None:
             actor=actor,
             meaning=f"{audit.printed_name(user)} ({user.get_username()}) "
             + ("activated" if active else "deactivated"),
-            details={"username": user.get_username()},
+            details={"username": user.get_username(), **_via()},
         )
         if not active:
             approvals_recheck(user=user)

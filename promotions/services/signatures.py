@@ -98,11 +98,40 @@ def _refused(user, promotion: PromotionRequest, reason: str) -> None:
         )
 
 
+def signature_refusal_record(*, user, promotion: PromotionRequest, reason: str) -> None:
+    _refused(user, promotion, reason)
+
+
+def _reauthentication_check(reauthentication: dict, *, user, promotion: PromotionRequest) -> None:
+    """An SSO user's fresh sign-in at the provider (promotions/identity/reauth.py) stands in for
+    the password: for this user and request, and no older than a decision form may be."""
+    auth_time = reauthentication.get("auth_time")
+    if not reauthentication or not isinstance(auth_time, int):
+        _refused(user, promotion, "no fresh sign-in at the provider")
+        raise SignatureRefused(
+            "Sign in again at your provider to sign: nothing was signed.", field="password"
+        )
+    if timezone.now().timestamp() - auth_time > settings.SIGNATURE_FORM_MAX_AGE_SECONDS:
+        _refused(user, promotion, "the sign-in at the provider is too old")
+        raise SignatureRefused(
+            "Your sign-in at the provider is too old to sign with: nothing was signed.", field="password"
+        )
+
+
 def signature_check(
-    *, http_request, user, promotion: PromotionRequest, decision: str, token: str, password: str, meaning: str
+    *,
+    http_request,
+    user,
+    promotion: PromotionRequest,
+    decision: str,
+    token: str,
+    password: str,
+    meaning: str,
+    reauthentication: dict | None = None,
 ) -> SignatureProof:
     """The proof that `user` signs `decision` on `promotion` now, or SignatureRefused saying why
-    (with the form field it belongs beside)."""
+    (with the form field it belongs beside). `reauthentication`: an SSO user's proof of a fresh
+    sign-in at the provider, which stands in for the password."""
     _token_consume(token, user=user, promotion=promotion)
     allowed = meanings_for(promotion.stage, decision)
     if not meaning:
@@ -113,9 +142,12 @@ def signature_check(
             f"'{meaning[:80]}' is not a meaning this stage offers: choose one of {', '.join(allowed)}.",
             field="meaning",
         )
+    if reauthentication is not None:
+        _reauthentication_check(reauthentication, user=user, promotion=promotion)
+        return SignatureProof(user_id=user.pk, request_id=promotion.pk, meaning=meaning)
     if not user.has_usable_password():
-        # A single-sign-on account has no password here to re-enter; a fresh re-authentication at
-        # its provider will sign instead (not built yet). Not a failed sign-in: nothing is counted.
+        # An account without a password and without company sign-in configured has nothing to
+        # sign with. Not a failed sign-in: nothing is counted.
         _refused(user, promotion, "no password to sign with")
         raise SignatureRefused(
             "Your account has no password here (single sign-on), so it cannot sign yet; "
