@@ -474,10 +474,19 @@ def request_emergency(request: HttpRequest, pk: int) -> HttpResponse:
     # (and audited) by the service whatever they sent.
     if policy.break_glass_refusal(request.user, promotion) is None and request.POST.get("confirm") != "yes":
         return _emergency_refused(request, promotion, "Tick the confirmation to apply this request at once.")
-    try:
-        services.request_break_glass(
+    return _emergency_action(
+        request,
+        promotion,
+        lambda: services.request_break_glass(
             request=promotion, user=request.user, reason=request.POST.get("reason", "")
-        )
+        ),
+    )
+
+
+def _emergency_action(request: HttpRequest, promotion: PromotionRequest, act) -> HttpResponse:
+    """Run a break-glass service; a refusal stands beside its form (403 as the site's page)."""
+    try:
+        act()
     except PromotionError as exc:
         if exc.http_status == 403:
             raise PermissionDenied(exc.message) from None
@@ -499,15 +508,13 @@ def _emergency_refused(
 @require_POST
 def request_retrospective_review(request: HttpRequest, pk: int) -> HttpResponse:
     promotion = _get_request_for_user(request, pk)
-    try:
-        services.retrospective_review_give(
+    return _emergency_action(
+        request,
+        promotion,
+        lambda: services.retrospective_review_give(
             request=promotion, reviewer=request.user, comment=request.POST.get("comment", "")
-        )
-    except PromotionError as exc:
-        if exc.http_status == 403:
-            raise PermissionDenied(exc.message) from None
-        return _emergency_refused(request, promotion, exc.message, status=exc.http_status)
-    return _after_action(request, promotion)
+        ),
+    )
 
 
 @require_POST

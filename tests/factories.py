@@ -6,7 +6,7 @@ import uuid
 
 from django.contrib.auth.models import User
 
-from promotions import audit
+from promotions import audit, services
 from promotions.models import AuditEvent, Stage
 from registry_sync.models import ModelVersion, RegisteredModel
 
@@ -88,3 +88,17 @@ def sales_forecast_review(requester: User, reviewer: User) -> list[AuditEvent]:
             **move,
         ),
     ]
+
+
+def request_on_signing_stage(requester: User):
+    """sales_forecast v5 filed for Production, a stage whose decisions must be signed."""
+    production = stage("Production")
+    production.signature_required = True
+    production.save()
+    sales = mirror_model(
+        "sales_forecast",
+        {3: {"current_stage": "Production"}, 5: {"current_stage": "Staging", "metrics": {"accuracy": 0.93}}},
+    )
+    return services.promotion_request_create(
+        version=version(sales, 5), stage=production, requested_by=requester, justification="beats v3"
+    )

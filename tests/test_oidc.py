@@ -12,7 +12,7 @@ import jwt
 import pytest
 from django.contrib.auth.models import User
 
-from promotions import roles, services
+from promotions import roles
 from promotions.identity import provider as discovery
 from promotions.identity.backend import SsoBackend
 from promotions.identity.middleware import SESSION_REFRESH_DUE
@@ -20,7 +20,7 @@ from promotions.models import AuditEvent, Review, SsoIdentity
 from promotions.services.identity import SignInRefused
 from tests import oidc_provider
 from tests.conftest import make_user
-from tests.factories import mirror_model, stage, version
+from tests.factories import request_on_signing_stage
 from tests.oidc_provider import CLIENT_ID
 from tests.test_settings import run_check
 
@@ -306,16 +306,7 @@ def test_a_hostile_callback_gets_a_clear_refusal(client, sso, query):
 
 @pytest.fixture
 def signing_request(requester):
-    production = stage("Production")
-    production.signature_required = True
-    production.save()
-    sales = mirror_model(
-        "sales_forecast",
-        {3: {"current_stage": "Production"}, 5: {"current_stage": "Staging", "metrics": {"accuracy": 0.93}}},
-    )
-    return services.promotion_request_create(
-        version=version(sales, 5), stage=production, requested_by=requester, justification="beats v3"
-    )
+    return request_on_signing_stage(requester)
 
 
 def hidden_fields(html: str) -> dict:

@@ -4,25 +4,15 @@ the 422), the right one signs, and the page shows who signed, when and what it m
 import pytest
 from playwright.sync_api import expect
 
-from promotions import services
 from promotions.models import AuditEvent, Review
-from tests.factories import mirror_model, stage, version
+from tests.factories import request_on_signing_stage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
 def signed_request(requester):
-    production = stage("Production")
-    production.signature_required = True
-    production.save()
-    sales = mirror_model(
-        "sales_forecast",
-        {3: {"current_stage": "Production"}, 5: {"current_stage": "Staging", "metrics": {"accuracy": 0.93}}},
-    )
-    return services.promotion_request_create(
-        version=version(sales, 5), stage=production, requested_by=requester, justification="beats v3"
-    )
+    return request_on_signing_stage(requester)
 
 
 def test_a_reviewer_signs_an_approval_after_one_wrong_password(
