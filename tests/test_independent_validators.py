@@ -209,6 +209,24 @@ def test_an_approval_the_author_gave_before_the_rule_stops_counting(requester, r
     assert [policy.approval_counts(r, request) for r in request.reviews.order_by("pk")] == [False, True]
 
 
+def test_the_worker_sends_back_to_pending_a_request_approved_by_its_author_before_the_rule(
+    requester, reviewer
+):
+    Stage.objects.filter(name="Production").update(required_approvals=2)
+    request = file(requester, run_user="rex")
+    services.review_approve(request=request, reviewer=reviewer)
+    request = services.review_approve(request=request, reviewer=make_user("vera", "Reviewers"))
+    assert request.status == "approved"
+    Stage.objects.filter(name="Production").update(independent_validation=True)
+
+    # The apply re-reads the approvals before any MLflow call: rex's no longer counts.
+    assert services.promotion_apply(request_id=request.pk) == "reopened"
+
+    request.refresh_from_db()
+    assert request.status == "pending"
+    assert AuditEvent.objects.filter(request_id=request.pk, action="request.reopened").exists()
+
+
 def test_a_version_logged_in_mlflow_by_the_reviewer_is_theirs(registry, model_name, requester, reviewer):
     Stage.objects.filter(name="Staging").update(independent_validation=True)
     make_version(registry.client(), model_name, user="Rex")
