@@ -491,8 +491,16 @@ def setup_django_with_own_queue(
     )
     from config.celery import app
 
-    # Our own queue: other developers' workers on the same broker neither take nor give tasks.
+    own_queue(app, queue)
+
+
+def own_queue(app, queue: str) -> None:
+    """Every task of the benchmark in one queue of its own (the product's routes to its apply,
+    sync and notify queues left out): other developers' workers on the same broker neither take
+    nor give tasks."""
     app.conf.task_default_queue = queue
+    app.conf.task_routes = {}
+    app.conf.task_queues = None
 
 
 def __getattr__(name: str) -> Any:
@@ -502,7 +510,7 @@ def __getattr__(name: str) -> Any:
     if name == "worker_app":
         from config.celery import app
 
-        app.conf.task_default_queue = os.environ["BENCH_APPLY_QUEUE"]
+        own_queue(app, os.environ["BENCH_APPLY_QUEUE"])
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -10,7 +10,9 @@ it even looked. This one, registered for `sqla+` URLs by config/celery.py:
   acknowledgement (the worker holding it died), as Redis and SQS do;
 * puts a message requeued by its worker back where it was, instead of a copy at the end;
 * polls every `polling_interval` seconds (0.2) and returns to the worker's loop at least every
-  half second, so a stop is noticed at once.
+  half second, so a stop is noticed at once;
+* with `queue_order_strategy` "priority", takes from the queues in the order they are consumed
+  (the apply queue first), as Redis' transport does.
 
 Its tables are `broker_queue` and `broker_message`: a file written by kombu's transport holds
 consumed rows that must not come back.
@@ -26,6 +28,7 @@ from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.transport.sqlalchemy.models import Message as MessageBase
 from kombu.utils import cached_property
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.scheduling import FairCycle
 from sqlalchemy import Index, and_, or_, text
 
 MESSAGE_ID = "broker_message_id"  # in a delivered message's properties: its row
@@ -33,7 +36,16 @@ MESSAGE_ID = "broker_message_id"  # in a delivered message's properties: its row
 LONGEST_WAIT_SECONDS = 0.5
 DEFAULT_VISIBILITY_TIMEOUT = 3600
 # Options of this transport, not of SQLAlchemy's create_engine (which refuses unknown ones).
-OWN_OPTIONS = ("visibility_timeout", "polling_interval")
+OWN_OPTIONS = ("visibility_timeout", "polling_interval", "queue_order_strategy")
+
+
+class InOrder(FairCycle):
+    """Each get starts from the first queue consumed: a worker empties the apply queue before it
+    takes a notification (queue_order_strategy "priority", as Redis' transport names it)."""
+
+    def get(self, callback, **kwargs):
+        self.pos = 0
+        return super().get(callback, **kwargs)
 
 
 class Channel(kombu_sqla.Channel):
@@ -41,6 +53,7 @@ class Channel(kombu_sqla.Channel):
         self.queue_tablename = opts.get("queue_tablename", "broker_queue")
         self.message_tablename = opts.get("message_tablename", "broker_message")
         self.visibility_timeout = float(opts.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
+        self.queue_order = opts.get("queue_order_strategy", "round_robin")
         self.queue_cls and self.message_cls  # noqa: B018 — declares the tables before the engine
 
     @cached_property
@@ -53,6 +66,10 @@ class Channel(kombu_sqla.Channel):
         return self._declarative_cls(
             "Message", MessageBase, {"__tablename__": self.message_tablename, "__table_args__": table_args}
         )
+
+    def _reset_cycle(self):
+        cycle = InOrder if self.queue_order == "priority" else FairCycle
+        self._cycle = cycle(self._get_and_deliver, self._active_queues, Empty)
 
     def _engine_from_config(self):
         conninfo = self.connection.client

@@ -297,7 +297,11 @@ class Worker:
 
 def purge_broker() -> None:
     with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(celery_app.conf.task_default_queue or "celery")
+        for name in settings.TASK_QUEUE_NAMES:
+            try:
+                conn.default_channel.queue_purge(name)
+            except Exception:  # noqa: BLE001 - a queue nobody declared yet has nothing in it
+                pass
 
 
 WORKER_ENV = {

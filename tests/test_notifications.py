@@ -79,8 +79,9 @@ def file(sales, requester, number=5, target="Production"):
 
 @pytest.fixture
 def broker():
-    """The test broker's queue, emptied first; `run()` takes every task published since off it and
-    runs this test's e-mail tasks in this process, as a worker would. Returns their names."""
+    """The test broker's queues, emptied first; `run()` takes every task published since off the
+    notification queue and runs this test's e-mail tasks in this process, as a worker would.
+    Returns their names."""
     try:
         purge_broker()
     except Exception:  # noqa: BLE001 - an empty or new queue cannot be purged on every transport
@@ -89,7 +90,7 @@ def broker():
     def run() -> list[str]:
         ran = []
         with celery_app.connection_for_read() as connection:
-            queue = connection.SimpleQueue(celery_app.conf.task_default_queue or "celery")
+            queue = connection.SimpleQueue("notify")  # where e-mails are routed
             try:
                 while True:
                     try:

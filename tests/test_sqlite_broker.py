@@ -98,3 +98,49 @@ def test_a_worker_s_wait_returns_often_enough_to_notice_a_stop(url):
         with pytest.raises(TimeoutError):
             connection.drain_events(timeout=2.0)
         assert time.monotonic() - started < 1.5
+
+
+# --- queues: applies never wait behind notifications ------------------------------------------
+
+
+def test_the_product_routes_applies_notifications_and_the_rest_to_queues_of_their_own():
+    from config.celery import app
+
+    def queue_of(task: str) -> str:
+        return app.amqp.router.route({}, task)["queue"].name
+
+    assert {queue_of(t) for t in ("promotions.apply_promotion", "promotions.compute_manifest")} == {"apply"}
+    assert {queue_of(t) for t in ("promotions.send_email", "promotions.deliver_webhook")} == {"notify"}
+    assert {queue_of(t) for t in ("registry_sync.sync_delta", "promotions.sweep_requests")} == {"sync"}
+    # A worker started without -Q consumes all three, the apply queue first.
+    assert [q.name for q in app.amqp.queues.consume_from.values()] == ["apply", "sync", "notify"]
+
+
+def queues():
+    return [
+        Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ("apply", "sync", "notify")
+    ]
+
+
+def test_a_worker_takes_the_apply_queue_first_whatever_waits_in_the_others(url):
+    apply_queue, sync_queue, notify_queue = queues()
+
+    def put(queue, body):
+        with Connection(url) as connection:
+            connection.Producer().publish(
+                body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue]
+            )
+
+    for n in range(5):
+        put(sync_queue, {"sync": n})
+        put(notify_queue, {"notify": n})
+    taken = []
+    with Connection(url, transport_options={"queue_order_strategy": "priority"}) as connection:
+        consumer = connection.Consumer(queues(), accept=["json"])
+        consumer.register_callback(lambda body, message: (taken.append(body), message.ack()))
+        with consumer:
+            connection.drain_events(timeout=2)  # nothing to apply: the next queue in order
+            put(apply_queue, {"apply": 1})
+            connection.drain_events(timeout=2)
+    # Round robin would have gone on to the notification queue; the apply came first.
+    assert taken == [{"sync": 0}, {"apply": 1}]
