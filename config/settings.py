@@ -374,6 +374,9 @@ LOGGING = {
 PROMOTION_MAX_ATTEMPTS = envint("PROMOTION_MAX_ATTEMPTS", 5, minimum=1)
 PROMOTION_SWEEP_INTERVAL_SECONDS = envint("PROMOTION_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
 PROMOTION_STUCK_AFTER_SECONDS = envint("PROMOTION_STUCK_AFTER_SECONDS", 300, minimum=1)
+# A worker told to stop (SIGTERM, Ctrl-C) finishes its running tasks within this, or leaves them
+# to the next worker and exits (config/celery.py): keep it below the orchestrator's own limit.
+PROMOTION_SHUTDOWN_GRACE_SECONDS = envint("PROMOTION_SHUTDOWN_GRACE_SECONDS", 25, minimum=1)
 # An apply attempt holds its request for this long and renews the hold every third of it while
 # it works: another attempt takes over only after the holder stopped renewing (crashed, frozen).
 # Shorter recovers a dead worker sooner; it must stay well above a database round trip.

@@ -131,6 +131,33 @@ def test_sigterm_during_the_mlflow_write_lets_the_apply_finish(
     assert services.requests_sweep() == []
 
 
+def test_sigterm_on_an_apply_outlasting_the_grace_hands_it_on_and_the_worker_exits(
+    mlflow_proxy, model_name, requester, reviewer, reviewer2, worker_factory, registry
+):
+    client = registry.client()
+    registry_with_production(client, model_name)
+    mlflow_proxy.hold_paths = (TRANSITION,)
+    worker = worker_factory(PROMOTION_SHUTDOWN_GRACE_SECONDS="2")
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    assert mlflow_proxy.held.wait(60), worker.log()[-3000:]
+
+    os.killpg(worker.process.pid, signal.SIGTERM)
+    # Without the bound the worker would wait for the held call (two minutes, then the write).
+    worker.process.wait(timeout=30)
+    assert "leaving them to the next worker" in worker.log(), worker.log()[-3000:]
+
+    # The call the stopped worker had sent never reaches MLflow; the next worker applies it once.
+    mlflow_proxy.drop_held = True
+    mlflow_proxy.hold_paths = ()
+    mlflow_proxy.release.set()
+    second = worker_factory()
+    sweep_until(request, Status.APPLIED, Status.FAILED, worker=second)
+    assert request.status == Status.APPLIED, request.last_error
+    assert mlflow_proxy.writes(TRANSITION) == 1
+    assert events(request, "promotion.applied") == 1
+    assert client.get_model_version(model_name, "2").current_stage == "Production"
+
+
 def test_a_request_that_crashes_its_worker_every_time_fails_at_the_attempt_bound(
     mlflow_proxy, model_name, requester, reviewer, reviewer2, worker_factory, registry, client
 ):
