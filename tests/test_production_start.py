@@ -163,7 +163,7 @@ def test_the_documented_production_start_creates_no_account(mlflow_server, tmp_p
             assert "; secure" in flags and "; httponly" in flags and "samesite=lax" in flags, (name, flags)
 
         # Ctrl-C in the terminal (SIGINT to the whole group): web, worker and beat are gone within
-        # 10 s (the embedded broker's worker used to need 4.5 s alone). A group with no process left refuses even signal 0.
+        # 10 s, each by itself. A group with no process left refuses even signal 0.
         os.killpg(process.pid, signal.SIGINT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (process.poll() is None or group_alive(process.pid)):
