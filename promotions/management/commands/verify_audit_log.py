@@ -36,6 +36,8 @@ class Command(BaseCommand):
         failures += [f"Signature broken: {problem}." for problem in broken_signatures]
         if failures:
             raise CommandError("\n".join(failures), returncode=1)
+        if not options["export"]:
+            audit.record_verification(report)
         self.stdout.write(
             self.style.SUCCESS(f"Audit log verified: {report.count} entries, head {report.head_hash}")
         )
