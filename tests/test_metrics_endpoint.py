@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -29,7 +29,8 @@ from promotions.models import (
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun
 from tests.apply_helpers import approved_request, registry_with_production
 from tests.conftest import free_port
-from tests.factories import mirror_model, stage, version
+from tests.factories import audit_history, mirror_model, stage, version
+from tests.tampering import tamper, tampering_db
 
 pytestmark = pytest.mark.django_db
 Status = PromotionRequest.Status
@@ -226,11 +227,22 @@ def test_what_never_happened_is_infinitely_old(client, token):
     assert math.isinf(value(figures, "promotions_audit_verification_age_seconds"))
 
 
-def test_verifying_the_audit_log_is_on_the_record_and_in_the_metrics(client, token):
+def test_a_recorded_verification_of_the_audit_log_shows_in_the_metrics(client, token):
     call_command("verify_audit_log")
+    assert not AuditEvent.objects.filter(action="audit.verified").exists()  # a plain run is a read
+    call_command("verify_audit_log", "--record")
     entry = AuditEvent.objects.get(action="audit.verified")
     assert entry.details["entries"] == entry.sequence - 1
     assert value(scrape(client), "promotions_audit_verification_age_seconds") < 60
+
+
+@tampering_db
+def test_a_broken_chain_is_never_recorded_as_verified():
+    events = audit_history(3)
+    tamper("UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [events[0].sequence])
+    with pytest.raises(CommandError):
+        call_command("verify_audit_log", "--record")
+    assert not AuditEvent.objects.filter(action="audit.verified").exists()
 
 
 def test_a_failed_verification_is_never_recorded_as_one():

@@ -107,8 +107,9 @@ def chain_status(head: tuple[int, str]) -> ChainReport:
 
 
 def record_verification(report: ChainReport) -> AuditEvent:
-    """Put a passed walk of the whole chain on the record: `/metrics` reports the time since the
-    last one, so monitoring notices when nobody verifies the log any more.
+    """Put a passed walk of the whole chain on the record (`verify_audit_log --record`, as the
+    scheduled verification runs it; a plain run records nothing): `/metrics` reports the time
+    since the last one, so monitoring notices when nobody verifies the log any more.
 
     Only a passed walk: an entry appended to a broken chain would sign a new head over the break
     (with AUDIT_SIGNING_KEY), and a failure is what the command's exit status and output are for.
