@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import wait_until
 from common.redact import redact
 from config.env import envnetworks
 from promotions import audit, services
@@ -368,3 +369,24 @@ def test_approvals_retries_failures_applies_and_syncs_are_counted(
     assert grew("promotions_apply_retries_total") == 1
     assert grew("promotions_apply_failures_total", reason="registry_unavailable") == 1
     assert grew("registry_sync_duration_seconds_count", trigger="command", outcome="ok") >= 1
+
+
+def test_what_the_worker_counts_shows_in_the_webs_metrics(
+    client, token, registry, model_name, requester, reviewer, reviewer2, celery_worker
+):
+    """Multiprocess mode: the worker's pool processes write their counters where the web reads."""
+    registry_with_production(registry.client(), model_name)
+    before = scrape(client)
+    request = approved_request(model_name, requester, [reviewer, reviewer2])
+    wait_until(
+        lambda: PromotionRequest.objects.get(pk=request.pk).status == Status.APPLIED,
+        timeout=90,
+        message=f"applied\n{celery_worker.log()[-3000:]}",
+    )
+    after = scrape(client)
+    name = "promotions_approval_to_applied_seconds_count"
+    assert value(after, name, stage="Production") - value(before, name, stage="Production") == 1
+    assert (
+        value(after, "promotions_apply_attempts_total") - value(before, "promotions_apply_attempts_total")
+        == 1
+    )
