@@ -97,7 +97,17 @@ def test_without_the_token_it_answers_401_and_reveals_nothing(client, token):
 
 
 @pytest.mark.parametrize(
-    "header", [f"Bearer {TOKEN}x", "Bearer ", TOKEN, "Basic c2NyYXBlOnRva2Vu", "Bearer wrong"]
+    "header",
+    [
+        f"Bearer {TOKEN}x",
+        "Bearer ",
+        TOKEN,
+        "Basic c2NyYXBlOnRva2Vu",
+        "Bearer wrong",
+        "Bearer " + "é" * 20,
+        "Bearer " + "x" * 20_000,
+        f"bearer  {TOKEN[:-1]}",
+    ],
 )
 def test_a_wrong_or_malformed_token_answers_401(client, token, header):
     response = client.get("/metrics", headers={"Authorization": header})
