@@ -6,6 +6,7 @@ a deployment stops start-up with one clear line instead of a confusing failure l
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from urllib.parse import urlsplit
 
@@ -80,3 +81,15 @@ def envurl(name: str, default: str, *, schemes: tuple[str, ...]) -> str:
     except ValueError:
         raise ImproperlyConfigured(f"{name}={value!r} has a port that is not a number.") from None
     return value
+
+
+def envnetworks(name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A comma list of networks in CIDR notation (a bare address is a network of one); anything
+    else stops start-up."""
+    networks = []
+    for item in envlist(name, []):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not a network (e.g. 10.0.0.0/8).") from None
+    return tuple(networks)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -15,7 +16,7 @@ from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
-from config.env import envbool, envchoice, envint, envlist, envstr, envurl
+from config.env import envbool, envchoice, envint, envlist, envnetworks, envstr, envurl
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -495,6 +496,23 @@ HEALTHZ_TOKEN = envstr("HEALTHZ_TOKEN", "")
 # One set of checks serves every caller for this long, so a flood of probes is not a flood of
 # broker connections and MLflow calls.
 HEALTHZ_CACHE_SECONDS = envint("HEALTHZ_CACHE_SECONDS", 5, minimum=0)
+
+# Metrics (`/metrics`, Prometheus text format; docs/operations.md) -------------------------------
+# A scraper needs `Authorization: Bearer $METRICS_TOKEN`, or to call from one of
+# METRICS_ALLOWED_NETWORKS (CIDRs, matched against the client address as TRUSTED_PROXY_COUNT
+# finds it). Neither set: /metrics answers 404 to everyone.
+METRICS_TOKEN = envstr("METRICS_TOKEN", "")
+METRICS_ALLOWED_NETWORKS = envnetworks("METRICS_ALLOWED_NETWORKS")
+# Model names come from MLflow, where anyone may register one: only this many get a label of
+# their own (the ones with the most open requests), the rest are counted as "other".
+METRICS_MODEL_LABEL_CAP = envint("METRICS_MODEL_LABEL_CAP", 100, minimum=0)
+# Where every web and worker process writes its counters, for /metrics to add up. It must exist
+# and be emptied when the processes start. prometheus_client reads the variable itself, when its
+# first metric is made: it is put in the environment here, before anything imports the client.
+PROMETHEUS_MULTIPROC_DIR = envstr("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus") if DEBUG else "")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
 
 # Beat: every periodic task, in one place ------------------------------------------------------
 HEARTBEAT_INTERVAL_SECONDS = 60

@@ -5,6 +5,7 @@ from django.urls import include, path
 from config import health
 from promotions import api, error_pages
 from promotions.identity import views as identity_views
+from promotions.observability import views as observability_views
 
 urlpatterns = [
     path("accounts/login/", identity_views.SignInView.as_view(), name="login"),
@@ -14,6 +15,7 @@ urlpatterns = [
     path("oidc/", include("promotions.identity.urls")),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", observability_views.metrics, name="metrics"),
     # One sign-in page for the admin too: the admin's own would take any staff password even
     # with LOCAL_LOGIN=false.
     path("admin/login/", identity_views.admin_login, name="admin_login_redirect"),

@@ -20,6 +20,7 @@ from datetime import datetime
 from django.db import models, transaction
 from django.utils import timezone
 
+from common import telemetry
 from common.redact import redact
 from registry_sync import gateway
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun, SyncWatermark
@@ -115,6 +116,9 @@ def _run_finish(run: SyncRun, stats: SyncStats, error: str, cause: Exception | N
     )
     run.error = error
     run.save()
+    telemetry.SYNC_DURATION.labels(trigger=run.trigger, outcome="failed" if error else "ok").observe(
+        run.seconds
+    )
     run.changed_version_ids = frozenset(stats.changed_version_ids)
     if run.changed_version_ids:
         versions_changed.send(sender=SyncRun, run=run, version_ids=run.changed_version_ids)

@@ -5,6 +5,7 @@ Anything already set (CI's DATABASE_URL and CELERY_BROKER_URL) wins.
 """
 
 import os
+import shutil
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -27,12 +28,15 @@ os.environ.setdefault(
     "CELERY_BROKER_URL", f"sqla+sqlite:///{_ROOT / 'var' / f'test-celery-{RUN_ID}.sqlite3'}"
 )
 os.environ.setdefault("TEST_DATABASE_NAME", str(_ROOT / "var" / f"test_db_{RUN_ID}.sqlite3"))
+# The counters every process of the run writes for /metrics (the web's, the worker fixture's).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_ROOT / "var" / f"test-prometheus-{RUN_ID}"))
 
 
 def pytest_sessionfinish(session, exitstatus):
     for pattern in (f"test-celery-{RUN_ID}.sqlite3*", f"test_db_{RUN_ID}.sqlite3*"):
         for leftover in (_ROOT / "var").glob(pattern):
             leftover.unlink(missing_ok=True)
+    shutil.rmtree(_ROOT / "var" / f"test-prometheus-{RUN_ID}", ignore_errors=True)
 
 
 (_ROOT / "var").mkdir(exist_ok=True)

@@ -42,6 +42,8 @@ PAGES = {
     "token_list": ("get", False, "requester", 200),
 }
 PUBLIC = {"login", "logout", "healthz", "mlflow_webhook"}
+# No session: a bearer token or an allowed network (tests/test_metrics_endpoint.py).
+PUBLIC |= {"metrics"}
 # Company sign-in (tests/test_oidc.py): reached signed out; the no-role and re-authentication
 # pages need any signed-in user (the latter only with a signed decision waiting in the session).
 PUBLIC |= {

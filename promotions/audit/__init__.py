@@ -21,7 +21,7 @@ from promotions.audit.log import (
     seal,
 )
 from promotions.audit.signatures import signature_problems
-from promotions.audit.verify import ChainReport, verify_database, verify_export
+from promotions.audit.verify import ChainReport, record_verification, verify_database, verify_export
 
 __all__ = [
     "GENESIS_HASH",
@@ -38,6 +38,7 @@ __all__ = [
     "printed_name",
     "record",
     "record_denied",
+    "record_verification",
     "seal",
     "signature_problems",
     "utc_iso",

@@ -12,6 +12,7 @@ from django.db import models
 
 class AuditAction(models.TextChoices):
     AUDIT_EXPORTED = "audit.exported"
+    AUDIT_VERIFIED = "audit.verified"
     AUTH_DENIED = "auth.denied"
     AUTH_LOCKED_OUT = "auth.locked_out"
     AUTH_LOGIN_FAILED = "auth.login_failed"

@@ -27,6 +27,7 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from promotions.audit import signing
+from promotions.audit.actions import AuditAction
 from promotions.audit.exports import (
     CSV_HEADER,
     EXPORT_FORMATS,
@@ -48,6 +49,7 @@ from promotions.audit.format import (
     stored_rows,
     utc_iso,
 )
+from promotions.audit.log import record
 from promotions.models import AuditChainHead, AuditEvent, AuditSeal
 
 
@@ -102,6 +104,23 @@ def chain_status(head: tuple[int, str]) -> ChainReport:
         if remaining > 0:
             cache.set(CHAIN_PREFIX_KEY, (report.count, report.head_hash, walked_at), remaining)
     return report
+
+
+def record_verification(report: ChainReport) -> AuditEvent:
+    """Put a passed walk of the whole chain on the record (`verify_audit_log --record`, as the
+    scheduled verification runs it; a plain run records nothing): `/metrics` reports the time
+    since the last one, so monitoring notices when nobody verifies the log any more.
+
+    Only a passed walk: an entry appended to a broken chain would sign a new head over the break
+    (with AUDIT_SIGNING_KEY), and a failure is what the command's exit status and output are for.
+    """
+    if not report.ok:
+        raise ValueError("Only a chain that verified is recorded as verified.")
+    return record(
+        action=AuditAction.AUDIT_VERIFIED,
+        meaning=f"Verified the audit log: {report.count} entries, head {report.head_hash}",
+        details={"entries": report.count, "head": report.head_hash},
+    )
 
 
 # --- verifying an export --------------------------------------------------------------------

@@ -18,6 +18,7 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from common import telemetry
 from common.redact import redact
 from promotions import audit, catalog, change_windows, notifications, outbox, policy, provenance
 from promotions.errors import TransientApplyError
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 Status = PromotionRequest.Status
 
 
-def _abandoned(now: datetime) -> Q:
+def abandoned_applies(now: datetime) -> Q:
     """Applying requests whose attempt stopped renewing its lease: the only ones to take over.
 
     A request claimed before leases existed has none; it counts as abandoned once quiet for
@@ -60,11 +61,12 @@ def requests_sweep(*, now=None) -> list[int]:
         PromotionRequest.objects.filter(
             Q(status=Status.APPROVED, enqueued_at__isnull=True)
             | Q(status=Status.APPROVED, enqueued_at__lt=stuck_before)
-            | _abandoned(now)
+            | abandoned_applies(now)
         ).values_list("pk", flat=True)[:500]
     )
     for request_id in ids:
         enqueue_apply(request_id)
+    telemetry.SWEEPER_REQUEUED.inc(len(ids))
     return ids
 
 
@@ -160,18 +162,28 @@ def _claim(request_id: int) -> tuple[PromotionRequest, _Lease] | None:
         status=Status.APPLYING, attempts=F("attempts") + 1, updated_at=now, **lease
     )
     if not claimed:
-        claimed = PromotionRequest.objects.filter(_abandoned(now), pk=request_id).update(
+        claimed = PromotionRequest.objects.filter(abandoned_applies(now), pk=request_id).update(
             attempts=F("attempts") + 1, updated_at=now, **lease
         )
+        if claimed:
+            telemetry.APPLY_TAKEOVERS.inc()
     if not claimed:
         return None
+    telemetry.APPLY_ATTEMPTS.inc()
     request = PromotionRequest.objects.select_related("version__model", "stage").get(pk=request_id)
     return request, _Lease(request_id, token)
 
 
 def _fail(
-    request: PromotionRequest, lease: _Lease, reason: str, *, detail: str = "", permanent: bool = True
+    request: PromotionRequest,
+    lease: _Lease,
+    reason: str,
+    *,
+    cause: str,
+    detail: str = "",
+    permanent: bool = True,
 ) -> None:
+    """`cause`: one of telemetry.FAILURE_CAUSES, the metric's label (the reason is free text)."""
     # The reason lands in the immutable audit log: nothing that could be a credential may reach it.
     # The detail (the library's own text) is for the page's Details only, redacted as well.
     reason, detail = redact(reason), redact(detail)
@@ -185,6 +197,7 @@ def _fail(
                 **audit_context(request),
             )
             notifications.notify("promotion.failed", request.pk)
+            transaction.on_commit(lambda: telemetry.APPLY_FAILURES.labels(reason=cause).inc())
 
 
 @dataclass(frozen=True)
@@ -278,7 +291,12 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
             raise _LeaseLost
         return "scheduled"
     if request.attempts > settings.PROMOTION_MAX_ATTEMPTS:
-        _fail(request, lease, f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts")
+        _fail(
+            request,
+            lease,
+            f"gave up after {settings.PROMOTION_MAX_ATTEMPTS} attempts",
+            cause="attempts_exhausted",
+        )
         return "failed"
     stage, model_name, number = request.stage, request.version.model.name, request.version.version
     _risk_tier_refresh(request)
@@ -301,28 +319,33 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
                 request,
                 lease,
                 f"MLflow unreachable after {request.attempts} attempts: {reason}",
+                cause="registry_unavailable",
                 detail=detail,
             )
             return "failed"
         if not lease.release(Status.APPROVED, last_error=reason[:2000], last_error_detail=detail[:4000]):
             raise _LeaseLost from None
+        telemetry.APPLY_RETRIES.inc()
         raise TransientApplyError(reason, request.attempts) from None
     except gateway.RegistryPermissionDenied as exc:
-        _fail(request, lease, str(exc), detail=exc.detail)
+        _fail(request, lease, str(exc), cause="permission_denied", detail=exc.detail)
         return "failed"
     except (gateway.VersionNotFound, gateway.ModelNotFound) as exc:
         _fail(
             request,
             lease,
             f"Version {number} of model '{model_name}' no longer exists in MLflow.",
+            cause="version_missing",
             detail=exc.detail,
         )
         return "failed"
     except gateway.RegistryRejected as exc:
-        _fail(request, lease, f"MLflow refused the change: {exc}", detail=exc.detail)
+        _fail(
+            request, lease, f"MLflow refused the change: {exc}", cause="registry_rejected", detail=exc.detail
+        )
         return "failed"
     except _PreconditionFailed as exc:
-        _fail(request, lease, str(exc))
+        _fail(request, lease, str(exc), cause="precondition")
         return "failed"
 
     now = timezone.now()
@@ -346,6 +369,11 @@ def _apply_claimed(request: PromotionRequest, lease: _Lease) -> str:
             **audit_context(request),
         )
         notifications.notify("promotion.applied", request.pk)
+        if request.decided_at is not None:
+            waited = (now - request.decided_at).total_seconds()
+            transaction.on_commit(
+                lambda: telemetry.APPROVAL_TO_APPLIED.labels(stage=stage.name).observe(max(waited, 0.0))
+            )
     return "applied"
 
 

@@ -12,6 +12,7 @@ from datetime import UTC
 from django.db import transaction
 from django.utils import timezone
 
+from common import telemetry
 from promotions import audit, change_windows, notifications, outbox
 from promotions.errors import AlreadyDecided, NotAllowed
 from promotions.models import PromotionRequest
@@ -131,8 +132,13 @@ def request_approve_for_apply(
 
     `respect_hold=False` is for a change that must not wait for a window (an emergency).
     """
-    if not request_decide(request, Status.PENDING, Status.APPROVED, actor=actor, details={"reason": reason}):
+    now = timezone.now()
+    if not request_decide(
+        request, Status.PENDING, Status.APPROVED, actor=actor, details={"reason": reason}, now=now
+    ):
         raise AlreadyDecided(f"Request #{request.pk} was decided by someone else first.")
+    waited, stage_name = max((now - request.created_at).total_seconds(), 0.0), request.stage.name
+    transaction.on_commit(lambda: telemetry.APPROVAL_LEAD_TIME.labels(stage=stage_name).observe(waited))
     hold = change_windows.apply_hold(request.stage, timezone.now()) if respect_hold else None
     if hold is not None:
         request_schedule(request, old=Status.APPROVED, hold=hold)

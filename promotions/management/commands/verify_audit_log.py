@@ -16,6 +16,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--export", help="Verify an exported file against its manifest instead.")
+        parser.add_argument(
+            "--record",
+            action="store_true",
+            help="Record a passed verification in the audit log (audit.verified), for monitoring's "
+            "'time since the last verification'; a failed one is never recorded.",
+        )
 
     @audit.acting_from_cli()
     def handle(self, *args, **options):
@@ -36,6 +42,8 @@ class Command(BaseCommand):
         failures += [f"Signature broken: {problem}." for problem in broken_signatures]
         if failures:
             raise CommandError("\n".join(failures), returncode=1)
+        if options["record"] and not options["export"]:
+            audit.record_verification(report)
         self.stdout.write(
             self.style.SUCCESS(f"Audit log verified: {report.count} entries, head {report.head_hash}")
         )
