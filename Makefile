@@ -19,6 +19,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 ## Procfile.dev is the demo; Procfile is production and never seeds anything.
 run: $(VENV)/.installed
 	mkdir -p var
+	rm -rf "$${PROMETHEUS_MULTIPROC_DIR:-var/prometheus}"  # the counters of processes that are gone
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py migrate --noinput
 	DEBUG=$${DEBUG:-true} $(BIN)/honcho -f Procfile.dev start
 

@@ -449,6 +449,9 @@ if AUDIT_SIGNING_KEY_ID in AUDIT_SIGNING_KEYS_OLD:
 # the last seal are covered only by the chain head's MAC.
 AUDIT_SEAL_EVERY = envint("AUDIT_SEAL_EVERY", 100, minimum=1)
 AUDIT_SEAL_INTERVAL_SECONDS = envint("AUDIT_SEAL_INTERVAL_SECONDS", 300, minimum=10)
+# How often the worker walks the whole chain and, when it verifies, records so (audit.verified):
+# /metrics reports the time since, for an alert when verification stops.
+AUDIT_VERIFY_INTERVAL_SECONDS = envint("AUDIT_VERIFY_INTERVAL_SECONDS", 86400, minimum=60)
 
 # JSON API, notifications and webhooks --------------------------------------------------------
 # django-ninja as an app only for its vendored Swagger UI (templates and static files): the docs
@@ -555,4 +558,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Does nothing without AUDIT_SIGNING_KEY, or when nothing was recorded since the last seal.
     "seal-audit-log": {"task": "promotions.seal_audit_log", "schedule": float(AUDIT_SEAL_INTERVAL_SECONDS)},
+    "verify-audit-log": {
+        "task": "promotions.verify_audit_log",
+        "schedule": float(AUDIT_VERIFY_INTERVAL_SECONDS),
+    },
 }

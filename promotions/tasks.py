@@ -127,6 +127,17 @@ def seal_audit_log() -> int | None:
     return sealed.sequence if sealed is not None else None
 
 
+@shared_task(name="promotions.verify_audit_log")
+def verify_audit_log() -> bool:
+    """Walk the whole chain; record a passed walk (a broken chain is logged, never recorded)."""
+    report = audit.verify_database(parallel=False)
+    if not report.ok:
+        logger.error("The audit log does not verify at #%s: %s", report.first_bad_sequence, report.reason)
+        return False
+    audit.record_verification(report)
+    return True
+
+
 @shared_task(name=emergency.REMIND_TASK)
 def remind_retrospective_reviews(now: str | None = None) -> list[int]:
     """Remind the overdue retrospective reviews."""

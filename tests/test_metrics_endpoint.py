@@ -256,6 +256,18 @@ def test_a_broken_chain_is_never_recorded_as_verified():
     assert not AuditEvent.objects.filter(action="audit.verified").exists()
 
 
+@tampering_db
+def test_the_scheduled_verification_records_an_intact_chain_and_never_a_broken_one():
+    from promotions.tasks import verify_audit_log
+
+    events = audit_history(3)
+    assert verify_audit_log() is True
+    assert AuditEvent.objects.filter(action="audit.verified").count() == 1
+    tamper("UPDATE promotions_auditevent SET meaning = 'edited' WHERE sequence = %s", [events[0].sequence])
+    assert verify_audit_log() is False
+    assert AuditEvent.objects.filter(action="audit.verified").count() == 1
+
+
 def test_a_failed_verification_is_never_recorded_as_one():
     with pytest.raises(ValueError):
         audit.record_verification(audit.ChainReport(ok=False, count=3, head_hash="0" * 64, reason="broken"))

@@ -53,6 +53,7 @@ def local_stand_ins(exported: dict[str, str], tmp_path, mlflow_url: str) -> dict
         "MLFLOW_TRACKING_TOKEN": "not-checked-by-the-test-server",
         "SECRET_KEY": secrets.token_urlsafe(48),
         "ALLOWED_HOSTS": "127.0.0.1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
     }
     return {name: stand_ins.get(name, value) for name, value in exported.items()}
 
