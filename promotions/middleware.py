@@ -7,6 +7,7 @@ import time
 
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequiredMiddleware
 from django.http import HttpRequest, HttpResponse
+from django.utils.log import log_response
 
 from common import log_context
 
@@ -47,6 +48,12 @@ def request_id_middleware(get_response):
                     "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 },
             )
+            if response.status_code >= 400:
+                # Django logs an error response after the last middleware returns, when the id
+                # is no longer bound; logged here (as Django would), it is logged once, with it.
+                log_response(
+                    "%s: %s", response.reason_phrase, request.path, response=response, request=request
+                )
         response["X-Request-ID"] = request_id
         return response
 

@@ -12,10 +12,11 @@ import subprocess
 import pytest
 from celery.signals import after_task_publish
 from django.conf import settings
+from django.test import Client
 from django.utils.module_loading import import_string
 
 from bench.common import ROOT, wait_until
-from promotions import services
+from promotions import services, tokens
 from promotions.models import PromotionRequest
 from promotions.services.lifecycle import APPLY_TASK
 from promotions.task_context import REQUEST_ID_HEADER
@@ -103,6 +104,28 @@ def test_a_web_request_logs_json_lines_with_its_request_id(client, reviewer, pen
     assert access["message"] == f"GET /requests/{pending.pk}/ 200"
     assert access["status_code"] == 200
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", access["timestamp"])
+
+
+def test_an_error_page_is_logged_once_with_the_request_it_was_about(client, reviewer, json_log):
+    client.force_login(reviewer)
+    response = client.get("/requests/987654/", HTTP_X_REQUEST_ID="edge-missing")
+
+    assert response.status_code == 404
+    [warning] = json_log.of("django.request")
+    assert warning["level"] == "WARNING" and warning["status_code"] == 404
+    assert warning["request_id"] == "edge-missing"
+    assert warning["promotion_request_id"] == 987654
+
+
+def test_an_api_call_is_logged_with_its_request_and_never_its_token(reviewer, json_log):
+    _, raw = tokens.api_token_create(user=reviewer, name="ci")
+    client = Client(headers={"Authorization": f"Bearer {raw}", "X-Request-ID": "edge-api"})
+    response = client.get("/api/requests/987654")
+
+    assert response.status_code == 404
+    [access] = json_log.of("promotions.access")
+    assert access["request_id"] == "edge-api" and access["promotion_request_id"] == 987654
+    assert raw not in json.dumps(json_log.all())
 
 
 @pytest.mark.parametrize(
