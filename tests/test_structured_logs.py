@@ -15,7 +15,7 @@ from django.conf import settings
 from django.test import Client
 from django.utils.module_loading import import_string
 
-from bench.common import ROOT, wait_until
+from bench.common import BIN, ROOT, start_process, stop_process_group, wait_until
 from promotions import services, tokens
 from promotions.models import PromotionRequest
 from promotions.services.lifecycle import APPLY_TASK
@@ -23,7 +23,7 @@ from promotions.task_context import REQUEST_ID_HEADER
 from registry_sync.models import SyncRun
 from registry_sync.services import sync_registry
 from tests.apply_helpers import registry_with_production
-from tests.conftest import PYTHON
+from tests.conftest import PYTHON, subprocess_env
 from tests.factories import mirror_model, stage, version
 from tests.test_settings import run_check
 
@@ -223,6 +223,33 @@ def test_log_format_json_writes_one_json_object_per_line():
     [line] = [json.loads(text) for text in result.stderr.splitlines()]
     assert line["level"] == "WARNING" and line["logger"] == "promotions.test"
     assert line["message"] == "with Bearer ***"
+
+
+def test_beat_logs_json(tmp_path):
+    log_path = tmp_path / "beat.log"
+    env = subprocess_env(LOG_FORMAT="json")
+    beat = start_process(
+        [
+            str(BIN / "celery"),
+            "-A",
+            "config",
+            "--quiet",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            str(tmp_path / "schedule"),
+        ],
+        log_path=log_path,
+        env=env,
+    )
+    try:
+        wait_until(lambda: "beat: Starting" in log_path.read_text(), timeout=60, message="beat's start")
+    finally:
+        stop_process_group(beat)
+
+    lines = [json.loads(text) for text in log_path.read_text().splitlines() if text.strip()]
+    assert any(line["logger"] == "celery.beat" and line["message"] == "beat: Starting..." for line in lines)
 
 
 def test_an_unknown_log_format_refuses_to_start():
