@@ -1,6 +1,6 @@
 """What a log line is about: the web request, the task and the promotion request being handled.
 
-The request id middleware and the task signal handlers (promotions/log_signals.py) bind these
+The request id middleware and the task signal handlers (promotions/task_context.py) bind these
 for the length of one request or one task; `ContextFilter` copies them onto every log record, so
 the JSON format (common/log_format.py) can write them. A web request's id also travels in the
 headers of every task it publishes, so one id follows an approval from the page to the apply.

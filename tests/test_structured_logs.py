@@ -10,12 +10,13 @@ import re
 import subprocess
 
 import pytest
+import requests
 from celery.signals import after_task_publish
 from django.conf import settings
 from django.test import Client
 from django.utils.module_loading import import_string
 
-from bench.common import BIN, ROOT, start_process, stop_process_group, wait_until
+from bench.common import BIN, ROOT, free_port, start_process, stop_process_group, wait_for_http, wait_until
 from promotions import services, tokens
 from promotions.models import PromotionRequest
 from promotions.services.lifecycle import APPLY_TASK
@@ -250,6 +251,27 @@ def test_beat_logs_json(tmp_path):
 
     lines = [json.loads(text) for text in log_path.read_text().splitlines() if text.strip()]
     assert any(line["logger"] == "celery.beat" and line["message"] == "beat: Starting..." for line in lines)
+
+
+def test_the_web_under_gunicorn_writes_json_only(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "web.log"
+    command = [str(BIN / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--access-logfile", "-"]
+    web = start_process(command, log_path=log_path, env=subprocess_env(LOG_FORMAT="json"))
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/accounts/login/", web, log_path=log_path)
+        answer = requests.get(
+            f"http://127.0.0.1:{port}/accounts/login/", headers={"X-Request-ID": "lb-77"}, timeout=5
+        )
+        wait_until(lambda: "lb-77" in log_path.read_text(), timeout=10, message="the access line")
+    finally:
+        stop_process_group(web)
+
+    assert answer.headers["X-Request-ID"] == "lb-77"
+    lines = [json.loads(text) for text in log_path.read_text().splitlines() if text.strip()]
+    assert any(line["logger"] == "gunicorn.error" and "Booting worker" in line["message"] for line in lines)
+    [access] = [line for line in lines if line["request_id"] == "lb-77"]
+    assert access["logger"] == "promotions.access" and access["status_code"] == 200
 
 
 def test_an_unknown_log_format_refuses_to_start():
