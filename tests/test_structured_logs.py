@@ -1,4 +1,4 @@
-"""LOG_FORMAT=json: one JSON object per line from web and worker, each with the request id, the
+"""LOG_FORMAT=json: one JSON object per line from web, worker and beat, each with the request id, the
 task and the promotion request it is about, and no secret in any field."""
 
 from __future__ import annotations
