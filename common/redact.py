@@ -84,8 +84,11 @@ def redact(text: str, *, also: Iterable[str] = ()) -> str:
     return text
 
 
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+
+
 class RedactingFilter(logging.Filter):
-    """Redact a log record's message and traceback before any handler writes it.
+    """Redact a log record's message, traceback and `extra` texts before any handler writes it.
 
     The message is rendered here (and its arguments dropped) because a secret usually arrives
     as an argument, and the traceback because an exception's text is where URLs hide.
@@ -103,4 +106,7 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        for name, value in list(vars(record).items()):
+            if name not in _RECORD_ATTRIBUTES and isinstance(value, str):
+                setattr(record, name, redact(value))
         return True

@@ -48,6 +48,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every log line of a request, the security redirects' included, carries its id.
+    "promotions.middleware.request_id_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -355,12 +357,27 @@ SYNC_DELTA_INTERVAL_SECONDS = envint("SYNC_DELTA_INTERVAL_SECONDS", 10, minimum=
 # Logging -------------------------------------------------------------------------------------
 # Every line passes through common.redact before it is written: an error text may carry a URL
 # with its password, or a configured token.
+# LOG_FORMAT=json writes one JSON object per line (common/log_format.py), with the request id,
+# the task and the promotion request each line is about (common/log_context.py).
+LOG_FORMAT = envchoice("LOG_FORMAT", "plain", choices=("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "common.redact.RedactingFilter"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
+    "filters": {
+        "context": {"()": "common.log_context.ContextFilter"},
+        "redact": {"()": "common.redact.RedactingFilter"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "common.log_format.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context", "redact"],
+        }
+    },
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {
         # Django's own handlers (installed before these settings are read) would write its

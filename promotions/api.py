@@ -34,6 +34,7 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import ConfigDict, field_validator
 
+from common import log_context
 from promotions import audit, catalog, error_pages, history, policy, selectors, services, tokens
 from promotions.audit.filters import FilterError, parse_filter
 from promotions.errors import PromotionError
@@ -268,6 +269,7 @@ def _require_role(request) -> None:
 
 
 def _get_request_for_user(request, request_id: int) -> PromotionRequest:
+    log_context.bind_promotion_request(request_id)
     _require_role(request)
     promotion = selectors.request_page(request_id)
     if promotion is None:

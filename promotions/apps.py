@@ -15,7 +15,7 @@ class PromotionsConfig(AppConfig):
         from django.contrib.auth.signals import user_login_failed
         from django.db.models.signals import m2m_changed, post_save, pre_save
 
-        from promotions import auth_events, receivers
+        from promotions import auth_events, receivers, task_context
 
         user_login_failed.connect(auth_events.on_login_failed, dispatch_uid="audit-login-failed")
         user_locked_out.connect(auth_events.on_locked_out, dispatch_uid="audit-locked-out")
@@ -27,3 +27,4 @@ class PromotionsConfig(AppConfig):
         post_save.connect(auth_events.on_user_saved, sender=user, dispatch_uid="audit-activation")
         versions_changed.connect(receivers.refresh_evidence, dispatch_uid="promotions-refresh-evidence")
         binding_changed.connect(receivers.record_drift_unless_ours, dispatch_uid="promotions-record-drift")
+        task_context.connect()

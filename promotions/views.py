@@ -16,6 +16,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
+from common import log_context
 from promotions import catalog, change_windows, error_pages, history, policy, polling, selectors, services
 from promotions.audit import exports, record_denied, utc_iso
 from promotions.errors import (
@@ -42,6 +43,7 @@ PAGE_SIZE = 50
 
 
 def _get_request_for_user(request: HttpRequest, pk: int) -> PromotionRequest:
+    log_context.bind_promotion_request(pk)
     promotion = selectors.request_page(pk)
     if promotion is None:
         raise Http404("No such request.")
@@ -328,6 +330,7 @@ def request_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The request panel's poll. Unchanged since the version the page shows (`seen`, or the
     ETag in If-None-Match): one indexed read of the row, answered 204 for htmx (not swapped) or
     304. Changed: the panel, with its new ETag; in a final state also the end of the polling."""
+    log_context.bind_promotion_request(pk)
     seen = request.GET.get("seen", "") or request.headers.get("If-None-Match", "").strip('"W/')
     current = None
     # The page's poll key: "unchanged" is answered from the row alone (see promotions/polling.py).
