@@ -22,6 +22,8 @@ from promotions.change_windows import (
     zone_get,
 )
 
+pytestmark = pytest.mark.once  # pure: no database, no broker
+
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 

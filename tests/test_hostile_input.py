@@ -155,6 +155,7 @@ ENDPOINTS = [
     ("sso_reauthenticate", "get", "/oidc/reauthenticate/{pk}/", ()),
     ("sso_reauthenticate_path", "get", "/oidc/reauthenticate/{number}/", ()),
     ("healthz", "get", "/healthz", ()),
+    ("metrics", "get", "/metrics", ()),
     ("mlflow_webhook", "post", "/hooks/mlflow/", ("data", "entity", "action")),
 ]
 EXAMPLES = 15
@@ -235,7 +236,7 @@ def test_no_value_gives_a_server_error(world, name, method, template, names):
         "oidc_authentication_init",
         "oidc_authentication_callback",
     )
-    roles = (*ROLES, "anonymous") if name in (*signed_out, "healthz", "mlflow_webhook") else ROLES
+    roles = (*ROLES, "anonymous") if name in (*signed_out, "healthz", "metrics", "mlflow_webhook") else ROLES
 
     @settings(
         max_examples=EXAMPLES,

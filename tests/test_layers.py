@@ -11,7 +11,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from bench.common import ROOT
+
+pytestmark = pytest.mark.once  # reads the source, not a database
 
 LOWER, UPPER = "registry_sync", "promotions"
 

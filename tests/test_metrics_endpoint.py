@@ -27,6 +27,7 @@ from promotions.models import (
     WebhookEndpoint,
     WorkerHeartbeat,
 )
+from promotions.observability.views import REFUSALS
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel, SyncRun
 from tests.apply_helpers import approved_request, registry_with_production
 from tests.conftest import free_port
@@ -86,14 +87,14 @@ def test_it_answers_404_to_everyone_when_nothing_is_configured(client, settings)
     settings.METRICS_TOKEN, settings.METRICS_ALLOWED_NETWORKS = "", ()
     for headers in ({}, {"Authorization": "Bearer anything"}):
         response = client.get("/metrics", headers=headers)
-        assert (response.status_code, response.content) == (404, b"")
+        assert (response.status_code, response.content) == (404, REFUSALS[404])
 
 
 def test_without_the_token_it_answers_401_and_reveals_nothing(client, token):
     response = client.get("/metrics")
     assert response.status_code == 401
     assert response["WWW-Authenticate"].startswith("Bearer")
-    assert response.content == b""
+    assert response.content == REFUSALS[401]
 
 
 @pytest.mark.parametrize(
@@ -111,7 +112,7 @@ def test_without_the_token_it_answers_401_and_reveals_nothing(client, token):
 )
 def test_a_wrong_or_malformed_token_answers_401(client, token, header):
     response = client.get("/metrics", headers={"Authorization": header})
-    assert (response.status_code, response.content) == (401, b"")
+    assert (response.status_code, response.content) == (401, REFUSALS[401])
 
 
 def test_the_right_token_reads_the_metrics(client, token):
@@ -133,7 +134,7 @@ def test_others_are_refused_with_403(client, settings):
     settings.METRICS_TOKEN = ""
     settings.METRICS_ALLOWED_NETWORKS = envnetworks_of("10.0.0.0/8")
     response = client.get("/metrics", REMOTE_ADDR="203.0.113.9")
-    assert (response.status_code, response.content) == (403, b"")
+    assert (response.status_code, response.content) == (403, REFUSALS[403])
 
 
 def test_a_forwarded_address_counts_only_behind_a_trusted_proxy(client, settings):

@@ -19,7 +19,8 @@ import requests
 
 from bench.common import ROOT, answers, free_port, start_process, stop_process_group, wait_for_process
 
-pytestmark = pytest.mark.worker
+# Its own SQLite database and broker, as the README's start is tried on one machine.
+pytestmark = [pytest.mark.worker, pytest.mark.once]
 
 DEMO_PASSWORD = "promote-demo"
 

@@ -69,7 +69,7 @@ def test_the_worker_applies_a_scheduled_request_once_the_beat_clock_passes_its_o
     assert actions[-4:] == ["request.approved", "request.scheduled", "request.released", "promotion.applied"]
 
 
-@pytest.mark.realtime
+@pytest.mark.once  # waits on the wall clock for up to a minute
 def test_a_window_opening_within_the_minute_gets_the_request_applied_by_the_beat(
     registry, model_name, requester, reviewer, reviewer2, worker_factory, tmp_path
 ):

@@ -63,6 +63,8 @@ CONSUMER_THAT_DIES = """
 import os, sys
 import config.celery
 from kombu import Connection, Exchange, Queue
+
+pytestmark = pytest.mark.once  # its own SQLite broker files
 queue = Queue("broker-test", Exchange("broker-test"), "broker-test")
 with Connection(sys.argv[1]) as connection:
     message = connection.SimpleQueue(queue).get(timeout=5)

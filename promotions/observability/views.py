@@ -1,7 +1,8 @@
 """`GET /metrics`: Prometheus text format, for a scraper holding the token or calling from an
 allowed network; nothing at all for anyone else.
 
-Refusals carry no body: they say neither what is configured nor what was wrong with the token.
+Refusals carry one fixed sentence per status: they say neither what is configured nor what was
+wrong with the token.
 """
 
 from __future__ import annotations
@@ -38,8 +39,20 @@ def _offered_token(request: HttpRequest) -> str:
     return offered.strip() if scheme.lower() == "bearer" else ""
 
 
+# The whole of what a refused caller learns.
+REFUSALS = {
+    401: b"Authorization required.\n",
+    403: b"Forbidden.\n",
+    404: b"Not found.\n",
+}
+
+
+def _refused(status: int) -> HttpResponse:
+    return HttpResponse(REFUSALS[status], status=status, content_type="text/plain; charset=utf-8")
+
+
 def _unauthorized() -> HttpResponse:
-    response = HttpResponse(status=401)
+    response = _refused(401)
     response["WWW-Authenticate"] = 'Bearer realm="metrics"'
     return response
 
@@ -48,7 +61,7 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
     """None when the caller may read the metrics, else the answer for them."""
     token = settings.METRICS_TOKEN
     if not token and not settings.METRICS_ALLOWED_NETWORKS:
-        return HttpResponse(status=404)
+        return _refused(404)
     offered = _offered_token(request)
     if token and offered:
         # A wrong token is refused even from an allowed network: that caller got something wrong.
@@ -57,7 +70,7 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
         return None
     if token:
         return _unauthorized()
-    return HttpResponse(status=403)
+    return _refused(403)
 
 
 def _events_registry() -> CollectorRegistry:
