@@ -12,6 +12,8 @@ from kombu import Connection, Exchange, Queue
 import config.celery  # noqa: F401 — registers the transport for sqla+ URLs
 from config.broker import Transport
 
+pytestmark = pytest.mark.once  # its own SQLite broker files
+
 QUEUE = Queue("broker-test", Exchange("broker-test"), "broker-test")
 
 
@@ -63,8 +65,6 @@ CONSUMER_THAT_DIES = """
 import os, sys
 import config.celery
 from kombu import Connection, Exchange, Queue
-
-pytestmark = pytest.mark.once  # its own SQLite broker files
 queue = Queue("broker-test", Exchange("broker-test"), "broker-test")
 with Connection(sys.argv[1]) as connection:
     message = connection.SimpleQueue(queue).get(timeout=5)
