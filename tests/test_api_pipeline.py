@@ -13,7 +13,6 @@ from promotions import tokens
 from promotions.models import (
     AuditEvent,
     OutboundDelivery,
-    OutboundEmail,
     PromotionRequest,
     Stage,
     WebhookEndpoint,
