@@ -406,8 +406,19 @@ def test_what_the_worker_counts_shows_in_the_webs_metrics(
         timeout=90,
         message=f"applied\n{celery_worker.log()[-3000:]}",
     )
-    after = scrape(client)
     name = "promotions_approval_to_applied_seconds_count"
+
+    def observed():
+        # The worker observes the histogram once its transaction has committed: just after the
+        # status this test waits for.
+        figures = scrape(client)
+        return (
+            figures
+            if value(figures, name, stage="Production") > value(before, name, stage="Production")
+            else None
+        )
+
+    after = wait_until(observed, timeout=30, message="the apply's lead time in the web's metrics")
     assert value(after, name, stage="Production") - value(before, name, stage="Production") == 1
     assert (
         value(after, "promotions_apply_attempts_total") - value(before, "promotions_apply_attempts_total")
