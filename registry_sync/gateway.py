@@ -421,8 +421,9 @@ def _read_model_files(name: str, version: int, *, run_id: str, uri: str):
 @contextmanager
 def _request_timeout(seconds: int | None) -> Iterator[None]:
     """MLflow's client reads its HTTP timeout from the environment at each call and takes no
-    per-call argument. Web and worker processes run one request at a time (gunicorn's sync
-    workers, Celery's prefork pool), so setting it around one read touches no other call."""
+    per-call argument. Only the web's request page passes one, and gunicorn's sync workers run
+    one request at a time, so setting it around one read touches no other call. The worker's
+    threads never pass one: they share the process's environment."""
     if seconds is None:
         yield
         return
