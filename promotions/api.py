@@ -489,6 +489,13 @@ class TierRuleOut(Schema):
     summary: str = Field(description="The rule in words, as the stages page states it.")
 
 
+class FreezeOut(Schema):
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    in_force: bool = Field(description="The freeze holds applies to the stage now.")
+
+
 class StageOut(Schema):
     name: str
     position: int
@@ -519,6 +526,9 @@ class StageOut(Schema):
     )
     independent_validation: bool = Field(description="No approver may be the version's author.")
     risk_tiers: list[TierRuleOut] = Field(description="What a model's risk tier adds to this stage's rules.")
+    freezes: list[FreezeOut] = Field(
+        description="Freezes in force or still to come: approved requests wait until they end."
+    )
 
 
 class VersionOut(Schema):
@@ -671,6 +681,7 @@ def _reloaded(request_id: int) -> dict[str, Any]:
 
 
 def _stage_out(stage: Stage) -> dict[str, Any]:
+    now = timezone.now()
     return {
         "name": stage.name,
         "position": stage.position,
@@ -703,6 +714,15 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
             }
             for rule in stage.risk_tier_rules.all()
         ],
+        "freezes": [
+            {
+                "starts_at": freeze.starts_at,
+                "ends_at": freeze.ends_at,
+                "reason": freeze.reason,
+                "in_force": freeze.starts_at <= now,
+            }
+            for freeze in stage.current_freezes
+        ],
     }
 
 
@@ -710,7 +730,12 @@ def _stage_out(stage: Stage) -> dict[str, Any]:
 
 
 def _stages():
-    return Stage.objects.prefetch_related("allowed_from", "approver_groups", selectors.tier_rules_prefetch())
+    return Stage.objects.prefetch_related(
+        "allowed_from",
+        "approver_groups",
+        selectors.tier_rules_prefetch(),
+        selectors.current_freezes_prefetch(),
+    )
 
 
 @api.get("/stages", response={200: list[StageOut], **_errors()}, tags=["stages"])

@@ -269,15 +269,17 @@ def stage_catalog() -> list[Stage]:
     """The stages in pipeline order, with what the catalog page shows of each: the freezes
     still to come or in force (Stage.current_freezes) and the risk tier rules, in one query
     each for all stages."""
-    current = Freeze.objects.filter(ends_at__gt=timezone.now()).order_by("starts_at", "pk")
     return list(
         Stage.objects.prefetch_related(
-            "allowed_from",
-            "approver_groups",
-            Prefetch("freezes", queryset=current, to_attr="current_freezes"),
-            tier_rules_prefetch(),
+            "allowed_from", "approver_groups", current_freezes_prefetch(), tier_rules_prefetch()
         ).order_by("position", "name")
     )
+
+
+def current_freezes_prefetch() -> Prefetch:
+    """The stages' freezes in force or still to come, as `Stage.current_freezes`, in one query."""
+    current = Freeze.objects.filter(ends_at__gt=timezone.now()).order_by("starts_at", "pk")
+    return Prefetch("freezes", queryset=current, to_attr="current_freezes")
 
 
 def freezes_in_words(stage: Stage) -> list[str]:

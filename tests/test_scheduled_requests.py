@@ -465,6 +465,25 @@ def test_the_api_says_scheduled_when_and_why(
     assert stage_body["window_time_zone"] == "UTC"
 
 
+def test_the_api_lists_the_freezes_in_force_and_to_come_but_not_the_past_ones(requester):
+    past = freeze(starts=-5, ends=-1, reason="last week's close")
+    now_on = freeze(starts=-1, ends=2, reason="year-end close")
+    later = freeze(starts=24, ends=30, reason="audit")
+
+    stages = {s["name"]: s for s in api_client(requester).get("/api/stages").json()}
+
+    listed = stages["Production"]["freezes"]
+    assert [(f["reason"], f["in_force"]) for f in listed] == [("year-end close", True), ("audit", False)]
+    # The API writes times to the millisecond.
+    ends = datetime.fromisoformat(listed[0]["ends_at"].replace("Z", "+00:00"))
+    starts = datetime.fromisoformat(listed[1]["starts_at"].replace("Z", "+00:00"))
+    assert abs(ends - now_on.ends_at) < timedelta(milliseconds=1)
+    assert abs(starts - later.starts_at) < timedelta(milliseconds=1)
+    assert past.reason not in str(stages)
+    assert stages["Staging"]["freezes"] == []
+    assert api_client(requester).get("/api/stages/production").json()["freezes"] == listed
+
+
 @pytest.mark.parametrize("phase", [0.0, 0.3, 7.5, 29.9])
 def test_a_scheduled_request_is_released_within_one_beat_interval_of_its_window_opening(
     sales, requester, reviewer, reviewer2, published, django_capture_on_commit_callbacks, settings, phase
