@@ -186,6 +186,9 @@ AXES_RESET_ON_SUCCESS = True
 # client's address is then the entry the outermost proxy added, not the proxy's own address.
 TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0, minimum=0)
 AXES_CLIENT_IP_CALLABLE = "promotions.auth_events.client_address"
+# Company sign-in carries no user name: counted by address alone, a few refused callbacks would
+# lock everyone behind an office's address out. The provider guards its own passwords.
+AXES_WHITELIST_CALLABLE = "promotions.auth_events.is_company_sign_in"
 # The audit log records failed sign-ins for this many user names per address and cool-off
 # window; beyond it, one address's failures are counted under one entry.
 SIGN_IN_AUDIT_NAMES_PER_ADDRESS = envint("SIGN_IN_AUDIT_NAMES_PER_ADDRESS", 20, minimum=1)

@@ -34,6 +34,13 @@ def client_address(request) -> str:
         return ""
 
 
+def is_company_sign_in(request, credentials: dict | None) -> bool:
+    """An OpenID Connect callback (its credentials carry a nonce, never a user name): django-axes
+    neither counts nor locks it; every refused one is audited as `auth.oidc_refused`."""
+    credentials = credentials or {}
+    return "nonce" in credentials and "username" not in credentials
+
+
 def _address(request) -> str:
     return (getattr(request, "axes_ip_address", None) or client_address(request))[:64]
 

@@ -394,3 +394,22 @@ def test_cancelling_at_the_provider_while_signing_signs_nothing_and_keeps_the_se
     assert response.status_code == 302 and response["Location"] == f"/requests/{signing_request.pk}/"
     assert client.get("/").status_code == 200
     assert not Review.objects.exists()
+
+
+def test_refused_callbacks_never_lock_company_sign_in_for_everyone_behind_one_address(client, sso, settings):
+    # Everyone at an office signs in from one address: five forged callbacks from it must not
+    # lock the others out. The provider guards its own passwords; django-axes guards ours.
+    for attempt in range(settings.AXES_FAILURE_LIMIT + 1):
+        sso.set_user(f"sub-x{attempt}", preferred_username=f"x{attempt}")
+        start = client.get("/oidc/authenticate/")
+        session = client.session
+        for state in session["oidc_states"]:
+            session["oidc_states"][state]["nonce"] = "another-nonce"
+        session.save()
+        assert client.get(sso.authorize(start["Location"], f"sub-x{attempt}")).status_code == 400
+    assert len(events("auth.oidc_refused")) == settings.AXES_FAILURE_LIMIT + 1
+
+    sso.set_user("sub-kim", preferred_username="kim", groups=["ml-platform"])
+    sign_in(client, sso, "sub-kim")
+
+    assert client.session["_auth_user_id"] == str(User.objects.get(username="kim").pk)
