@@ -154,6 +154,9 @@ def deployment(tmp_path_factory, mlflow_server):
         "HOME": str(tmp),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
+        # gunicorn itself trusts X-Forwarded-Proto from loopback; the proxy sits on another
+        # machine, where only the settings' SECURE_PROXY_SSL_HEADER reads it.
+        "FORWARDED_ALLOW_IPS": "192.0.2.1",
     }
     deployment = Deployment(tmp, stand_ins, env)
     try:
