@@ -288,6 +288,7 @@ def test_the_send_of_a_bulk_costs_the_same_queries_however_many_requests(
         with django_assert_num_queries(6):
             notifications.email_send(email_pk=first.pk)
     assert len(mailoutbox) == 4
+    assert mailoutbox[-1].subject == "[Promotions] Review requested: 40 requests → Staging"
 
 
 # --- applied events wait for the rest of their bulk -------------------------------------------
@@ -407,9 +408,14 @@ def test_an_automatic_bulk_applied_by_the_worker_mails_the_requester_one_digest_
         WebhookEndpoint.objects.create(
             name="ci", url=target.url, secret="bulk-secret-for-tests", events=["promotion.applied"]
         )
-        worker = worker_factory(
-            EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend", EMAIL_FILE_PATH=str(mail_dir)
-        )
+        mail = {
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": str(mail_dir),
+        }
+        # Applies one at a time, e-mails beside them at once: the first applied e-mail is ready
+        # to go while most of the bulk is still being applied.
+        worker = worker_factory(options=("-Q", "apply", "--concurrency", "1"), **mail)
+        worker_factory(options=("-Q", "notify,sync"), **mail)
 
         outcome = services.promotion_requests_create_passing(
             stage=stage("Staging"), requested_by=people[0], justification="nightly", model_names=names
