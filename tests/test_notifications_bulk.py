@@ -365,12 +365,15 @@ def test_an_applied_digest_goes_out_after_the_bound_with_a_request_stuck_in_appr
 
 
 @pytest.mark.django_db
-def test_a_request_waiting_for_reviewers_does_not_hold_the_digest(people, mailoutbox):
+def test_a_request_waiting_for_reviewers_does_not_hold_the_digest_once_the_bulk_is_filed(people, mailoutbox):
     bulk_id, filed = bulk_on_mirror(people[0], 3)  # Staging needs approvals: all pending
     for request in filed[:2]:
         with transaction.atomic():
             PromotionRequest.objects.filter(pk=request.pk).update(status=Status.APPLIED)
             notifications.notify("promotion.applied", request.pk)
+    # Its request.created e-mails unsent, the bulk may still be being filed: the digest waits.
+    first_applied = rows(bulk_id, "promotion.applied").first()
+    assert notifications.email_send(email_pk=first_applied.pk).retry_in is not None
     notifications.email_send(email_pk=rows(bulk_id, "request.created").first().pk)
     mailoutbox.clear()
 
