@@ -494,6 +494,9 @@ EMAIL_MAX_ATTEMPTS = envint("EMAIL_MAX_ATTEMPTS", 4, minimum=1)
 # an attempt still sending after it is taken over, so keep it above the slowest send.
 EMAIL_STUCK_AFTER_SECONDS = envint("EMAIL_STUCK_AFTER_SECONDS", 300, minimum=30)
 EMAIL_SWEEP_INTERVAL_SECONDS = envint("EMAIL_SWEEP_INTERVAL_SECONDS", 60, minimum=5)
+# The applied/failed e-mail of a bulk's request waits at most this long for the bulk's other
+# requests still being applied, so that the requester gets one digest, not one e-mail each.
+EMAIL_BULK_GATHER_SECONDS = envint("EMAIL_BULK_GATHER_SECONDS", 300, minimum=0)
 # A webhook target that hangs holds one worker thread for at most this long per attempt.
 WEBHOOK_TIMEOUT_SECONDS = envint("WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
 WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)

@@ -317,6 +317,8 @@ class PromotionRequest(models.Model):
     # told (they are told again a day later while it still waits). Set by compare-and-set.
     escalated_at = models.DateTimeField(null=True, blank=True)
     last_escalation_at = models.DateTimeField(null=True, blank=True)
+    # Every request one bulk filing made shares it: their e-mails go out as one digest per person.
+    bulk_id = models.UUIDField(null=True, blank=True, db_index=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -683,17 +685,26 @@ class OutboundEmail(models.Model):
     kind = models.CharField(max_length=32, choices=Kind.choices)
     # The arguments of the send, never the addresses: recipients are worked out when it is sent.
     payload = models.JSONField(default=dict)
+    # A request's event and its bulk, copied from the payload and the request: the rows of one
+    # (bulk, event) are claimed together and sent as one digest per recipient.
+    event = models.CharField(max_length=40, blank=True, default="")
+    bulk_id = models.UUIDField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField()
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # Which attempt holds the row while sending: an attempt taken over writes nothing after.
+    claim = models.UUIDField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "outbound e-mail"
-        indexes = [models.Index(fields=["status", "created_at"], name="email_status_idx")]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="email_status_idx"),
+            models.Index(fields=["bulk_id", "event", "status"], name="email_bulk_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} e-mail #{self.pk} ({self.status})"

@@ -7,6 +7,9 @@ once the transaction commits, enqueues them; a sweeper publishes again whatever 
 or a dead worker left behind. Nothing here runs in the web request: a slow mail server or a
 webhook target that hangs only ever delays a worker thread, for at most the configured timeout,
 and never the request that caused the event.
+
+The e-mails of a bulk's requests (`PromotionRequest.bulk_id`) are claimed and sent together,
+one message per recipient for each event (`email_send`); webhooks stay one delivery per event.
 """
 
 from __future__ import annotations
@@ -19,25 +22,30 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from celery import shared_task
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mass_mail
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from common.redact import redact, url_password
-from promotions import audit, catalog, outbox, policy, roles, webhook_targets
+from promotions import audit, catalog, outbox, policy, roles, selectors, webhook_targets
 from promotions.models import (
     REGISTRY_EVENTS,
     WEBHOOK_EVENTS,
     AuditEvent,
     DriftRevert,
+    ManifestState,
     OutboundDelivery,
     OutboundEmail,
     PromotionRequest,
@@ -88,7 +96,8 @@ def notify(event: str, request_id: int) -> None:
     if event not in WEBHOOK_EVENTS or event in REGISTRY_EVENTS:
         raise ValueError(f"unknown event {event!r}; known: {', '.join(WEBHOOK_EVENTS)}")
     # Recipients are worked out when it is sent: the row says what to send, not to whom.
-    email_record(OutboundEmail.Kind.EVENT, event=event, request_id=request_id)
+    bulk_id = PromotionRequest.objects.filter(pk=request_id).values_list("bulk_id", flat=True).first()
+    email_record(OutboundEmail.Kind.EVENT, bulk_id=bulk_id, event=event, request_id=request_id)
     _deliveries_record(
         event,
         lambda: event_payload(
@@ -414,6 +423,88 @@ def event_email_send(*, event: str, request_id: int) -> int:
     return send_mass_mail(messages, fail_silently=False)
 
 
+# --- e-mail of a bulk: one digest per recipient ------------------------------------------------
+
+# A digest lists at most this many requests, then links to the rest.
+DIGEST_LINES = 200
+
+
+def _recipients_key(event: str, request: PromotionRequest):
+    """What `event_recipients` depends on for `request`: requests with the same key have the same
+    recipients, so a bulk's recipients cost a query or two, not a query or two per request."""
+    if event in _EMERGENCY_EVENTS or event == "request.cancelled":
+        return request.pk
+    if event == "request.created":
+        return (request.stage_id, request.requested_by_id, policy.required_approvals(request) > 0)
+    if event == "request.escalated":
+        return ()
+    return request.requested_by_id
+
+
+def _digest_subject(event: str, requests: list[PromotionRequest]) -> str:
+    verb = "Review requested" if event == "request.created" else _VERBS[event]
+    stages = ", ".join(sorted({request.stage.name for request in requests}))
+    return " ".join(f"[Promotions] {verb}: {len(requests)} requests → {stages}".split())
+
+
+def _more_url(event: str, requests: list[PromotionRequest]) -> str:
+    query = {"tab": "mine"} if event == "request.created" else {"tab": "recent"}
+    stages = {request.stage.name for request in requests}
+    if len(stages) == 1:
+        query["stage"] = stages.pop()
+    return settings.SITE_URL.rstrip("/") + reverse("queue") + "?" + urlencode(query)
+
+
+def _digest_body(event: str, requests: list[PromotionRequest]) -> str:
+    first = requests[0]
+    verb = "Review requested" if event == "request.created" else _VERBS[event]
+    lines = [f"{verb}: {len(requests)} requests filed together by {first.requested_by_name}.", ""]
+    for request in requests[:DIGEST_LINES]:
+        line = f"  - {_what(request)} (#{request.pk}): {request_url(request.pk)}"
+        if event == "promotion.failed" and request.last_error:
+            line += f"\n      Reason: {request.last_error[:300]}"
+        lines.append(line)
+    if len(requests) > DIGEST_LINES:
+        lines.append(f"  … and {len(requests) - DIGEST_LINES} more: {_more_url(event, requests)}")
+    if event == "request.created":
+        lines += ["", "Justification:", first.justification]
+    return "\n".join(lines) + "\n"
+
+
+def events_email_send(*, event: str, request_ids: list[int]) -> int:
+    """Send the e-mail of one event of many requests (a bulk's): one message per recipient,
+    listing the requests that concern them; a recipient concerned by one gets its own message.
+    Returns how many messages went out."""
+    requests = selectors.with_tier_rules(
+        list(
+            PromotionRequest.objects.select_related("version__model", "stage", "requested_by")
+            .filter(pk__in=request_ids)
+            .order_by("version__model__name", "pk")
+        )
+    )
+    recipients: dict = {}
+    concerning: dict[str, list[PromotionRequest]] = {}
+    for request in requests:
+        key = _recipients_key(event, request)
+        if key not in recipients:
+            recipients[key] = event_recipients(event, request)
+        for address in recipients[key]:
+            concerning.setdefault(address, []).append(request)
+    # Recipients told of the same requests get the same message, written once.
+    written: dict[tuple[int, ...], tuple[str, str]] = {}
+    messages = []
+    for address, theirs in sorted(concerning.items()):
+        pks = tuple(request.pk for request in theirs)
+        if pks not in written:
+            if len(theirs) == 1:
+                written[pks] = _subject(event, theirs[0]), _body(event, theirs[0])
+            else:
+                written[pks] = _digest_subject(event, theirs), _digest_body(event, theirs)
+        subject, body = written[pks]
+        messages.append((subject, body, settings.DEFAULT_FROM_EMAIL, [address]))
+    return send_mass_mail(messages, fail_silently=False) if messages else 0
+
+
 # --- the catalog's policy, lowered -------------------------------------------------------------
 
 
@@ -466,41 +557,120 @@ class EmailAttempt:
     retry_in: float | None = None
 
 
-def email_record(kind: str, **payload) -> OutboundEmail:
+# A bulk's e-mail of these events waits, after its first row is recorded, while another
+# request of the bulk is on its way to the same event: short-lived states only (a request that
+# waits for reviewers or for a deployment window may wait for days), and at most
+# EMAIL_BULK_GATHER_SECONDS. The first row's task waits, polling this often; the others leave
+# their rows to it.
+_ON_THE_WAY = {
+    "request.approved": Q(status=PromotionRequest.Status.PENDING, manifest_state=ManifestState.COMPUTING),
+    "promotion.applied": Q(status__in=(PromotionRequest.Status.APPROVED, PromotionRequest.Status.APPLYING))
+    | Q(status=PromotionRequest.Status.PENDING, manifest_state=ManifestState.COMPUTING),
+}
+_ON_THE_WAY["promotion.failed"] = _ON_THE_WAY["promotion.applied"]
+EMAIL_BULK_POLL_SECONDS = 5
+
+# The e-mails recorded while `emails_held` runs: published once it ends, one task per group.
+_held: ContextVar[list[OutboundEmail] | None] = ContextVar("held_emails", default=None)
+
+
+def email_record(kind: str, *, bulk_id: uuid.UUID | None = None, **payload) -> OutboundEmail:
     """Record an e-mail in the caller's transaction and publish its task once that commits."""
-    email = OutboundEmail.objects.create(kind=kind, payload=payload, created_at=timezone.now())
-    transaction.on_commit(lambda: outbox.publish(EMAIL_TASK, [email.pk]))
+    email = OutboundEmail.objects.create(
+        kind=kind,
+        payload=payload,
+        event=payload.get("event", ""),
+        bulk_id=bulk_id,
+        created_at=timezone.now(),
+    )
+    held = _held.get()
+    if held is not None:
+        transaction.on_commit(lambda: held.append(email))
+    else:
+        transaction.on_commit(lambda: outbox.publish(EMAIL_TASK, [email.pk]))
     return email
 
 
-def email_send(*, email_pk: int) -> EmailAttempt | None:
-    """One attempt at one recorded e-mail. None when there is nothing (left) to send: it was
-    sent, it failed, or another attempt is sending it now.
+@contextmanager
+def emails_held() -> Iterator[None]:
+    """Record e-mails without publishing them, then publish one task for each bulk's event (and
+    one per other e-mail) once everything recorded inside has committed.
 
-    The attempt claims the row first (pending → sending, compare-and-set), so a task published
-    twice (by the commit and by the sweeper) sends once. An attempt that died while sending is
-    taken over after EMAIL_STUCK_AFTER_SECONDS; its messages may then go out a second time,
-    which beats losing them.
+    A bulk files its requests in transactions of their own: a task published at the first
+    commit would claim that row alone and send it before the rest exist. Should the process
+    die before the end, the rows are recorded and the sweeper publishes them.
+    """
+    held: list[OutboundEmail] = []
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        # After every row's own commit callback, also when an outer transaction holds them all.
+        transaction.on_commit(lambda: _publish_groups(held))
+
+
+def _publish_groups(emails: list[OutboundEmail]) -> None:
+    published = set()
+    for email in emails:
+        group = (email.bulk_id, email.event) if email.bulk_id else email.pk
+        if group not in published:
+            published.add(group)
+            outbox.publish(EMAIL_TASK, [email.pk])
+
+
+def email_send(*, email_pk: int) -> EmailAttempt | None:
+    """One attempt at one recorded e-mail, and at the pending rows of its bulk's event. None when
+    there is nothing (left) to send: it was sent, it failed, another attempt is sending it now,
+    or the attempt at the bulk's first row sends it.
+
+    The attempt claims its rows first (pending → sending, one compare-and-set UPDATE that marks
+    them with the attempt's claim), so a task published twice (by the commit and by the sweeper)
+    sends once, and rows claimed together are sent, retried or failed together. An attempt that
+    died while sending is taken over after EMAIL_STUCK_AFTER_SECONDS; its messages may then go
+    out a second time, which beats losing them.
     """
     email = OutboundEmail.objects.filter(pk=email_pk).first()
-    if email is None:
+    if email is None or email.status in (Email.SENT, Email.FAILED):
         return None
     now = timezone.now()
-    claimable = OutboundEmail.objects.filter(pk=email.pk, attempts=email.attempts).filter(
-        Q(status=Email.PENDING) | Q(status=Email.SENDING, last_attempt_at__lt=_stuck_before(now))
-    )
+    if email.bulk_id and email.event in _ON_THE_WAY and email.status == Email.PENDING and not email.attempts:
+        waiting = _bulk_gather(email, now)
+        if waiting is not False:
+            return waiting
+    claimable = Q(status=Email.PENDING) | Q(status=Email.SENDING, last_attempt_at__lt=_stuck_before(now))
     if email.attempts >= settings.EMAIL_MAX_ATTEMPTS:
-        # Only a row whose last attempt died while sending is still claimable here.
-        claimable.update(
+        # Only a row whose last attempt died while sending is still claimable here; the rows that
+        # attempt held fail with it.
+        died = Q(pk=email.pk, attempts=email.attempts)
+        if email.claim:
+            died |= Q(claim=email.claim)
+        OutboundEmail.objects.filter(died).filter(claimable).update(
             status=Email.FAILED, last_error=email.last_error or "The last attempt did not finish."
         )
         return None
-    attempts = email.attempts + 1
-    if not claimable.update(status=Email.SENDING, attempts=attempts, last_attempt_at=now):
+    rows = Q(pk=email.pk, attempts=email.attempts)
+    if email.bulk_id:
+        rows |= Q(
+            kind=email.kind,
+            bulk_id=email.bulk_id,
+            event=email.event,
+            attempts__lt=settings.EMAIL_MAX_ATTEMPTS,
+        )
+    claim = uuid.uuid4()
+    if (
+        not OutboundEmail.objects.filter(rows)
+        .filter(claimable)
+        .update(status=Email.SENDING, attempts=F("attempts") + 1, last_attempt_at=now, claim=claim)
+    ):
         return None
-    mine = OutboundEmail.objects.filter(pk=email.pk, status=Email.SENDING, attempts=attempts)
+    mine = OutboundEmail.objects.filter(claim=claim, status=Email.SENDING)
+    claimed = list(mine.only("pk", "kind", "event", "payload", "attempts").order_by("pk"))
+    if not claimed:
+        return None  # taken over already: that attempt sends them
+    attempts = max(row.attempts for row in claimed)
     try:
-        sent = _EMAIL_SENDS[email.kind](**email.payload)
+        sent = _claimed_send(claimed)
     except (OSError, smtplib.SMTPException) as exc:
         # The mail server's words may quote what it was given: redacted like every stored error.
         error = redact(f"{type(exc).__name__}: {exc}")[:500]
@@ -509,10 +679,50 @@ def email_send(*, email_pk: int) -> EmailAttempt | None:
         else:
             attempt = EmailAttempt(Email.PENDING, 0, error, retry_in=_email_retry_delay(attempts))
         mine.update(status=attempt.status, last_error=error)
-        logger.warning("E-mail #%s (%s): %s (attempt %s)", email.pk, email.kind, error, attempts)
+        logger.warning(
+            "E-mail #%s (%s, %s rows): %s (attempt %s)", email.pk, email.kind, len(claimed), error, attempts
+        )
         return attempt
     mine.update(status=Email.SENT, sent_at=timezone.now(), last_error="")
     return EmailAttempt(Email.SENT, sent)
+
+
+def _claimed_send(rows: list[OutboundEmail]) -> int:
+    if len(rows) == 1:
+        return _EMAIL_SENDS[rows[0].kind](**rows[0].payload)
+    # Several rows are one bulk's event (the claim groups nothing else).
+    return events_email_send(event=rows[0].event, request_ids=[row.payload["request_id"] for row in rows])
+
+
+def _bulk_on_the_way(email: OutboundEmail) -> bool:
+    """Whether more of the bulk's requests may reach `email.event` soon: some are on their way
+    to it, or the bulk is still being filed. The requests filed first are applied while the
+    rest are filed; their request.created e-mails stay unsent until the filing ends."""
+    if PromotionRequest.objects.filter(_ON_THE_WAY[email.event], bulk_id=email.bulk_id).exists():
+        return True
+    return OutboundEmail.objects.filter(
+        bulk_id=email.bulk_id, event="request.created", status__in=(Email.PENDING, Email.SENDING)
+    ).exists()
+
+
+def _bulk_gather(email: OutboundEmail, now) -> EmailAttempt | None | bool:
+    """Whether the e-mail of a bulk's event goes now (False), waits for the bulk's requests on
+    their way to the event (an attempt to retry), or is left to the bulk's first row (None)."""
+    group = OutboundEmail.objects.filter(
+        bulk_id=email.bulk_id, event=email.event, status=Email.PENDING, attempts=0
+    )
+    if group.order_by("pk").values_list("pk", flat=True).first() != email.pk:
+        return None
+    deadline = email.created_at + timedelta(seconds=settings.EMAIL_BULK_GATHER_SECONDS)
+    if now >= deadline:
+        return False
+    if not _bulk_on_the_way(email):
+        return False
+    # Seen alive: the sweeper leaves the group to this wait until it stops renewing it.
+    group.update(last_attempt_at=now)
+    return EmailAttempt(
+        Email.PENDING, 0, retry_in=min(EMAIL_BULK_POLL_SECONDS, (deadline - now).total_seconds())
+    )
 
 
 def _stuck_before(now):

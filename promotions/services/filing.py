@@ -7,6 +7,7 @@ version and the stage up and refuses (and audits) a user who may not request.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -156,6 +157,7 @@ def promotion_request_create(
     via: str = "web",
     rollback: bool = False,
     then_stages: list[str] | None = None,
+    bulk_id: uuid.UUID | None = None,
 ) -> PromotionRequest:
     """File a request. Raises a PromotionError subclass, leaving nothing behind but an
     `auth.denied` entry when the refusal is about permission."""
@@ -255,6 +257,7 @@ def promotion_request_create(
                 updated_at=now,
                 expires_at=now + stage.request_ttl,
                 manifest_state=ManifestState.COMPUTING if computing else ManifestState.NONE,
+                bulk_id=bulk_id,
             )
             request.approver_groups_at_filing.set(stage.approver_groups.all())
             audit.record(
@@ -366,6 +369,9 @@ def promotion_requests_create_passing(
     The choice is made from the mirror, refreshed by one sync first, so the number of MLflow
     calls does not grow with the number of models looked at; only the requests filed cost
     MLflow calls (when they are applied).
+
+    The requests share one `bulk_id`, and their e-mails are published once all are filed: each
+    recipient gets one message for the bulk, not one per request.
     """
     requester_required(requested_by, what=f"file requests in bulk → {stage.name}", to_stage=stage.name)
     if not (justification or "").strip():
@@ -403,47 +409,54 @@ def promotion_requests_create_passing(
         ).values_list("version_id", flat=True)
     )
 
-    for model_id, model_name in models.order_by("name").values_list("pk", "name"):
-        model_versions = versions_by_model.get(model_id)
-        if not model_versions:
-            outcome.skipped.append(Skipped(model_name, None, "it has no versions"))
-            continue
-        candidate, first_reason = None, ""
-        for row in model_versions:
-            reason, stop = _why_not(row, stage=target, stages=stages, ci_evidence=ci_evidence)
-            if not reason:
-                candidate = row
-                break
-            first_reason = first_reason or reason
-            if stop:
-                break
-        if candidate is None:
-            more = (
-                "" if len(model_versions) == 1 or "holds" in first_reason else "; no older version qualifies"
-            )
-            outcome.skipped.append(Skipped(model_name, model_versions[0].version, first_reason + more))
-            continue
-        if candidate.pk in open_versions:
-            outcome.skipped.append(
-                Skipped(
-                    model_name, candidate.version, f"v{candidate.version} has an open request to {stage.name}"
+    bulk_id = uuid.uuid4()
+    with notifications.emails_held():
+        for model_id, model_name in models.order_by("name").values_list("pk", "name"):
+            model_versions = versions_by_model.get(model_id)
+            if not model_versions:
+                outcome.skipped.append(Skipped(model_name, None, "it has no versions"))
+                continue
+            candidate, first_reason = None, ""
+            for row in model_versions:
+                reason, stop = _why_not(row, stage=target, stages=stages, ci_evidence=ci_evidence)
+                if not reason:
+                    candidate = row
+                    break
+                first_reason = first_reason or reason
+                if stop:
+                    break
+            if candidate is None:
+                more = (
+                    ""
+                    if len(model_versions) == 1 or "holds" in first_reason
+                    else "; no older version qualifies"
                 )
-            )
-            continue
-        version = ModelVersion.objects.select_related("model").get(pk=candidate.pk)
-        try:
-            outcome.filed.append(
-                promotion_request_create(
-                    version=version,
-                    stage=stage,
-                    requested_by=requested_by,
-                    justification=justification,
-                    ci_evidence=ci_evidence,
-                    via=via,
+                outcome.skipped.append(Skipped(model_name, model_versions[0].version, first_reason + more))
+                continue
+            if candidate.pk in open_versions:
+                outcome.skipped.append(
+                    Skipped(
+                        model_name,
+                        candidate.version,
+                        f"v{candidate.version} has an open request to {stage.name}",
+                    )
                 )
-            )
-        except PromotionError as exc:
-            outcome.refused.append(Refused(model_name, candidate.version, exc.code, exc.message))
+                continue
+            version = ModelVersion.objects.select_related("model").get(pk=candidate.pk)
+            try:
+                outcome.filed.append(
+                    promotion_request_create(
+                        version=version,
+                        stage=stage,
+                        requested_by=requested_by,
+                        justification=justification,
+                        ci_evidence=ci_evidence,
+                        via=via,
+                        bulk_id=bulk_id,
+                    )
+                )
+            except PromotionError as exc:
+                outcome.refused.append(Refused(model_name, candidate.version, exc.code, exc.message))
     return outcome
 
 
