@@ -335,9 +335,17 @@ CELERY_TASK_ROUTES = {
     "promotions.deliver_webhook": {"queue": "notify"},
 }
 # Publishing must not hang a web request when the broker is down: the outbox sweeper
-# re-enqueues whatever could not be published.
+# re-enqueues whatever could not be published. One retry, at once, on a new connection: after a
+# broker restart every pooled connection is dead, and without it each process's first publish
+# would be left to a sweeper (tests/test_broker_restart.py).
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
-CELERY_TASK_PUBLISH_RETRY = False
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0,
+    "interval_max": 0,
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # MLflow --------------------------------------------------------------------------------------
