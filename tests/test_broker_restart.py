@@ -123,8 +123,9 @@ def test_a_broker_restart_during_an_apply_leaves_one_write_and_a_worker_that_kee
     next_model = f"{model_name}_next"
     registry_with_production(client, model_name)
     registry_with_production(client, next_model)
-    # The held MLflow call outlasts the restart (about 7 s on RabbitMQ) without timing out.
-    worker = start_worker(worker_factory, broker, MLFLOW_TIMEOUT_SECONDS="60")
+    # The held MLflow call outlasts the restart (about 7 s on RabbitMQ, more on a busy machine)
+    # without timing out: MLflow's client reads its timeout from the environment we pass on.
+    worker = start_worker(worker_factory, broker, MLFLOW_HTTP_REQUEST_TIMEOUT="90")
     mlflow_proxy.hold_paths = (TRANSITION,)
 
     request = approved_request(model_name, requester, [reviewer, reviewer2])
