@@ -308,6 +308,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# After a reconnect Celery lowers the prefetch while tasks of the lost connection run, and
+# raises it again as they finish; a worker whose apply spanned a RabbitMQ restart was seen to
+# take nothing more afterwards (tests/test_broker_restart.py). Acks are late: the most it
+# over-fetches without the reduction is one message per task still running.
+CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 # How long a broker may hold an unacknowledged task before redelivering it; task retries
 # back off to well below this so a retry never races a redelivery.
 CELERY_VISIBILITY_TIMEOUT = envint("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
