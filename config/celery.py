@@ -16,6 +16,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # what was consumed and lets a worker stop at once (config/broker.py); every process that
 # publishes or consumes imports this module first.
 TRANSPORT_ALIASES["sqla"] = "config.broker:Transport"
+# Redis' own transport, but a worker that loses Redis mid-task reconnects (config/redis_transport.py).
+TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "config.redis_transport:Transport"
 
 app = Celery("promotions")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -311,6 +311,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# After a reconnect Celery lowers the prefetch while tasks of the lost connection run, and
+# raises it again as they finish; a worker whose apply spanned a RabbitMQ restart was seen to
+# take nothing more afterwards (tests/test_broker_restart.py). Acks are late: the most it
+# over-fetches without the reduction is one message per task still running.
+CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 # How long a broker may hold an unacknowledged task before redelivering it; task retries
 # back off to well below this so a retry never races a redelivery.
 CELERY_VISIBILITY_TIMEOUT = envint("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
@@ -338,9 +343,17 @@ CELERY_TASK_ROUTES = {
     "promotions.deliver_webhook": {"queue": "notify"},
 }
 # Publishing must not hang a web request when the broker is down: the outbox sweeper
-# re-enqueues whatever could not be published.
+# re-enqueues whatever could not be published. One retry, at once, on a new connection: after a
+# broker restart every pooled connection is dead, and without it each process's first publish
+# would be left to a sweeper (tests/test_broker_restart.py).
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
-CELERY_TASK_PUBLISH_RETRY = False
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0,
+    "interval_max": 0,
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # MLflow --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def publish(task_name: str, args: list) -> bool:
     Tasks are named, not imported: the services that publish them are what the tasks call.
     """
     try:
-        current_app.send_task(task_name, args=args, retry=False)
+        current_app.send_task(task_name, args=args)  # retried once (CELERY_TASK_PUBLISH_RETRY_POLICY)
     except Exception as exc:  # noqa: BLE001 - the recorded state stands; a sweeper publishes it later
         logger.warning("Could not publish %s%s (%s); the sweeper will.", task_name, args, exc)
         return False
