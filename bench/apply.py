@@ -604,31 +604,45 @@ def approve_request(ctx: Context, request: Any) -> Any:
 
 def purge_queue(ctx: Context) -> int:
     """Drop the tasks the approvals enqueued on commit: each timed phase enqueues its own."""
+    return purge_queues([ctx.queue])
+
+
+def purge_queues(names: list[str]) -> int:
     from config.celery import app
 
-    try:
-        with app.connection_for_write() as conn:
-            return conn.default_channel.queue_purge(ctx.queue) or 0
-    except Exception:
-        return 0  # a queue nobody declared yet has nothing to purge
+    purged = 0
+    with app.connection_for_write() as conn:
+        for name in names:
+            try:
+                purged += conn.default_channel.queue_purge(name) or 0
+            except Exception:
+                pass  # a queue nobody declared yet has nothing to purge
+    return purged
 
 
 def delete_queue(ctx: Context) -> None:
     """Drop our queue and its bindings (and whatever is left in it, e.g. e-mail tasks)."""
+    delete_queues([ctx.queue])
+
+
+def delete_queues(names: list[str]) -> None:
+    """Drop each queue (with its direct exchange of the same name) and its bindings."""
     from kombu import Exchange, Queue
 
     from config.celery import app
 
-    try:
-        with app.connection_for_write() as conn:
-            # Declared here so that this channel knows the binding it must remove.
-            queue = Queue(ctx.queue, Exchange(ctx.queue, type="direct"), routing_key=ctx.queue)
-            bound = queue(conn.default_channel)
-            bound.declare()
-            bound.purge()
-            bound.delete()
-    except Exception as exc:
-        log(f"could not delete queue {ctx.queue}: {exc}")
+    for name in names:
+        try:
+            with app.connection_for_write() as conn:
+                # Declared here so that this channel knows the binding it must remove.
+                queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+                bound = queue(conn.default_channel)
+                bound.declare()
+                bound.purge()
+                bound.delete()
+                bound.exchange.delete()
+        except Exception as exc:
+            log(f"could not delete queue {name}: {exc}")
 
 
 @dataclass(frozen=True)
