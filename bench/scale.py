@@ -68,6 +68,7 @@ from bench.apply import (  # noqa: E402
     ServerLog,
     approve_request,
     delete_queues,
+    enqueue_all,
     ensure_catalog,
     file_requests,
     items_for,
@@ -376,7 +377,6 @@ def run_ours(ctx: Context, ids: list[int], *, workers: int, concurrency: int, se
     from django.db.models import Max
     from django.utils import timezone
 
-    from promotions import services
     from promotions.models import PromotionRequest
 
     # The approvals enqueued their applies and e-mails on commit; the clock starts with ours.
@@ -384,11 +384,7 @@ def run_ours(ctx: Context, ids: list[int], *, workers: int, concurrency: int, se
     with running_workers(ctx, workers, concurrency) as logs:
         mark = server.mark()
         started_wall = timezone.now()
-        started = time.perf_counter()
-        for request_id in ids:
-            if not services.enqueue_apply(request_id):
-                raise RuntimeError(f"could not enqueue request #{request_id}")
-        enqueued = time.perf_counter() - started
+        enqueued = enqueue_all(ids)
         wait_applied(ids, logs[0], timeout=120 + 5 * len(ids))
         calls = server.calls_since(mark)
     rows = PromotionRequest.objects.filter(pk__in=ids)
