@@ -825,7 +825,12 @@ def run_broker(args: argparse.Namespace) -> int:
         server = ServerLog(Path(args.mlflow_log))
         rows = [run_workers_row(ctx, args, workers, server, checks) for workers in args.workers]
         linearity = run_linearity(ctx, args, rows, server, checks)
-        probe = run_probe(ctx, args, sink, hook_url, server, checks) if args.probe else None
+        probe = None
+        if args.probe:
+            try:
+                probe = run_probe(ctx, args, sink, hook_url, server, checks)
+            except Exception as exc:  # noqa: BLE001 - a FAIL in the report, with the phases above it
+                checks.record("probe: ran to the end", [f"{type(exc).__name__}: {exc}"])
         try:
             call_command("verify_audit_log", stdout=open(os.devnull, "w"))  # noqa: SIM115
             checks.record("verify_audit_log: the audit chain holds", [])
