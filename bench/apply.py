@@ -604,31 +604,45 @@ def approve_request(ctx: Context, request: Any) -> Any:
 
 def purge_queue(ctx: Context) -> int:
     """Drop the tasks the approvals enqueued on commit: each timed phase enqueues its own."""
+    return purge_queues([ctx.queue])
+
+
+def purge_queues(names: list[str]) -> int:
     from config.celery import app
 
-    try:
-        with app.connection_for_write() as conn:
-            return conn.default_channel.queue_purge(ctx.queue) or 0
-    except Exception:
-        return 0  # a queue nobody declared yet has nothing to purge
+    purged = 0
+    with app.connection_for_write() as conn:
+        for name in names:
+            try:
+                purged += conn.default_channel.queue_purge(name) or 0
+            except Exception:
+                pass  # a queue nobody declared yet has nothing to purge
+    return purged
 
 
 def delete_queue(ctx: Context) -> None:
     """Drop our queue and its bindings (and whatever is left in it, e.g. e-mail tasks)."""
+    delete_queues([ctx.queue])
+
+
+def delete_queues(names: list[str]) -> None:
+    """Drop each queue (with its direct exchange of the same name) and its bindings."""
     from kombu import Exchange, Queue
 
     from config.celery import app
 
-    try:
-        with app.connection_for_write() as conn:
-            # Declared here so that this channel knows the binding it must remove.
-            queue = Queue(ctx.queue, Exchange(ctx.queue, type="direct"), routing_key=ctx.queue)
-            bound = queue(conn.default_channel)
-            bound.declare()
-            bound.purge()
-            bound.delete()
-    except Exception as exc:
-        log(f"could not delete queue {ctx.queue}: {exc}")
+    for name in names:
+        try:
+            with app.connection_for_write() as conn:
+                # Declared here so that this channel knows the binding it must remove.
+                queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+                bound = queue(conn.default_channel)
+                bound.declare()
+                bound.purge()
+                bound.delete()
+                bound.exchange.delete()
+        except Exception as exc:
+            log(f"could not delete queue {name}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -700,11 +714,21 @@ def wait_applied(ids: list[int], log_path: Path, timeout: float) -> None:
         time.sleep(POLL_SECONDS)
 
 
+def enqueue_all(ids: list[int]) -> float:
+    """Publish every request's apply, as the approvals' commits would; the seconds it took."""
+    from promotions import services
+
+    started = time.perf_counter()
+    for request_id in ids:
+        if not services.enqueue_apply(request_id):
+            raise RuntimeError(f"could not enqueue request #{request_id}")
+    return time.perf_counter() - started
+
+
 def run_worker(ctx: Context, ids: list[int], *, concurrency: int, label: str, server: ServerLog) -> Phase:
     from django.db.models import Max
     from django.utils import timezone
 
-    from promotions import services
     from promotions.models import PromotionRequest
 
     with running_worker(ctx, concurrency) as worker:
@@ -712,10 +736,7 @@ def run_worker(ctx: Context, ids: list[int], *, concurrency: int, label: str, se
         cpu_before = cpu_snapshot(worker.pid)
         started_wall = timezone.now()
         started = time.perf_counter()
-        for request_id in ids:
-            if not services.enqueue_apply(request_id):
-                raise RuntimeError(f"could not enqueue request #{request_id}")
-        enqueued = time.perf_counter() - started
+        enqueued = enqueue_all(ids)
         wait_applied(ids, worker.log_path, timeout=120 + 5 * len(ids))
         polled = time.perf_counter() - started
         cpu = cpu_since(cpu_before, cpu_snapshot(worker.pid))
