@@ -156,10 +156,11 @@ def _sync(stats: SyncStats, *, model_name: str | None, full: bool, progress, pag
 def _sync_model_page(page: list[gateway.RegisteredModelInfo], stats: SyncStats) -> list[RegisteredModel]:
     # Concurrent syncs of one model (webhook, beat, a filing) take turns on its row: the second
     # reads what the first wrote instead of announcing the same change again. Locked in pk order,
-    # so two syncs of overlapping pages cannot deadlock.
+    # so two syncs of overlapping pages cannot deadlock. NO KEY UPDATE: a row inserted elsewhere
+    # with a key to the model (checked at that COMMIT, with a key-share lock) never waits for it.
     existing = {
         m.name: m
-        for m in RegisteredModel.objects.select_for_update()
+        for m in RegisteredModel.objects.select_for_update(no_key=True)
         .filter(name__in=[info.name for info in page])
         .order_by("pk")
     }
@@ -296,7 +297,10 @@ def _write_version_page(plan: _VersionPagePlan, stats: SyncStats) -> None:
     if not model_ids:
         return
     list(
-        RegisteredModel.objects.select_for_update().filter(pk__in=model_ids).order_by("pk").values_list("pk")
+        RegisteredModel.objects.select_for_update(no_key=True)
+        .filter(pk__in=model_ids)
+        .order_by("pk")
+        .values_list("pk")
     )
     if plan.to_create or plan.stage_changes:
         numbers = {row.version for row in plan.to_create} | {

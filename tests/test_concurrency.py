@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 
 from promotions import audit, services
 from promotions.errors import PromotionError
@@ -96,3 +96,69 @@ def test_concurrent_audit_writers_never_fork_or_skip_the_chain():
     report = audit.verify_database()
     assert report.ok, report
     assert connection.vendor in ("sqlite", "postgresql")
+
+
+def _waits_on_a_lock(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cursor.fetchone()
+    return row is not None and row[0] == "Lock"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks and deferred keys")
+def test_an_approval_while_another_request_to_its_stage_is_filed_never_deadlocks(requester, reviewer):
+    # PostgreSQL checks Django's foreign keys at COMMIT: a filing that already holds the audit
+    # chain's head then takes a key-share lock on its stage. An approval's request lock that also
+    # locked the stage's row (FOR UPDATE through a join) while waiting for the head made the two
+    # wait for each other; PostgreSQL then aborted one (seen in bench/scale.py's probe).
+    pending = filed(requester, current_stage="Staging", target="Production")
+    new_model = mirror_model(versions={1: {"current_stage": "Staging"}})
+    filing_holds_the_head, approval_waits = threading.Event(), threading.Event()
+    approver_pid: list[int] = []
+    errors: list[Exception] = []
+
+    def file_and_hold():
+        try:
+            with transaction.atomic():
+                services.promotion_request_create(
+                    version=version(new_model, 1),
+                    stage=stage("Production"),
+                    requested_by=requester,
+                    justification="go",
+                )
+                filing_holds_the_head.set()
+                approval_waits.wait(30)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def approve():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                approver_pid.append(cursor.fetchone()[0])
+            filing_holds_the_head.wait(30)
+            services.review_approve(request=pending, reviewer=reviewer)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=file_and_hold), threading.Thread(target=approve)]
+    for thread in threads:
+        thread.start()
+    for _ in range(300):  # the approval reaches the audit head, which the filing holds
+        if approver_pid and filing_holds_the_head.is_set() and _waits_on_a_lock(approver_pid[0]):
+            break
+        threading.Event().wait(0.1)
+    else:
+        pytest.fail("the approval never waited for the filing's audit entry")
+    approval_waits.set()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert Review.objects.filter(request=pending).count() == 1
+    assert PromotionRequest.objects.filter(version__model__name=new_model.name).count() == 1
+    assert audit.verify_database().ok

@@ -25,6 +25,7 @@ from promotions.errors import TransientApplyError
 from promotions.models import ManifestState, PromotionRequest, RiskTierRule, Stage
 from promotions.services.lifecycle import (
     LEASE_ENDED,
+    ROW_LOCK,
     audit_context,
     enqueue_apply,
     meaning,
@@ -602,7 +603,7 @@ def _outcome(
 def _update_mirror(request: PromotionRequest, outcome: _Outcome) -> None:
     """Record in the mirror what we just did, so the next sync sees no drift."""
     stage, version = request.stage, request.version
-    model = RegisteredModel.objects.select_for_update().get(pk=version.model_id)
+    model = RegisteredModel.objects.select_for_update(**ROW_LOCK).get(pk=version.model_id)
     stages = {}
     if stage.mlflow_stage:
         stages = {number: "Archived" for number in outcome.archived}

@@ -28,6 +28,7 @@ from promotions import audit, catalog, notifications, outbox, policy
 from promotions.errors import AlreadyDecided, NotAllowed
 from promotions.models import MAX_TEXT, DriftRevert, PromotionRequest, Stage
 from promotions.services.applying import retry_delay
+from promotions.services.lifecycle import ROW_LOCK
 from promotions.text import clean_text
 from registry_sync import gateway
 from registry_sync.models import DriftEvent, ModelVersion, RegisteredModel
@@ -414,7 +415,7 @@ def _finish(revert: DriftRevert, status: str, *, outcome: str, plan: _Plan | Non
             # The mirror shows the record at once: a change made in MLflow right after the revert
             # is compared with what was put back, not with the intruder the mirror saw last
             # (which a second revert would otherwise "restore").
-            model = RegisteredModel.objects.select_for_update().get(pk=event.model_id)
+            model = RegisteredModel.objects.select_for_update(**ROW_LOCK).get(pk=event.model_id)
             mirror_binding_set(model, stages=plan.stage_record, alias=plan.alias_record)
         _event_resolve(event)
         words = {

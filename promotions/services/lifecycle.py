@@ -54,9 +54,16 @@ def refusal(
     return error(message)
 
 
+# The request's own row only, and as FOR NO KEY UPDATE: PostgreSQL checks foreign keys at COMMIT
+# with key-share locks, after the committing transaction has taken the audit chain's head. A
+# lock on the request's stage, version or model (FOR UPDATE reaches every joined table), held
+# while waiting for that head, made the two transactions wait for each other.
+ROW_LOCK = {"no_key": True, "of": ("self",)}
+
+
 def request_lock(request_id: int) -> PromotionRequest:
     return (
-        PromotionRequest.objects.select_for_update()
+        PromotionRequest.objects.select_for_update(**ROW_LOCK)
         .select_related("version__model", "stage")
         .get(pk=request_id)
     )

@@ -23,7 +23,7 @@ from promotions import audit, outbox, policy
 from promotions.models import ManifestState, PromotionRequest, Review
 from promotions.selectors import files_summary
 from promotions.services.evidence import evidence_digest
-from promotions.services.lifecycle import audit_context, request_approve_for_apply
+from promotions.services.lifecycle import ROW_LOCK, audit_context, request_approve_for_apply
 from registry_sync import gateway
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _manifest_recorded(request: PromotionRequest, manifest: gateway.Manifest) ->
     artifacts = {"sha256": manifest.digest, "files": len(manifest.files), "bytes": manifest.total_bytes}
     with transaction.atomic():
         locked = (
-            PromotionRequest.objects.select_for_update()
+            PromotionRequest.objects.select_for_update(**ROW_LOCK)
             .select_related("version__model", "stage")
             .get(pk=request.pk)
         )
