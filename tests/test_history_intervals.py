@@ -2,10 +2,13 @@
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from promotions.history import ALIAS, STAGE, Binding, Change, Source, intervals
+
+pytestmark = pytest.mark.once  # pure: no database, no broker
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 PRODUCTION, STAGING, ARCHIVED = (
