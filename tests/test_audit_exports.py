@@ -13,6 +13,7 @@ from promotions import audit
 from promotions.audit import verify as audit_verify
 from promotions.models import AuditEvent
 from tests.factories import audit_history, note_acceptance, sales_forecast_review
+from tests.tampering import tamper, tampering_db
 
 pytestmark = pytest.mark.django_db
 
@@ -486,6 +487,19 @@ def test_a_forged_last_row_of_a_filtered_export_is_caught_by_the_database(tmp_pa
     reseal_manifest(path, chain_head=forged)
     message = verify(path)
     assert f"#{history[-1].sequence}: the database's entry #{history[-1].sequence} has hash" in message
+
+
+@tampering_db
+def test_an_export_names_the_entries_the_database_no_longer_has(tmp_path, history):
+    # As after restoring a backup taken before the export: the database's own chain is whole.
+    path, _ = export(tmp_path, "jsonl")
+    kept, head = history[-3].sequence, history[-1].sequence
+    tamper("DELETE FROM promotions_auditevent WHERE sequence > %s", [kept])
+    assert verify(path) == (
+        f"Audit log broken at entry #{kept + 1}: the database ends at entry #{kept}, but it held "
+        f"entries up to #{head} when this export was cut: entries #{kept + 1} to #{head} are missing "
+        "from the database (restored from an earlier backup, or removed)."
+    )
 
 
 def test_a_missing_manifest_is_reported(tmp_path, history):

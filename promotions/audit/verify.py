@@ -600,6 +600,16 @@ def _database_disagrees(manifest: dict[str, Any], walk: _Walk) -> tuple[int, str
         return None  # no audit log here: the offline checks stand alone
     if not manifest.get("chain_origin") or stored.get(1) != manifest["chain_origin"]:
         return None  # another installation's log (or an empty one): nothing to compare with
+    last = AuditEvent.objects.order_by("-sequence").values_list("sequence", flat=True).first() or 0
+    if last < head["sequence"]:
+        # The log had reached the export's head when the export was cut, and no longer has: a
+        # backup restored over it, or entries removed behind the database's back.
+        return (
+            last + 1,
+            f"the database ends at entry #{last}, but it held entries up to #{head['sequence']} "
+            f"when this export was cut: entries #{last + 1} to #{head['sequence']} are missing from "
+            "the database (restored from an earlier backup, or removed)",
+        )
     checks = [(head["sequence"], head["hash"])]
     if walk.last_sequence:
         checks.append((walk.last_sequence, walk.last_hash))
